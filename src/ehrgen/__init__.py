@@ -1,0 +1,71 @@
+"""ehrgen: learn from real longitudinal, multimodal EHRs and generate synthetic patients.
+
+The public API is re-exported here. Names are imported on first use (PEP 562), so that
+``import ehrgen`` and the ``ehrgen`` command stay fast and never import torch unless a
+model is used.
+
+Example:
+    >>> import ehrgen
+    >>> cohort = ehrgen.demo_cohort(50, seed=0)
+    >>> len(cohort)
+    50
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "Cohort": "ehrgen.data.cohort",
+    "CohortBuilder": "ehrgen.data.cohort",
+    "CohortSchema": "ehrgen.data.cohort",
+    "CohortStats": "ehrgen.data.cohort",
+    "Patient": "ehrgen.data.cohort",
+    "Visit": "ehrgen.data.cohort",
+    "CodeTokenizer": "ehrgen.tokenizer",
+    "demo_cohort": "ehrgen.data.demo",
+    "demo_truth": "ehrgen.data.demo",
+    "read_jsonl": "ehrgen.data.jsonl",
+    "write_jsonl": "ehrgen.data.jsonl",
+    "read_meds": "ehrgen.data.meds",
+    "write_meds": "ehrgen.data.meds",
+    "read_promptehr_pickle": "ehrgen.data.promptehr_pickle",
+    "ConfigError": "ehrgen.errors",
+    "EhrgenError": "ehrgen.errors",
+    "NotFittedError": "ehrgen.errors",
+    "SchemaError": "ehrgen.errors",
+}
+
+__all__ = ["__version__", *sorted(_EXPORTS)]
+
+if TYPE_CHECKING:
+    from ehrgen.data.cohort import (
+        Cohort,
+        CohortBuilder,
+        CohortSchema,
+        CohortStats,
+        Patient,
+        Visit,
+    )
+    from ehrgen.data.demo import demo_cohort, demo_truth
+    from ehrgen.data.jsonl import read_jsonl, write_jsonl
+    from ehrgen.data.meds import read_meds, write_meds
+    from ehrgen.data.promptehr_pickle import read_promptehr_pickle
+    from ehrgen.errors import ConfigError, EhrgenError, NotFittedError, SchemaError
+    from ehrgen.tokenizer import CodeTokenizer
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ehrgen' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

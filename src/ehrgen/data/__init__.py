@@ -1,0 +1,1 @@
+"""Cohorts and the readers and writers that bring them in and out of ehrgen."""

@@ -1,0 +1,847 @@
+"""The data model: visits, patients, the schema of a cohort, and the cohort itself.
+
+A :class:`Patient` is a small frozen value: an id, baseline (static) features and visits
+in time order; a :class:`Visit` maps each modality (diagnosis, procedure, drug, lab, ...)
+to its codes, a *set* kept in first-seen order. These objects are what users read and
+write by hand.
+
+A :class:`Cohort` stores many patients columnar, in flat numpy arrays with offsets (the
+layout of a compressed sparse row matrix), so a MIMIC-IV-sized cohort (300k patients,
+100M events) costs about 4 bytes per event plus the distinct code strings once. Patients
+are materialised only when asked for (``cohort[i]``, iteration).
+
+Conventions, relied on by every reader and writer:
+
+* codes within a modality of one visit are unique (duplicates are dropped, order kept);
+* visits with no code are dropped, and so are patients with no visit (one warning counts
+  them);
+* visit times within a patient strictly increase. A cohort whose source has no times gets
+  placeholder times one day apart that keep the visits' order, and says so in
+  ``times_are_placeholders`` so that later stages never learn visit gaps from them;
+* numerical static features are kept at float32 precision, as MEDS stores them;
+* events of a visit are stored grouped by modality, in the schema's modality order.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, overload
+
+import numpy as np
+
+from ehrgen.errors import SchemaError
+
+__all__ = [
+    "DEFAULT_MODALITIES",
+    "Cohort",
+    "CohortBuilder",
+    "CohortSchema",
+    "CohortStats",
+    "Distribution",
+    "Patient",
+    "Visit",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODALITIES: tuple[str, ...] = ("diagnosis", "procedure", "drug", "lab")
+PLACEHOLDER_EPOCH = datetime(2000, 1, 1)
+_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+# --------------------------------------------------------------------------- values
+
+
+@dataclass(frozen=True)
+class Visit:
+    """One encounter: the codes of each modality, and when it happened.
+
+    Codes are de-duplicated within a modality (first occurrence kept) and empty
+    modalities are dropped, so two visits with the same content compare equal.
+
+    Example:
+        >>> v = Visit({"diagnosis": ["4019", "25000", "4019"], "drug": []})
+        >>> v.events
+        {'diagnosis': ('4019', '25000')}
+    """
+
+    events: Mapping[str, tuple[str, ...]]
+    time: datetime | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.events, Mapping):
+            raise SchemaError(
+                f"Visit.events must be a mapping modality -> codes. "
+                f"Got {type(self.events).__name__} instead."
+            )
+        normalised: dict[str, tuple[str, ...]] = {}
+        for modality, codes in self.events.items():
+            if isinstance(codes, str):
+                raise SchemaError(
+                    f"The codes of modality {modality!r} must be a sequence of strings, "
+                    f"not one string. Got {codes!r}; wrap it in a list."
+                )
+            unique = tuple(dict.fromkeys(codes))
+            for code in unique:
+                if not isinstance(code, str) or not code:
+                    raise SchemaError(
+                        f"Codes must be non-empty strings. Got {code!r} in modality "
+                        f"{modality!r}."
+                    )
+            if unique:
+                normalised[modality] = unique
+        object.__setattr__(self, "events", normalised)
+        if self.time is not None and not isinstance(self.time, datetime):
+            raise SchemaError(
+                f"Visit.time must be a datetime or None. Got {self.time!r} instead."
+            )
+
+    def codes(self, modality: str) -> tuple[str, ...]:
+        """The codes of one modality (empty when the visit has none)."""
+        return self.events.get(modality, ())
+
+    @property
+    def n_codes(self) -> int:
+        """The number of codes over all modalities."""
+        return sum(len(codes) for codes in self.events.values())
+
+
+@dataclass(frozen=True)
+class Patient:
+    """A patient: an id, baseline features and visits ordered by time.
+
+    ``static`` holds the known baseline features only: a missing feature is absent.
+    Categorical values are strings, numerical values floats.
+    """
+
+    patient_id: str
+    static: Mapping[str, str | float] = field(default_factory=dict)
+    visits: tuple[Visit, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "patient_id", str(self.patient_id))
+        object.__setattr__(self, "static", dict(self.static))
+        object.__setattr__(self, "visits", tuple(self.visits))
+
+
+@dataclass(frozen=True)
+class CohortSchema:
+    """What a cohort contains: its modalities (in order) and its baseline features.
+
+    Args:
+        modalities: modality names, lower-case identifiers, in the order visits are
+            serialised.
+        categorical: categorical features, each with its categories (strings).
+        numerical: numerical features.
+
+    Example:
+        >>> schema = CohortSchema(categorical={"gender": ("F", "M")}, numerical=("age",))
+        >>> schema.features
+        ('gender', 'age')
+    """
+
+    modalities: tuple[str, ...] = DEFAULT_MODALITIES
+    categorical: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    numerical: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "modalities", tuple(self.modalities))
+        object.__setattr__(
+            self,
+            "categorical",
+            {str(k): tuple(str(c) for c in v) for k, v in self.categorical.items()},
+        )
+        object.__setattr__(self, "numerical", tuple(self.numerical))
+        if not self.modalities:
+            raise SchemaError("A cohort schema needs at least one modality. Got none.")
+        for name in (*self.modalities, *self.features):
+            if not _NAME_PATTERN.match(name):
+                raise SchemaError(
+                    f"Modality and feature names must be lower-case identifiers "
+                    f"(letters, digits, '_'). Got {name!r} instead."
+                )
+        for kind, names in (("modality", self.modalities), ("feature", self.features)):
+            if len(set(names)) != len(names):
+                raise SchemaError(f"Each {kind} name must be unique. Got {names}.")
+        for feature, categories in self.categorical.items():
+            if len(set(categories)) != len(categories):
+                raise SchemaError(
+                    f"The categories of feature {feature!r} must be unique. "
+                    f"Got {categories}."
+                )
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        """All baseline features: categorical first, then numerical."""
+        return (*self.categorical, *self.numerical)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (see :meth:`from_dict`)."""
+        return {
+            "modalities": list(self.modalities),
+            "categorical": {k: list(v) for k, v in self.categorical.items()},
+            "numerical": list(self.numerical),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CohortSchema:
+        """Build a schema from :meth:`to_dict`'s output; unknown keys are an error."""
+        known = {"modalities", "categorical", "numerical"}
+        for key in data:
+            if key not in known:
+                hint = difflib.get_close_matches(key, known, n=1)
+                fix = f" Did you mean {hint[0]!r}?" if hint else ""
+                raise SchemaError(
+                    f"Unknown key {key!r} in a cohort schema; expected one of "
+                    f"{sorted(known)}.{fix}"
+                )
+        return cls(
+            modalities=tuple(data.get("modalities", DEFAULT_MODALITIES)),
+            categorical={k: tuple(v) for k, v in data.get("categorical", {}).items()},
+            numerical=tuple(data.get("numerical", ())),
+        )
+
+    @classmethod
+    def infer(
+        cls, patients: Iterable[Patient], modalities: Sequence[str] | None = None
+    ) -> CohortSchema:
+        """Infer a schema from patients: categories sorted, modalities in
+        :data:`DEFAULT_MODALITIES` order first, then in order of appearance."""
+        seen_modalities: dict[str, None] = {}
+        categories: dict[str, set[str]] = {}
+        numerical: dict[str, None] = {}
+        for patient in patients:
+            for visit in patient.visits:
+                seen_modalities.update(dict.fromkeys(visit.events))
+            for name, value in patient.static.items():
+                if isinstance(value, str):
+                    categories.setdefault(name, set()).add(value)
+                else:
+                    numerical[name] = None
+        mixed = set(categories) & set(numerical)
+        if mixed:
+            raise SchemaError(
+                f"Feature {sorted(mixed)[0]!r} has both string and numerical values; a "
+                f"feature is either categorical (strings) or numerical (floats)."
+            )
+        if modalities is None:
+            known = [m for m in DEFAULT_MODALITIES if m in seen_modalities]
+            modalities = known + [m for m in seen_modalities if m not in known]
+            modalities = modalities or list(DEFAULT_MODALITIES)
+        return cls(
+            modalities=tuple(modalities),
+            categorical={k: tuple(sorted(v)) for k, v in sorted(categories.items())},
+            numerical=tuple(sorted(numerical)),
+        )
+
+
+# --------------------------------------------------------------------------- stats
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """Summary of a distribution of counts."""
+
+    mean: float
+    std: float
+    min: float
+    p25: float
+    median: float
+    p75: float
+    p90: float
+    max: float
+
+    @classmethod
+    def of(cls, values: np.ndarray) -> Distribution:
+        """Summarise ``values`` (all zeros when empty)."""
+        if values.size == 0:
+            return cls(*([0.0] * 8))
+        q = np.quantile(values, [0.25, 0.5, 0.75, 0.9])
+        return cls(
+            mean=float(values.mean()),
+            std=float(values.std()),
+            min=float(values.min()),
+            p25=float(q[0]),
+            median=float(q[1]),
+            p75=float(q[2]),
+            p90=float(q[3]),
+            max=float(values.max()),
+        )
+
+
+@dataclass(frozen=True)
+class CohortStats:
+    """What :meth:`Cohort.stats` reports.
+
+    ``codes_per_visit`` counts, for each modality, its codes in every visit (zeros
+    included); ``visits_with_modality`` is the share of visits where it appears.
+    """
+
+    n_patients: int
+    n_visits: int
+    n_events: int
+    vocabulary: dict[str, int]
+    visits_per_patient: Distribution
+    codes_per_visit: dict[str, Distribution]
+    visits_with_modality: dict[str, float]
+    categorical: dict[str, dict[str, int]]
+    numerical: dict[str, Distribution]
+    times_are_placeholders: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+
+        def plain(value: Any) -> Any:
+            if isinstance(value, Distribution):
+                return dict(value.__dict__)
+            if isinstance(value, dict):
+                return {k: plain(v) for k, v in value.items()}
+            return value
+
+        return {k: plain(v) for k, v in self.__dict__.items()}
+
+
+# --------------------------------------------------------------------------- cohort
+
+
+class Cohort:
+    """Patients stored columnar, with their schema.
+
+    Build one with :meth:`from_patients` or :class:`CohortBuilder`; readers such as
+    :func:`ehrgen.data.read_meds` return one. ``len(cohort)``, ``cohort[i]`` (a
+    :class:`Patient`), ``cohort[a:b]`` or ``cohort[[i, j]]`` (a sub-cohort) and iteration
+    work as for a sequence.
+
+    Attributes (read-only numpy arrays):
+        patient_ids: (P,) object array of str.
+        static: feature -> (P,) array; categorical features as int32 category indices
+            (-1 when missing), numerical ones as float32 (NaN when missing).
+        visit_offsets: (P+1,) int64; patient p's visits are
+            ``visit_offsets[p]:visit_offsets[p+1]``.
+        visit_times: (V,) datetime64[us].
+        event_offsets: (V+1,) int64; visit v's events are
+            ``event_offsets[v]:event_offsets[v+1]``.
+        event_codes: (E,) int32 indices into ``code_values`` / ``code_modality``.
+        code_values: (C,) object array of code strings.
+        code_modality: (C,) int8 index of each code's modality in ``schema.modalities``.
+        labels: name -> (P,) float32 patient-level outcomes (not features: a model is
+            never conditioned on them), NaN when missing.
+        metadata: free-form facts about the source (JSON-ready).
+    """
+
+    def __init__(
+        self,
+        *,
+        schema: CohortSchema,
+        patient_ids: np.ndarray,
+        static: Mapping[str, np.ndarray],
+        visit_offsets: np.ndarray,
+        visit_times: np.ndarray,
+        event_offsets: np.ndarray,
+        event_codes: np.ndarray,
+        code_values: np.ndarray,
+        code_modality: np.ndarray,
+        times_are_placeholders: bool = False,
+        labels: Mapping[str, np.ndarray] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.schema = schema
+        self.patient_ids = _frozen(np.asarray(patient_ids, dtype=object))
+        self.static = {
+            name: _frozen(
+                np.asarray(
+                    static[name],
+                    dtype=np.int32 if name in schema.categorical else np.float32,
+                )
+            )
+            for name in schema.features
+        }
+        self.visit_offsets = _frozen(np.asarray(visit_offsets, dtype=np.int64))
+        self.visit_times = _frozen(np.asarray(visit_times, dtype="datetime64[us]"))
+        self.event_offsets = _frozen(np.asarray(event_offsets, dtype=np.int64))
+        self.event_codes = _frozen(np.asarray(event_codes, dtype=np.int32))
+        self.code_values = _frozen(np.asarray(code_values, dtype=object))
+        self.code_modality = _frozen(np.asarray(code_modality, dtype=np.int8))
+        self.times_are_placeholders = bool(times_are_placeholders)
+        self.labels = {
+            k: _frozen(np.asarray(v, dtype=np.float32)) for k, v in (labels or {}).items()
+        }
+        self.metadata = dict(metadata or {})
+        self._index: dict[str, int] | None = None
+        self._check_shapes()
+
+    def _check_shapes(self) -> None:
+        n = len(self.patient_ids)
+        expected = {
+            "visit_offsets": (self.visit_offsets, n + 1),
+            "event_offsets": (self.event_offsets, len(self.visit_times) + 1),
+            "code_modality": (self.code_modality, len(self.code_values)),
+            **{f"static[{k!r}]": (v, n) for k, v in self.static.items()},
+            **{f"labels[{k!r}]": (v, n) for k, v in self.labels.items()},
+        }
+        for name, (array, size) in expected.items():
+            if array.shape != (size,):
+                raise SchemaError(
+                    f"Cohort array {name} must have shape ({size},). "
+                    f"Got {array.shape} instead."
+                )
+        if self.visit_offsets[-1] != len(self.visit_times) or (
+            self.event_offsets[-1] != len(self.event_codes)
+        ):
+            raise SchemaError("Cohort offsets do not match the visit or event arrays.")
+
+    # ---- construction
+
+    @classmethod
+    def from_patients(
+        cls,
+        patients: Iterable[Patient],
+        schema: CohortSchema | None = None,
+        *,
+        labels: Mapping[str, Sequence[float]] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Cohort:
+        """Build a cohort from :class:`Patient` objects.
+
+        The schema is inferred when not given (see :meth:`CohortSchema.infer`).
+        ``labels`` maps an outcome name to one value per patient, in input order.
+
+        Example:
+            >>> p = Patient("1", {"gender": "F"}, (Visit({"diagnosis": ("4019",)}),))
+            >>> Cohort.from_patients([p]).stats().n_events
+            1
+        """
+        patients = list(patients)
+        schema = schema or CohortSchema.infer(patients)
+        builder = CohortBuilder(schema)
+        labels = labels or {}
+        for i, patient in enumerate(patients):
+            builder.add(
+                patient.patient_id,
+                patient.static,
+                [(v.time, v.events) for v in patient.visits],
+                labels={name: values[i] for name, values in labels.items()},
+            )
+        return builder.build(metadata=metadata)
+
+    # ---- sequence protocol
+
+    def __len__(self) -> int:
+        return len(self.patient_ids)
+
+    @property
+    def n_visits(self) -> int:
+        """The number of visits over all patients."""
+        return len(self.visit_times)
+
+    @property
+    def n_events(self) -> int:
+        """The number of (visit, code) events over all patients."""
+        return len(self.event_codes)
+
+    @overload
+    def __getitem__(self, key: int) -> Patient: ...
+    @overload
+    def __getitem__(self, key: slice | Sequence[int] | np.ndarray) -> Cohort: ...
+    def __getitem__(self, key: Any) -> Patient | Cohort:
+        if isinstance(key, (int, np.integer)):
+            n = len(self)
+            if not -n <= key < n:
+                raise IndexError(f"Patient index {key} out of range for {n} patients.")
+            return self._patient(int(key) % n)
+        if isinstance(key, slice):
+            return self.select(np.arange(len(self))[key])
+        return self.select(np.asarray(key, dtype=np.int64))
+
+    def __iter__(self) -> Iterator[Patient]:
+        for p in range(len(self)):
+            yield self._patient(p)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Cohort):
+            return NotImplemented
+        return (
+            self.schema == other.schema
+            and self.times_are_placeholders == other.times_are_placeholders
+            and len(self) == len(other)
+            and self.labels.keys() == other.labels.keys()
+            and all(
+                np.array_equal(v, other.labels[k], equal_nan=True)
+                for k, v in self.labels.items()
+            )
+            and all(a == b for a, b in zip(self, other))
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return (
+            f"Cohort({len(self)} patients, {self.n_visits} visits, {self.n_events} "
+            f"events, modalities={list(self.schema.modalities)})"
+        )
+
+    def patient(self, patient_id: str) -> Patient:
+        """The patient with this id (a :class:`KeyError` if absent)."""
+        if self._index is None:
+            self._index = {pid: i for i, pid in enumerate(self.patient_ids)}
+        return self._patient(self._index[str(patient_id)])
+
+    def _patient(self, p: int) -> Patient:
+        static: dict[str, str | float] = {}
+        for name, values in self.static.items():
+            value = values[p]
+            if name in self.schema.categorical:
+                if value >= 0:
+                    static[name] = self.schema.categorical[name][value]
+            elif not np.isnan(value):
+                static[name] = float(value)
+        visits = []
+        for v in range(self.visit_offsets[p], self.visit_offsets[p + 1]):
+            codes = self.event_codes[self.event_offsets[v] : self.event_offsets[v + 1]]
+            events: dict[str, list[str]] = {}
+            for code in codes.tolist():
+                modality = self.schema.modalities[self.code_modality[code]]
+                events.setdefault(modality, []).append(self.code_values[code])
+            # Placeholder times belong to the storage, not to the data: hide them.
+            time = None if self.times_are_placeholders else self.visit_times[v].item()
+            visits.append(Visit({k: tuple(c) for k, c in events.items()}, time))
+        return Patient(str(self.patient_ids[p]), static, tuple(visits))
+
+    # ---- derived views
+
+    @property
+    def visit_patient(self) -> np.ndarray:
+        """(V,) the patient index of each visit."""
+        return np.repeat(np.arange(len(self)), np.diff(self.visit_offsets))
+
+    @property
+    def event_visit(self) -> np.ndarray:
+        """(E,) the visit index of each event."""
+        return np.repeat(np.arange(self.n_visits), np.diff(self.event_offsets))
+
+    @property
+    def event_modality(self) -> np.ndarray:
+        """(E,) the modality index of each event."""
+        return self.code_modality[self.event_codes]
+
+    def select(self, indices: Sequence[int] | np.ndarray) -> Cohort:
+        """The sub-cohort of these patient indices, in this order."""
+        idx = np.asarray(indices, dtype=np.int64)
+        if idx.size and (idx.min() < -len(self) or idx.max() >= len(self)):
+            raise IndexError(f"Patient indices out of range for {len(self)} patients.")
+        idx = idx % max(len(self), 1)
+        visit_idx, visit_offsets = _gather_ranges(self.visit_offsets, idx)
+        event_idx, event_offsets = _gather_ranges(self.event_offsets, visit_idx)
+        return Cohort(
+            schema=self.schema,
+            patient_ids=self.patient_ids[idx],
+            static={k: v[idx] for k, v in self.static.items()},
+            visit_offsets=visit_offsets,
+            visit_times=self.visit_times[visit_idx],
+            event_offsets=event_offsets,
+            event_codes=self.event_codes[event_idx],
+            code_values=self.code_values,
+            code_modality=self.code_modality,
+            times_are_placeholders=self.times_are_placeholders,
+            labels={k: v[idx] for k, v in self.labels.items()},
+            metadata=self.metadata,
+        )
+
+    def split(self, fractions: Sequence[float], seed: int = 0) -> tuple[Cohort, ...]:
+        """Split by patient into disjoint cohorts of the given fractions.
+
+        Sizes are rounded so that they add up to ``len(self)``; each part keeps the
+        cohort's order.
+
+        Example:
+            >>> from ehrgen.data.demo import demo_cohort
+            >>> train, test = demo_cohort(100, seed=0).split([0.8, 0.2], seed=0)
+            >>> len(train), len(test)
+            (80, 20)
+        """
+        fractions = np.asarray(fractions, dtype=float)
+        if fractions.ndim != 1 or fractions.size == 0 or (fractions < 0).any():
+            raise SchemaError(
+                f"The 'fractions' parameter of Cohort.split must be non-negative "
+                f"numbers. Got {fractions.tolist()} instead."
+            )
+        if abs(fractions.sum() - 1.0) > 1e-6:
+            raise SchemaError(
+                f"The 'fractions' parameter of Cohort.split must add up to 1. Got "
+                f"{fractions.tolist()} (sum {fractions.sum():g}) instead."
+            )
+        n = len(self)
+        exact = fractions * n
+        sizes = np.floor(exact).astype(int)
+        order = np.argsort(-(exact - sizes), kind="stable")
+        sizes[order[: n - sizes.sum()]] += 1
+        permutation = np.random.default_rng(seed).permutation(n)
+        bounds = np.concatenate([[0], np.cumsum(sizes)])
+        return tuple(
+            self.select(np.sort(permutation[a:b])) for a, b in zip(bounds, bounds[1:])
+        )
+
+    def stats(self) -> CohortStats:
+        """Counts and distributions: patients, visits, events, vocabularies, visits
+        per patient, codes per visit and modality, baseline features."""
+        modalities = self.schema.modalities
+        event_modality = self.event_modality
+        per_visit = np.zeros((self.n_visits, len(modalities)), dtype=np.int64)
+        np.add.at(per_visit, (self.event_visit, event_modality), 1)
+        used = np.unique(self.event_codes)
+        categorical = {}
+        for name, categories in self.schema.categorical.items():
+            counts = np.bincount(self.static[name][self.static[name] >= 0],
+                                 minlength=len(categories))
+            categorical[name] = dict(zip(categories, counts.tolist()))
+            missing = int((self.static[name] < 0).sum())
+            if missing:
+                categorical[name]["<missing>"] = missing
+        return CohortStats(
+            n_patients=len(self),
+            n_visits=self.n_visits,
+            n_events=self.n_events,
+            vocabulary={
+                m: int((self.code_modality[used] == i).sum())
+                for i, m in enumerate(modalities)
+            },
+            visits_per_patient=Distribution.of(np.diff(self.visit_offsets)),
+            codes_per_visit={
+                m: Distribution.of(per_visit[:, i]) for i, m in enumerate(modalities)
+            },
+            visits_with_modality={
+                m: float((per_visit[:, i] > 0).mean()) if self.n_visits else 0.0
+                for i, m in enumerate(modalities)
+            },
+            categorical=categorical,
+            numerical={
+                name: Distribution.of(v[~np.isnan(v)])
+                for name in self.schema.numerical
+                for v in [self.static[name]]
+            },
+            times_are_placeholders=self.times_are_placeholders,
+        )
+
+
+def _frozen(array: np.ndarray) -> np.ndarray:
+    array.flags.writeable = False
+    return array
+
+
+def _gather_ranges(
+    offsets: np.ndarray, rows: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The element indices of ``rows`` of a CSR structure and their new offsets."""
+    lengths = offsets[rows + 1] - offsets[rows]
+    new_offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=new_offsets[1:])
+    starts = np.repeat(offsets[rows] - new_offsets[:-1], lengths)
+    return np.arange(new_offsets[-1], dtype=np.int64) + starts, new_offsets
+
+
+# --------------------------------------------------------------------------- builder
+
+
+class CohortBuilder:
+    """Build a :class:`Cohort` patient by patient, interning code strings as it goes.
+
+    Readers and the demo simulator use it; it validates every patient and names the
+    patient and the field in its errors.
+
+    Example:
+        >>> b = CohortBuilder(CohortSchema(modalities=("diagnosis",)))
+        >>> b.add("7", {}, [(None, {"diagnosis": ["4019"]})])
+        >>> len(b.build())
+        1
+    """
+
+    def __init__(self, schema: CohortSchema, *, source: str = "input") -> None:
+        self.schema = schema
+        self.source = source
+        self._labels: dict[str, list[float]] = {}
+        self._modality_index = {m: i for i, m in enumerate(schema.modalities)}
+        self._category_index = {
+            name: {c: i for i, c in enumerate(cats)}
+            for name, cats in schema.categorical.items()
+        }
+        self._codes: dict[tuple[int, str], int] = {}
+        self._patient_ids: list[str] = []
+        self._seen_ids: set[str] = set()
+        self._static: dict[str, list[float]] = {name: [] for name in schema.features}
+        self._visit_counts: list[int] = []
+        self._visit_times: list[datetime | None] = []
+        self._event_counts: list[int] = []
+        self._event_codes: list[int] = []
+        self._dropped_patients = 0
+        self._dropped_visits = 0
+
+    def add(
+        self,
+        patient_id: str,
+        static: Mapping[str, str | float | None],
+        visits: Sequence[tuple[datetime | None, Mapping[str, Iterable[str]]]],
+        labels: Mapping[str, float] | None = None,
+    ) -> None:
+        """Add one patient: its baseline features and ``(time, {modality: codes})``
+        visits in time order. Empty visits are dropped; a patient left with no visit
+        is dropped (counted, and reported once by :meth:`build`)."""
+        patient_id = str(patient_id)
+        where = f"{self.source}: patient {patient_id!r}"
+        if patient_id in self._seen_ids:
+            raise SchemaError(f"{where}: duplicate patient id.")
+        static_row = self._static_row(static, where)
+        codes, counts, times = [], [], []
+        for time, events in visits:
+            n_before = len(codes)
+            for modality in self.schema.modalities:
+                values = events.get(modality)
+                if values:
+                    m = self._modality_index[modality]
+                    for value in dict.fromkeys(values):
+                        codes.append(self._intern(m, value, where))
+            unknown = set(events) - self._modality_index.keys()
+            if unknown:
+                raise SchemaError(
+                    f"{where}, field 'modality': unknown modality {sorted(unknown)[0]!r};"
+                    f" the schema has {list(self.schema.modalities)}."
+                )
+            if len(codes) == n_before:
+                self._dropped_visits += 1
+                continue
+            counts.append(len(codes) - n_before)
+            times.append(time)
+        if not counts:
+            self._dropped_patients += 1
+            return
+        _check_times(times, where)
+        self._seen_ids.add(patient_id)
+        self._patient_ids.append(patient_id)
+        for name, value in static_row.items():
+            self._static[name].append(value)
+        for name in self._labels.keys() | (labels or {}).keys():
+            column = self._labels.setdefault(name, [np.nan] * (len(self._patient_ids) - 1))
+            column.append(np.nan if labels is None else labels.get(name, np.nan))
+        self._visit_counts.append(len(counts))
+        self._visit_times.extend(times)
+        self._event_counts.extend(counts)
+        self._event_codes.extend(codes)
+
+    def _intern(self, modality: int, value: str, where: str) -> int:
+        key = (modality, value)
+        index = self._codes.get(key)
+        if index is None:
+            if not isinstance(value, str) or not value:
+                raise SchemaError(
+                    f"{where}, field 'code': codes must be non-empty strings. "
+                    f"Got {value!r}."
+                )
+            index = self._codes[key] = len(self._codes)
+        return index
+
+    def _static_row(
+        self, static: Mapping[str, str | float | None], where: str
+    ) -> dict[str, float]:
+        unknown = set(static) - set(self.schema.features)
+        if unknown:
+            raise SchemaError(
+                f"{where}, field {sorted(unknown)[0]!r}: not a feature of the schema "
+                f"(features: {list(self.schema.features)})."
+            )
+        row: dict[str, float] = {}
+        for name, categories in self._category_index.items():
+            value = static.get(name)
+            if value is None:
+                row[name] = -1
+            elif str(value) in categories:
+                row[name] = categories[str(value)]
+            else:
+                raise SchemaError(
+                    f"{where}, field {name!r}: unknown category {value!r}; expected one "
+                    f"of {list(categories)}."
+                )
+        for name in self.schema.numerical:
+            value = static.get(name)
+            try:
+                row[name] = np.nan if value is None else float(value)
+            except (TypeError, ValueError):
+                raise SchemaError(
+                    f"{where}, field {name!r}: expected a number. Got {value!r}."
+                ) from None
+        return row
+
+    def build(
+        self,
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        times_are_placeholders: bool = False,
+    ) -> Cohort:
+        """The cohort of every patient added so far.
+
+        If no visit has a time, visits get placeholder times one day apart and the
+        cohort is marked ``times_are_placeholders``; mixing visits with and without
+        times is an error.
+        """
+        if self._dropped_patients or self._dropped_visits:
+            logger.warning(
+                "%s: dropped %d visit(s) with no code and %d patient(s) with no visit.",
+                self.source, self._dropped_visits, self._dropped_patients,
+            )
+        visit_counts = np.asarray(self._visit_counts, dtype=np.int64)
+        visit_offsets = np.concatenate([[0], np.cumsum(visit_counts)])
+        has_time = [t is not None for t in self._visit_times]
+        if has_time and not any(has_time):
+            times_are_placeholders = True
+            within = np.arange(len(has_time)) - np.repeat(visit_offsets[:-1], visit_counts)
+            times = np.datetime64(PLACEHOLDER_EPOCH, "us") + within.astype(
+                "timedelta64[D]"
+            )
+        elif not all(has_time):
+            first = int(np.searchsorted(visit_offsets, has_time.index(False), "right"))
+            raise SchemaError(
+                f"{self.source}: patient {self._patient_ids[first - 1]!r}, field "
+                f"'time': some visits have times and others do not; give every visit a "
+                f"time, or none (placeholders are then used)."
+            )
+        else:
+            times = np.array(self._visit_times, dtype="datetime64[us]")
+        code_items = sorted(self._codes.items(), key=lambda kv: kv[1])
+        labels = {k: np.asarray(v, dtype=np.float32) for k, v in self._labels.items()}
+        return Cohort(
+            schema=self.schema,
+            patient_ids=np.array(self._patient_ids, dtype=object),
+            static={k: np.asarray(v) for k, v in self._static.items()},
+            visit_offsets=visit_offsets,
+            visit_times=times.reshape(-1),
+            event_offsets=np.concatenate([[0], np.cumsum(self._event_counts)]),
+            event_codes=np.asarray(self._event_codes, dtype=np.int32),
+            code_values=np.array([value for (_, value), _ in code_items], dtype=object),
+            code_modality=np.array([m for (m, _), _ in code_items], dtype=np.int8),
+            times_are_placeholders=times_are_placeholders,
+            labels=labels,
+            metadata=metadata,
+        )
+
+
+def _check_times(times: list[datetime | None], where: str) -> None:
+    known = [t for t in times if t is not None]
+    if known and len(known) != len(times):
+        raise SchemaError(
+            f"{where}, field 'time': some visits have times and others do not."
+        )
+    for before, after in zip(known, known[1:]):
+        if not after > before:
+            raise SchemaError(
+                f"{where}, field 'time': visit times must strictly increase; got "
+                f"{before.isoformat()} then {after.isoformat()}. Merge visits that share "
+                f"a time, or order them."
+            )
+
+
+def placeholder_time(visit_index: int) -> datetime:
+    """The placeholder time of a patient's ``visit_index``-th visit."""
+    return PLACEHOLDER_EPOCH + timedelta(days=visit_index)

@@ -1,0 +1,29 @@
+"""The exceptions ehrgen raises.
+
+Every error the library raises on purpose is an :class:`EhrgenError`, so a caller (and
+the CLI) can tell our diagnoses from bugs. The subclasses also subclass the built-in
+exception a Python user would expect, so ``except ValueError`` keeps working.
+
+Messages follow one template: what is wrong, what was expected, what was found, and how to
+fix it; readers also name the file, row or patient and the field.
+"""
+
+from __future__ import annotations
+
+__all__ = ["ConfigError", "EhrgenError", "NotFittedError", "SchemaError"]
+
+
+class EhrgenError(Exception):
+    """Base class of every error ehrgen raises on purpose."""
+
+
+class ConfigError(EhrgenError, ValueError):
+    """A configuration or argument has an invalid value."""
+
+
+class SchemaError(EhrgenError, ValueError):
+    """Input data do not match the expected format (file, row or patient, field)."""
+
+
+class NotFittedError(EhrgenError, ValueError, AttributeError):
+    """An estimator was used before ``fit`` (or ``from_pretrained``)."""
