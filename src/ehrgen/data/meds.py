@@ -169,28 +169,29 @@ def _events_table(cohort: Cohort, subject_ids: np.ndarray) -> pa.Table:
         ],
         dtype=object,
     )
-    n_static_kinds = len(schema.features) + len(cohort.labels)
-    subjects, keys, codes, values = [], [], [], []
+    subjects, keys, codes, values, times = [], [], [], [], []
     for rank, (names, numbers, present) in enumerate(_static_rows(cohort)):
         subjects.append(np.flatnonzero(present))
         keys.append(np.full(present.sum(), rank, dtype=np.int64))
         codes.append(names[present])
         values.append(numbers[present])
+        times.append(np.full(present.sum(), np.datetime64("NaT"), "datetime64[us]"))
     subjects.append(cohort.visit_patient[cohort.event_visit])
     # Static rows sort before events; events keep their stored order.
-    keys.append(np.arange(cohort.n_events, dtype=np.int64) + n_static_kinds)
+    keys.append(np.arange(cohort.n_events, dtype=np.int64) + len(keys))
     codes.append(code_strings[cohort.event_codes])
     values.append(np.full(cohort.n_events, np.nan, dtype=np.float32))
+    times.append(cohort.visit_times[cohort.event_visit])
     patient, key = np.concatenate(subjects), np.concatenate(keys)
-    order = np.lexsort((key, patient))
-    is_event = key[order] >= n_static_kinds
-    times = np.full(len(order), np.datetime64("NaT"), dtype="datetime64[us]")
-    times[is_event] = cohort.visit_times[cohort.event_visit]
+    # MEDS shards are sorted by subject id; the cohort's own order is kept by
+    # subject_splits.parquet, which read_meds follows.
+    order = np.lexsort((key, subject_ids[patient]))
+    time = np.concatenate(times)[order]
     numbers = np.concatenate(values)[order]
     return pa.Table.from_arrays(
         [
             pa.array(subject_ids[patient[order]], pa.int64()),
-            pa.array(times, pa.timestamp("us"), mask=~is_event),
+            pa.array(time, pa.timestamp("us"), mask=np.isnat(time)),
             pa.array(np.concatenate(codes)[order], pa.string()),
             pa.array(numbers, pa.float32(), mask=np.isnan(numbers)),
         ],
@@ -330,7 +331,8 @@ def read_meds(
         how="vertical",
     )
     if split is not None:
-        frame = frame.filter(pl.col("subject_id").is_in(_split_subjects(root, split)))
+        chosen = _split_subjects(root, split).implode()
+        frame = frame.filter(pl.col("subject_id").is_in(chosen))
     frame = _split_codes(frame)
     report: dict[str, Any] = {"source": str(root), "format": "MEDS"}
     static = frame.filter(pl.col("time").is_null())
@@ -355,7 +357,7 @@ def read_meds(
             numerical=(*schema.numerical, "age"),
         )
     report.update(_source_metadata(root))
-    return Cohort(
+    cohort = Cohort(
         schema=schema,
         patient_ids=_patient_ids(root, subjects),
         static=static_columns,
@@ -364,6 +366,21 @@ def read_meds(
         metadata={**(extra["metadata"] if extra else {}), **report},
         **cohort_parts,
     )
+    return _in_split_file_order(root, cohort, subjects)
+
+
+def _in_split_file_order(root: Path, cohort: Cohort, subjects: np.ndarray) -> Cohort:
+    """The cohort in the order of ``subject_splits.parquet`` (the order ehrgen wrote
+    it in), when that file lists every subject; else sorted by subject id."""
+    path = root / "metadata" / "subject_splits.parquet"
+    if not path.exists():
+        return cohort
+    listed = pl.read_parquet(path, columns=["subject_id"]).get_column("subject_id")
+    rank = dict(zip(listed.to_list(), range(listed.len())))
+    order = [rank.get(s) for s in subjects.tolist()]
+    if None in order or order == sorted(order):
+        return cohort
+    return cohort.select(np.argsort(np.asarray(order), kind="stable"))
 
 
 def _data_files(root: Path) -> list[Path]:

@@ -1,0 +1,299 @@
+"""The ``ehrgen`` command.
+
+Heavy modules (numpy, polars, torch) are imported inside the commands that use them, so
+``ehrgen --help`` answers at once. An :class:`~ehrgen.errors.EhrgenError` is printed as
+one line and exits with status 2; ``ehrgen --debug ...`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+from rich.text import Text
+
+from ehrgen.errors import ConfigError, EhrgenError
+
+if TYPE_CHECKING:
+    from ehrgen.data.cohort import Cohort
+
+app = typer.Typer(
+    help="Learn from real EHRs and generate realistic, private synthetic patients.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+data_app = typer.Typer(
+    help="Build, import, export and inspect cohorts.", no_args_is_help=True
+)
+app.add_typer(data_app, name="data")
+
+console = Console()
+errors = Console(stderr=True)
+_state = {"debug": False}
+
+
+class ImportFormat(str, enum.Enum):
+    meds = "meds"
+    promptehr_pickle = "promptehr-pickle"
+    jsonl = "jsonl"
+
+
+class ExportFormat(str, enum.Enum):
+    jsonl = "jsonl"
+    meds = "meds"
+
+
+Overwrite = Annotated[
+    bool, typer.Option("--overwrite", help="Replace the output if it exists.")
+]
+
+
+@app.callback()
+def _main(
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show tracebacks and debug logs.")
+    ] = False,
+    version: Annotated[
+        bool, typer.Option("--version", help="Print the version and exit.")
+    ] = False,
+) -> None:
+    _state["debug"] = debug
+    if version:
+        from ehrgen import __version__
+
+        console.print(f"ehrgen {__version__}")
+        raise typer.Exit()
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=errors, show_path=False, show_time=False)],
+    )
+
+
+# --------------------------------------------------------------------------- data
+
+
+@data_app.command("demo")
+def data_demo(
+    out: Annotated[Path, typer.Option("--out", help="Output MEDS folder.")],
+    patients: Annotated[int, typer.Option("--patients", help="Patients.")] = 2000,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+    split: Annotated[
+        str, typer.Option("--split", help="train,tuning,held_out fractions.")
+    ] = "0.8,0.1,0.1",
+    overwrite: Overwrite = False,
+) -> None:
+    """Simulate the embedded demo cohort and write it as MEDS."""
+    from ehrgen.data.demo import demo_cohort
+
+    with console.status(f"Simulating {patients:,} demo patients..."):
+        cohort = demo_cohort(patients, seed=seed)
+    _write_splits(cohort, out, split, seed, overwrite)
+
+
+@data_app.command("import")
+def data_import(
+    kind: Annotated[ImportFormat, typer.Argument(help="Format of SRC.")],
+    src: Annotated[Path, typer.Argument(help="File or folder to import.")],
+    out: Annotated[Path, typer.Option("--out", help="Output MEDS folder.")],
+    split: Annotated[
+        str, typer.Option("--split", help="train,tuning,held_out fractions.")
+    ] = "1,0,0",
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the split.")] = 0,
+    overwrite: Overwrite = False,
+) -> None:
+    """Import a cohort (MEDS, the reference PromptEHR pickle, JSONL) as MEDS."""
+    with console.status(f"Reading {src}..."):
+        cohort = _read(src, kind.value)
+    _write_splits(cohort, out, split, seed, overwrite)
+
+
+@data_app.command("export")
+def data_export(
+    src: Annotated[Path, typer.Argument(help="A MEDS folder.")],
+    out: Annotated[Path, typer.Option("--out", help="Output file or folder.")],
+    fmt: Annotated[
+        ExportFormat, typer.Option("--format", help="Output format.")
+    ] = ExportFormat.jsonl,
+    overwrite: Overwrite = False,
+) -> None:
+    """Export a MEDS cohort (to JSONL: one patient per line)."""
+    cohort = _read(src, "meds")
+    if fmt is ExportFormat.jsonl:
+        from ehrgen.data.jsonl import write_jsonl
+
+        write_jsonl(cohort, out, overwrite=overwrite)
+    else:
+        from ehrgen.data.meds import write_meds
+
+        write_meds(cohort, out, overwrite=overwrite)
+    console.print(f"Wrote {len(cohort):,} patients to [bold]{out}[/bold].")
+
+
+@data_app.command("stats")
+def data_stats(
+    src: Annotated[Path, typer.Argument(help="A MEDS folder, .jsonl or .pkl file.")],
+    split: Annotated[
+        Optional[str], typer.Option("--split", help="Only this MEDS split.")  # noqa: UP007
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Print a cohort's statistics."""
+    cohort = _read(src, None, split)
+    if as_json:
+        console.print_json(json.dumps(cohort.stats().to_dict()))
+    else:
+        print_stats(cohort, title=str(src))
+
+
+# --------------------------------------------------------------------------- quickstart
+
+
+@app.command("quickstart")
+def quickstart(
+    out: Annotated[
+        Path, typer.Option("--out", help="Output folder.")
+    ] = Path("ehrgen-quickstart"),
+    patients: Annotated[int, typer.Option("--patients", help="Patients.")] = 2000,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+    overwrite: Overwrite = False,
+) -> None:
+    """Run the main job on the embedded demo cohort.
+
+    Today: simulate the demo cohort, write it as MEDS with train/tuning/held_out splits,
+    fit the code tokenizer and print the cohort's statistics. Training, generation and
+    evaluation join as they land.
+    """
+    from ehrgen._io import atomic_directory
+    from ehrgen.data.demo import demo_cohort
+    from ehrgen.data.meds import write_meds
+    from ehrgen.tokenizer import CodeTokenizer
+
+    with atomic_directory(out, overwrite) as tmp:
+        with console.status(f"Simulating {patients:,} demo patients..."):
+            cohort = demo_cohort(patients, seed=seed)
+        train, tuning, held_out = cohort.split([0.8, 0.1, 0.1], seed=seed)
+        splits = {"train": train, "tuning": tuning, "held_out": held_out}
+        write_meds(splits, tmp / "cohort")
+        tokenizer = CodeTokenizer.fit(train)
+        tokenizer.save(tmp / "tokenizer.json")
+        (tmp / "stats.json").write_text(json.dumps(cohort.stats().to_dict(), indent=2))
+    print_stats(cohort, title="Demo cohort")
+    console.print(
+        f"[green]Done.[/green] MEDS cohort: [bold]{out / 'cohort'}[/bold] "
+        f"({len(train):,} train / {len(tuning):,} tuning / {len(held_out):,} held-out "
+        f"patients); tokenizer ({tokenizer.vocab_size:,} tokens): "
+        f"[bold]{out / 'tokenizer.json'}[/bold]."
+    )
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _read(src: Path, kind: str | None, split: str | None = None) -> Cohort:
+    if kind is None:
+        kind = {".jsonl": "jsonl", ".pkl": "promptehr-pickle"}.get(src.suffix, "meds")
+    if not src.exists():
+        raise ConfigError(f"{src}: no such file or folder.")
+    if kind == "meds":
+        from ehrgen.data.meds import read_meds
+
+        return read_meds(src, split=split)
+    if split is not None:
+        raise ConfigError("--split applies to MEDS folders only.")
+    if kind == "jsonl":
+        from ehrgen.data.jsonl import read_jsonl
+
+        return read_jsonl(src)
+    from ehrgen.data.promptehr_pickle import read_promptehr_pickle
+
+    return read_promptehr_pickle(src)
+
+
+def _parse_fractions(text: str) -> list[float]:
+    try:
+        fractions = [float(x) for x in text.split(",")]
+    except ValueError:
+        fractions = []
+    if len(fractions) != 3 or any(f < 0 for f in fractions) or sum(fractions) <= 0:
+        raise ConfigError(
+            f"--split must be three non-negative numbers for train,tuning,held_out "
+            f"(e.g. 0.8,0.1,0.1). Got {text!r} instead."
+        )
+    total = sum(fractions)
+    return [f / total for f in fractions]
+
+
+def _write_splits(
+    cohort: Cohort, out: Path, split: str, seed: int, overwrite: bool
+) -> None:
+    from ehrgen.data.meds import write_meds
+
+    parts = cohort.split(_parse_fractions(split), seed=seed)
+    named = {
+        name: part
+        for name, part in zip(("train", "tuning", "held_out"), parts)
+        if len(part)
+    }
+    with console.status(f"Writing {out}..."):
+        write_meds(named, out, overwrite=overwrite)
+    sizes = ", ".join(f"{len(p):,} {n}" for n, p in named.items())
+    console.print(f"Wrote {len(cohort):,} patients ({sizes}) to [bold]{out}[/bold].")
+
+
+def print_stats(cohort: Cohort, title: str) -> None:
+    """Print :meth:`Cohort.stats` as rich tables."""
+    stats = cohort.stats()
+    overview = Table(title=title, show_header=False)
+    overview.add_row("patients", f"{stats.n_patients:,}")
+    overview.add_row("visits", f"{stats.n_visits:,}")
+    overview.add_row("events", f"{stats.n_events:,}")
+    vpp = stats.visits_per_patient
+    overview.add_row(
+        "visits per patient",
+        f"mean {vpp.mean:.2f}, median {vpp.median:g}, p90 {vpp.p90:g}, max {vpp.max:g}",
+    )
+    overview.add_row(
+        "visit times", "placeholders" if stats.times_are_placeholders else "real"
+    )
+    for name, counts in stats.categorical.items():
+        overview.add_row(name, ", ".join(f"{k} {v:,}" for k, v in counts.items()))
+    for name, dist in stats.numerical.items():
+        overview.add_row(name, f"mean {dist.mean:.1f}, range {dist.min:g}-{dist.max:g}")
+    console.print(overview)
+    table = Table(title="Codes per visit, by modality")
+    for column in ("modality", "vocabulary", "visits with it", "mean", "median", "p90",
+                   "max"):
+        table.add_column(column, justify="left" if column == "modality" else "right")
+    for m in cohort.schema.modalities:
+        d = stats.codes_per_visit[m]
+        table.add_row(
+            m, f"{stats.vocabulary[m]:,}", f"{stats.visits_with_modality[m]:.0%}",
+            f"{d.mean:.2f}", f"{d.median:g}", f"{d.p90:g}", f"{d.max:g}",
+        )
+    console.print(table)
+
+
+def main() -> None:
+    """Entry point of the ``ehrgen`` console script."""
+    try:
+        app()
+    except EhrgenError as error:
+        if _state["debug"]:
+            raise
+        message = " ".join(str(error).split())
+        errors.print(Text.assemble(("error: ", "red"), message), soft_wrap=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
