@@ -19,7 +19,9 @@ SCHEMA = CohortSchema(
 code_strings = st.one_of(
     st.sampled_from(["ICD9CM//4019", "ICD9CM//25000", "ATC//N02B", "Creatinine"]),
     st.text(
-        alphabet=st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=12
+        alphabet=st.characters(blacklist_categories=("Cs", "Cc")),
+        min_size=1,
+        max_size=12,
     ),
 )
 float32_ages = st.floats(0, 120, allow_nan=False, width=32)

@@ -1,4 +1,4 @@
-"""ehrgen: learn from real longitudinal, multimodal EHRs and generate synthetic patients.
+"""ehrgen: learn from real longitudinal, multimodal EHRs; generate synthetic patients.
 
 The public API is re-exported here. Names are imported on first use (PEP 562), so that
 ``import ehrgen`` and the ``ehrgen`` command stay fast and never import torch unless a

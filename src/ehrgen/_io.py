@@ -1,4 +1,4 @@
-"""Atomic writes: a crash never leaves a half-written file or folder that looks complete.
+"""Atomic writes: a crash never leaves a half-written file or folder looking complete.
 
 Everything ehrgen writes goes to a temporary name in the destination's folder (so the
 final rename stays on one file system) and is renamed into place only once complete.
@@ -35,7 +35,9 @@ def _temporary_sibling(path: Path) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_directory(path: str | os.PathLike[str], overwrite: bool = False) -> Iterator[Path]:
+def atomic_directory(
+    path: str | os.PathLike[str], overwrite: bool = False
+) -> Iterator[Path]:
     """Yield a temporary folder that replaces ``path`` when the block succeeds.
 
     On an exception the temporary folder is removed and ``path`` is left as it was.

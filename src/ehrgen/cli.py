@@ -12,7 +12,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -143,7 +143,7 @@ def data_export(
 def data_stats(
     src: Annotated[Path, typer.Argument(help="A MEDS folder, .jsonl or .pkl file.")],
     split: Annotated[
-        Optional[str], typer.Option("--split", help="Only this MEDS split.")  # noqa: UP007
+        str | None, typer.Option("--split", help="Only this MEDS split.")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
@@ -160,9 +160,9 @@ def data_stats(
 
 @app.command("quickstart")
 def quickstart(
-    out: Annotated[
-        Path, typer.Option("--out", help="Output folder.")
-    ] = Path("ehrgen-quickstart"),
+    out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path(
+        "ehrgen-quickstart"
+    ),
     patients: Annotated[int, typer.Option("--patients", help="Patients.")] = 2000,
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
     overwrite: Overwrite = False,
@@ -271,14 +271,26 @@ def print_stats(cohort: Cohort, title: str) -> None:
         overview.add_row(name, f"mean {dist.mean:.1f}, range {dist.min:g}-{dist.max:g}")
     console.print(overview)
     table = Table(title="Codes per visit, by modality")
-    for column in ("modality", "vocabulary", "visits with it", "mean", "median", "p90",
-                   "max"):
+    for column in (
+        "modality",
+        "vocabulary",
+        "visits with it",
+        "mean",
+        "median",
+        "p90",
+        "max",
+    ):
         table.add_column(column, justify="left" if column == "modality" else "right")
     for m in cohort.schema.modalities:
         d = stats.codes_per_visit[m]
         table.add_row(
-            m, f"{stats.vocabulary[m]:,}", f"{stats.visits_with_modality[m]:.0%}",
-            f"{d.mean:.2f}", f"{d.median:g}", f"{d.p90:g}", f"{d.max:g}",
+            m,
+            f"{stats.vocabulary[m]:,}",
+            f"{stats.visits_with_modality[m]:.0%}",
+            f"{d.mean:.2f}",
+            f"{d.median:g}",
+            f"{d.p90:g}",
+            f"{d.max:g}",
         )
     console.print(table)
 

@@ -4,8 +4,8 @@ Every error the library raises on purpose is an :class:`EhrgenError`, so a calle
 the CLI) can tell our diagnoses from bugs. The subclasses also subclass the built-in
 exception a Python user would expect, so ``except ValueError`` keeps working.
 
-Messages follow one template: what is wrong, what was expected, what was found, and how to
-fix it; readers also name the file, row or patient and the field.
+Messages follow one template: what is wrong, what was expected, what was found,
+and how to fix it; readers also name the file, row or patient and the field.
 """
 
 from __future__ import annotations

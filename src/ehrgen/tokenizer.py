@@ -2,14 +2,15 @@
 
 A patient becomes one sequence (METHOD.md)::
 
-    <bos> <v> <diagnosis> 4019 25000 </diagnosis> <drug> C09A </drug> </v> <v> ... </v> <eos>
+    <bos> <v> <diagnosis> 4019 25000 </diagnosis> <drug> C09A </drug> </v> ... <eos>
 
-Each visit sits between ``<v>`` and ``</v>``; inside it each modality that has codes sits
-between its own open and close tokens, in the schema's modality order (a modality with no
-code is left out). The same code string in two modalities is two tokens. The vocabulary
-is laid out as: the special tokens, then an open/close pair per modality, then the codes
-of each modality in one contiguous block (most frequent first), so a model can restrict
-its output to one modality with a slice (:attr:`CodeTokenizer.code_ranges`).
+Each visit sits between ``<v>`` and ``</v>``; inside it each modality that has
+codes sits between its own open and close tokens, in the schema's modality order (a
+modality with no code is left out). The same code string in two modalities is two
+tokens. The vocabulary is laid out as: the special tokens, then an open/close pair per
+modality, then the codes of each modality in one contiguous block (most frequent
+first), so a model can restrict its output to one modality with a slice
+(:attr:`CodeTokenizer.code_ranges`).
 
 :meth:`CodeTokenizer.decode` accepts any id sequence, since sampling produces malformed
 ones: it never raises, and keeps only what is well formed (see its docstring).
@@ -32,7 +33,13 @@ from ehrgen.errors import ConfigError, SchemaError
 __all__ = ["SPECIAL_TOKENS", "CodeTokenizer"]
 
 PAD, BOS, EOS, MASK, UNK, VISIT_OPEN, VISIT_CLOSE = (
-    "<pad>", "<bos>", "<eos>", "<mask>", "<unk>", "<v>", "</v>",
+    "<pad>",
+    "<bos>",
+    "<eos>",
+    "<mask>",
+    "<unk>",
+    "<v>",
+    "</v>",
 )
 SPECIAL_TOKENS: tuple[str, ...] = (PAD, BOS, EOS, MASK, UNK, VISIT_OPEN, VISIT_CLOSE)
 _FORMAT_VERSION = 1
@@ -84,8 +91,15 @@ class CodeTokenizer:
 
     def _layout(self) -> None:
         tokens = list(SPECIAL_TOKENS)
-        (self.pad_id, self.bos_id, self.eos_id, self.mask_id, self.unk_id,
-         self.visit_open_id, self.visit_close_id) = range(len(SPECIAL_TOKENS))
+        (
+            self.pad_id,
+            self.bos_id,
+            self.eos_id,
+            self.mask_id,
+            self.unk_id,
+            self.visit_open_id,
+            self.visit_close_id,
+        ) = range(len(SPECIAL_TOKENS))
         self.open_ids: dict[str, int] = {}
         self.close_ids: dict[str, int] = {}
         for m in self.modalities:
@@ -116,7 +130,9 @@ class CodeTokenizer:
         if not isinstance(other, CodeTokenizer):
             return NotImplemented
         return (self.modalities, self.codes, self.counts) == (
-            other.modalities, other.codes, other.counts,
+            other.modalities,
+            other.codes,
+            other.counts,
         )
 
     __hash__ = None  # type: ignore[assignment]
@@ -152,7 +168,9 @@ class CodeTokenizer:
         codes, kept_counts = {}, {}
         for i, m in enumerate(cohort.schema.modalities):
             ids = np.flatnonzero((cohort.code_modality == i) & (counts >= min_count))
-            ranked = sorted(ids.tolist(), key=lambda c: (-counts[c], cohort.code_values[c]))
+            ranked = sorted(
+                ids.tolist(), key=lambda c: (-counts[c], cohort.code_values[c])
+            )
             ranked = ranked[: limits.get(m)]
             codes[m] = [cohort.code_values[c] for c in ranked]
             kept_counts[m] = [int(counts[c]) for c in ranked]
@@ -205,7 +223,9 @@ class CodeTokenizer:
         code_to_token = np.array(
             [
                 self._code_ids[self.modalities[m]].get(v, self.unk_id)
-                for m, v in zip(cohort.code_modality.tolist(), cohort.code_values.tolist())
+                for m, v in zip(
+                    cohort.code_modality.tolist(), cohort.code_values.tolist()
+                )
             ],
             dtype=np.int32,
         )
@@ -222,8 +242,14 @@ class CodeTokenizer:
             for v in range(cohort.visit_offsets[p], cohort.visit_offsets[p + 1]):
                 a, b = cohort.event_offsets[v], cohort.event_offsets[v + 1]
                 patient.append(
-                    _visit_tokens(tokens[a:b], modality[a:b], opens, closes,
-                                  self.visit_open_id, self.visit_close_id)
+                    _visit_tokens(
+                        tokens[a:b],
+                        modality[a:b],
+                        opens,
+                        closes,
+                        self.visit_open_id,
+                        self.visit_close_id,
+                    )
                 )
             patient.append(eos)
             lengths[p] = sum(len(x) for x in patient)
@@ -286,7 +312,8 @@ class CodeTokenizer:
             patient_id,
             dict(static or {}),
             tuple(
-                Visit({m: tuple(v[m]) for m in self.modalities if m in v}) for v in visits
+                Visit({m: tuple(v[m]) for m in self.modalities if m in v})
+                for v in visits
             ),
         )
 
@@ -330,7 +357,9 @@ class CodeTokenizer:
         try:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise SchemaError(f"{path}: not a readable tokenizer file ({error}).") from None
+            raise SchemaError(
+                f"{path}: not a readable tokenizer file ({error})."
+            ) from None
         try:
             return cls.from_dict(data)
         except SchemaError as error:
@@ -342,7 +371,9 @@ def _per_modality_limits(
 ) -> dict[str, int]:
     if limit is None:
         return {}
-    limits = dict(limit) if isinstance(limit, Mapping) else dict.fromkeys(modalities, limit)
+    limits = (
+        dict(limit) if isinstance(limit, Mapping) else dict.fromkeys(modalities, limit)
+    )
     for m, n in limits.items():
         if m not in modalities or not isinstance(n, int) or n < 0:
             raise ConfigError(

@@ -24,13 +24,19 @@ def _patients() -> list[Patient]:
                 Visit({"drug": ["C09A"], "lab": ["HbA1c"]}, datetime(2020, 3, 1)),
             ),
         ),
-        Patient("b", {"gender": "M"}, (Visit({"procedure": ["3722"]}, datetime(2021, 1, 1)),)),
-        Patient("c", {"age": 3.0}, (Visit({"diagnosis": ["4660"]}, datetime(2019, 5, 5)),)),
+        Patient(
+            "b",
+            {"gender": "M"},
+            (Visit({"procedure": ["3722"]}, datetime(2021, 1, 1)),),
+        ),
+        Patient(
+            "c", {"age": 3.0}, (Visit({"diagnosis": ["4660"]}, datetime(2019, 5, 5)),)
+        ),
     ]
 
 
 def test_visit_deduplicates_codes_and_drops_empty_modalities():
-    """Check that a visit keeps each code once, in first-seen order, and no empty modality."""
+    """Check that a visit keeps each code once, in order, and no empty modality."""
     visit = Visit({"diagnosis": ["b", "a", "b"], "drug": []})
     assert visit.events == {"diagnosis": ("b", "a")}
     assert visit == Visit({"diagnosis": ("b", "a")})
@@ -130,8 +136,14 @@ def test_missing_times_become_placeholders():
     ("patient", "message"),
     [
         (
-            Patient("p1", {}, (Visit({"diagnosis": ["a"]}, datetime(2020, 1, 2)),
-                               Visit({"diagnosis": ["b"]}, datetime(2020, 1, 1)))),
+            Patient(
+                "p1",
+                {},
+                (
+                    Visit({"diagnosis": ["a"]}, datetime(2020, 1, 2)),
+                    Visit({"diagnosis": ["b"]}, datetime(2020, 1, 1)),
+                ),
+            ),
             r"patient 'p1', field 'time': visit times must strictly increase",
         ),
         (

@@ -26,13 +26,18 @@ def _cohort() -> Cohort:
                 "10",
                 {"gender": "F", "age": 70.5},
                 (
-                    Visit({"diagnosis": ["ICD9CM//4019"], "drug": ["ATC//C09A"]},
-                          datetime(2020, 1, 1, 8)),
+                    Visit(
+                        {"diagnosis": ["ICD9CM//4019"], "drug": ["ATC//C09A"]},
+                        datetime(2020, 1, 1, 8),
+                    ),
                     Visit({"lab": ["Creatinine"]}, datetime(2020, 2, 1)),
                 ),
             ),
-            Patient("11", {"gender": "M"},
-                    (Visit({"procedure": ["ICD9PROC//3722"]}, datetime(2021, 1, 1)),)),
+            Patient(
+                "11",
+                {"gender": "M"},
+                (Visit({"procedure": ["ICD9PROC//3722"]}, datetime(2021, 1, 1)),),
+            ),
         ],
         labels={"mortality": [1.0, 0.0]},
     )
@@ -56,8 +61,11 @@ def _foreign_table(codes, times=None, subjects=None, values=None) -> pa.Table:
     )
 
 
-@settings(max_examples=25, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 @given(cohort=cohorts())
 def test_round_trip(tmp_path_factory, cohort):
     """Check that read_meds(write_meds(c)) == c, placeholder times included."""
@@ -81,11 +89,15 @@ def test_layout_follows_meds(tmp_path):
     assert [r["subject_id"] for r in rows] == sorted(r["subject_id"] for r in rows)
     meta = json.loads((root / "metadata" / "dataset.json").read_text())
     assert meta["meds_version"].startswith("0.4") and meta["etl_name"] == "ehrgen"
-    codes = pq.read_table(root / "metadata" / "codes.parquet").column("code").to_pylist()
+    codes = (
+        pq.read_table(root / "metadata" / "codes.parquet").column("code").to_pylist()
+    )
     assert "LAB//Creatinine" in codes and "GENDER//M" in codes
     splits = pq.read_table(root / "metadata" / "subject_splits.parquet").to_pylist()
-    assert splits == [{"subject_id": 10, "split": "train"},
-                      {"subject_id": 11, "split": "train"}]
+    assert splits == [
+        {"subject_id": 10, "split": "train"},
+        {"subject_id": 11, "split": "train"},
+    ]
 
 
 def test_splits_are_written_and_selectable(tmp_path):
@@ -119,8 +131,15 @@ def test_foreign_dataset_groups_visits_by_time(tmp_path):
     modalities from prefixes, static rows as features and MEDS_BIRTH as age."""
     t1, t2 = datetime(2020, 1, 1), datetime(2020, 6, 1)
     table = _foreign_table(
-        ["MEDS_BIRTH", "GENDER//F", "DIAGNOSIS//ICD//10//I10", "MEDICATION//X",
-         "DIAGNOSIS//ICD//10//I10", "LAB//50912", "MEDS_DEATH"],
+        [
+            "MEDS_BIRTH",
+            "GENDER//F",
+            "DIAGNOSIS//ICD//10//I10",
+            "MEDICATION//X",
+            "DIAGNOSIS//ICD//10//I10",
+            "LAB//50912",
+            "MEDS_DEATH",
+        ],
         times=[datetime(1950, 1, 1), None, t1, t1, t1, t2, t2],
     )
     cohort = read_meds(_write_foreign(tmp_path / "f", table))
@@ -147,32 +166,51 @@ def test_foreign_dataset_visits_by_admission_id(tmp_path):
 
 def test_unknown_prefixes_are_reported(tmp_path):
     """Check that unmapped prefixes are an error naming them, or dropped and counted."""
-    root = _write_foreign(tmp_path / "f", _foreign_table(["DIAGNOSIS//a", "VITALS//hr"]))
+    root = _write_foreign(
+        tmp_path / "f", _foreign_table(["DIAGNOSIS//a", "VITALS//hr"])
+    )
     with pytest.raises(SchemaError, match=r"row 1, column 'code'.*'VITALS' \(1 rows\)"):
         read_meds(root)
     cohort = read_meds(root, unknown_prefixes="drop")
     assert cohort.metadata["dropped_unknown_prefixes"] == {"VITALS": 1}
-    mapped = read_meds(root, prefix_to_modality={"DIAGNOSIS": "diagnosis",
-                                                 "VITALS": "vital"})
+    mapped = read_meds(
+        root, prefix_to_modality={"DIAGNOSIS": "diagnosis", "VITALS": "vital"}
+    )
     assert mapped.schema.modalities == ("diagnosis", "vital")
 
 
 @pytest.mark.parametrize(
     ("table", "message"),
     [
-        (pa.table({"subject_id": pa.array([1], pa.int64()),
-                   "code": pa.array(["DIAGNOSIS//a"])}),
-         r"0.parquet: missing column 'time'"),
-        (_foreign_table(["DIAGNOSIS//a"]).set_column(
-            0, "subject_id", pa.array(["1"], pa.string())),
-         r"0.parquet, column 'subject_id': expected an integer. Got string"),
-        (_foreign_table(["DIAGNOSIS//a", None]),
-         r"0.parquet, row 1, column 'code': null value"),
-        (_foreign_table(["DIAGNOSIS//a", "DIAGNOSIS//b"]).set_column(
-            0, "subject_id", pa.array([1, None], pa.int64())),
-         r"0.parquet, row 1, column 'subject_id': null value"),
-        (_foreign_table(["GENDER//F"], times=[None]),
-         r"holds no visit event: the cohort is empty"),
+        (
+            pa.table(
+                {
+                    "subject_id": pa.array([1], pa.int64()),
+                    "code": pa.array(["DIAGNOSIS//a"]),
+                }
+            ),
+            r"0.parquet: missing column 'time'",
+        ),
+        (
+            _foreign_table(["DIAGNOSIS//a"]).set_column(
+                0, "subject_id", pa.array(["1"], pa.string())
+            ),
+            r"0.parquet, column 'subject_id': expected an integer. Got string",
+        ),
+        (
+            _foreign_table(["DIAGNOSIS//a", None]),
+            r"0.parquet, row 1, column 'code': null value",
+        ),
+        (
+            _foreign_table(["DIAGNOSIS//a", "DIAGNOSIS//b"]).set_column(
+                0, "subject_id", pa.array([1, None], pa.int64())
+            ),
+            r"0.parquet, row 1, column 'subject_id': null value",
+        ),
+        (
+            _foreign_table(["GENDER//F"], times=[None]),
+            r"holds no visit event: the cohort is empty",
+        ),
     ],
 )
 def test_malformed_data_are_named(tmp_path, table, message):

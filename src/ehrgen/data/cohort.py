@@ -1,9 +1,9 @@
 """The data model: visits, patients, the schema of a cohort, and the cohort itself.
 
 A :class:`Patient` is a small frozen value: an id, baseline (static) features and visits
-in time order; a :class:`Visit` maps each modality (diagnosis, procedure, drug, lab, ...)
-to its codes, a *set* kept in first-seen order. These objects are what users read and
-write by hand.
+in time order; a :class:`Visit` maps each modality (diagnosis, procedure, drug,
+lab, ...) to its codes, a *set* kept in first-seen order. These objects are what
+users read and write by hand.
 
 A :class:`Cohort` stores many patients columnar, in flat numpy arrays with offsets (the
 layout of a compressed sparse row matrix), so a MIMIC-IV-sized cohort (300k patients,
@@ -15,8 +15,8 @@ Conventions, relied on by every reader and writer:
 * codes within a modality of one visit are unique (duplicates are dropped, order kept);
 * visits with no code are dropped, and so are patients with no visit (one warning counts
   them);
-* visit times within a patient strictly increase. A cohort whose source has no times gets
-  placeholder times one day apart that keep the visits' order, and says so in
+* visit times within a patient strictly increase. A cohort whose source has no
+  times gets placeholder times one day apart that keep the visits' order, and says so in
   ``times_are_placeholders`` so that later stages never learn visit gaps from them;
 * numerical static features are kept at float32 precision, as MEDS stores them;
 * events of a visit are stored grouped by modality, in the schema's modality order.
@@ -83,7 +83,8 @@ class Visit:
         for modality, codes in self.events.items():
             if isinstance(codes, str):
                 raise SchemaError(
-                    f"The codes of modality {modality!r} must be a sequence of strings, "
+                    f"The codes of modality {modality!r} must be a sequence of "
+                    f"strings, "
                     f"not one string. Got {codes!r}; wrap it in a list."
                 )
             unique = tuple(dict.fromkeys(codes))
@@ -140,7 +141,9 @@ class CohortSchema:
         numerical: numerical features.
 
     Example:
-        >>> schema = CohortSchema(categorical={"gender": ("F", "M")}, numerical=("age",))
+        >>> schema = CohortSchema(
+        ...     categorical={"gender": ("F", "M")}, numerical=("age",)
+        ... )
         >>> schema.features
         ('gender', 'age')
     """
@@ -219,6 +222,8 @@ class CohortSchema:
             for visit in patient.visits:
                 seen_modalities.update(dict.fromkeys(visit.events))
             for name, value in patient.static.items():
+                if value is None:
+                    continue
                 if isinstance(value, str):
                     categories.setdefault(name, set()).add(value)
                 else:
@@ -314,8 +319,8 @@ class Cohort:
 
     Build one with :meth:`from_patients` or :class:`CohortBuilder`; readers such as
     :func:`ehrgen.data.read_meds` return one. ``len(cohort)``, ``cohort[i]`` (a
-    :class:`Patient`), ``cohort[a:b]`` or ``cohort[[i, j]]`` (a sub-cohort) and iteration
-    work as for a sequence.
+    :class:`Patient`), ``cohort[a:b]`` or ``cohort[[i, j]]`` (a sub-cohort) and
+    iteration work as for a sequence.
 
     Attributes (read-only numpy arrays):
         patient_ids: (P,) object array of str.
@@ -369,7 +374,8 @@ class Cohort:
         self.code_modality = _frozen(np.asarray(code_modality, dtype=np.int8))
         self.times_are_placeholders = bool(times_are_placeholders)
         self.labels = {
-            k: _frozen(np.asarray(v, dtype=np.float32)) for k, v in (labels or {}).items()
+            k: _frozen(np.asarray(v, dtype=np.float32))
+            for k, v in (labels or {}).items()
         }
         self.metadata = dict(metadata or {})
         self._index: dict[str, int] | None = None
@@ -596,8 +602,9 @@ class Cohort:
         used = np.unique(self.event_codes)
         categorical = {}
         for name, categories in self.schema.categorical.items():
-            counts = np.bincount(self.static[name][self.static[name] >= 0],
-                                 minlength=len(categories))
+            counts = np.bincount(
+                self.static[name][self.static[name] >= 0], minlength=len(categories)
+            )
             categorical[name] = dict(zip(categories, counts.tolist()))
             missing = int((self.static[name] < 0).sum())
             if missing:
@@ -707,7 +714,8 @@ class CohortBuilder:
             unknown = set(events) - self._modality_index.keys()
             if unknown:
                 raise SchemaError(
-                    f"{where}, field 'modality': unknown modality {sorted(unknown)[0]!r};"
+                    f"{where}, field 'modality': unknown modality "
+                    f"{sorted(unknown)[0]!r};"
                     f" the schema has {list(self.schema.modalities)}."
                 )
             if len(codes) == n_before:
@@ -723,8 +731,10 @@ class CohortBuilder:
         self._patient_ids.append(patient_id)
         for name, value in static_row.items():
             self._static[name].append(value)
-        for name in self._labels.keys() | (labels or {}).keys():
-            column = self._labels.setdefault(name, [np.nan] * (len(self._patient_ids) - 1))
+        for name in dict.fromkeys([*self._labels, *(labels or {})]):
+            column = self._labels.setdefault(
+                name, [np.nan] * (len(self._patient_ids) - 1)
+            )
             column.append(np.nan if labels is None else labels.get(name, np.nan))
         self._visit_counts.append(len(counts))
         self._visit_times.extend(times)
@@ -761,7 +771,8 @@ class CohortBuilder:
                 row[name] = categories[str(value)]
             else:
                 raise SchemaError(
-                    f"{where}, field {name!r}: unknown category {value!r}; expected one "
+                    f"{where}, field {name!r}: unknown category {value!r}; "
+                    f"expected one "
                     f"of {list(categories)}."
                 )
         for name in self.schema.numerical:
@@ -789,14 +800,18 @@ class CohortBuilder:
         if self._dropped_patients or self._dropped_visits:
             logger.warning(
                 "%s: dropped %d visit(s) with no code and %d patient(s) with no visit.",
-                self.source, self._dropped_visits, self._dropped_patients,
+                self.source,
+                self._dropped_visits,
+                self._dropped_patients,
             )
         visit_counts = np.asarray(self._visit_counts, dtype=np.int64)
         visit_offsets = np.concatenate([[0], np.cumsum(visit_counts)])
         has_time = [t is not None for t in self._visit_times]
         if has_time and not any(has_time):
             times_are_placeholders = True
-            within = np.arange(len(has_time)) - np.repeat(visit_offsets[:-1], visit_counts)
+            within = np.arange(len(has_time)) - np.repeat(
+                visit_offsets[:-1], visit_counts
+            )
             times = np.datetime64(PLACEHOLDER_EPOCH, "us") + within.astype(
                 "timedelta64[D]"
             )
@@ -837,7 +852,8 @@ def _check_times(times: list[datetime | None], where: str) -> None:
         if not after > before:
             raise SchemaError(
                 f"{where}, field 'time': visit times must strictly increase; got "
-                f"{before.isoformat()} then {after.isoformat()}. Merge visits that share "
+                f"{before.isoformat()} then {after.isoformat()}. Merge visits that "
+                f"share "
                 f"a time, or order them."
             )
 

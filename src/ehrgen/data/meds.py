@@ -1,4 +1,4 @@
-"""MEDS (Medical Event Data Standard, v0.4) reading and writing: ehrgen's on-disk format.
+"""MEDS (Medical Event Data Standard, v0.4) I/O: ehrgen's on-disk format.
 
 A MEDS dataset is a folder::
 
@@ -132,7 +132,9 @@ def write_meds(
                 table = _events_table(part.select(rows), ids[rows])
                 codes.update(pc_unique_strings(table.column("code")))
                 pq.write_table(table, folder / f"{shard}.parquet")
-        _write_metadata(tmp / "metadata", splits, subject_ids, mapped, codes, dataset_name)
+        _write_metadata(
+            tmp / "metadata", splits, subject_ids, mapped, codes, dataset_name
+        )
     return Path(root)
 
 
@@ -275,7 +277,9 @@ def _write_metadata(
                 {
                     "subject_id": pa.array(np.concatenate(subject_ids), pa.int64()),
                     "patient_id": pa.array(
-                        np.concatenate([c.patient_ids for c in splits.values()]).tolist(),
+                        np.concatenate(
+                            [c.patient_ids for c in splits.values()]
+                        ).tolist(),
                         pa.string(),
                     ),
                 }
@@ -304,7 +308,8 @@ def read_meds(
 
     Args:
         root: the dataset folder (holding ``data/`` and, usually, ``metadata/``).
-        split: read only the subjects of this split (``metadata/subject_splits.parquet``).
+        split: read only the subjects of this split
+            (``metadata/subject_splits.parquet``).
         prefix_to_modality: code prefix -> modality, for datasets not written by ehrgen
             (default :data:`DEFAULT_PREFIX_TO_MODALITY`); the modalities become the
             schema's, in this mapping's order.
@@ -341,7 +346,9 @@ def read_meds(
     events = _assign_modalities(
         events, prefix_to_modality, unknown_prefixes, files, report
     )
-    modalities = schema.modalities if schema else _ordered_modalities(prefix_to_modality)
+    modalities = (
+        schema.modalities if schema else _ordered_modalities(prefix_to_modality)
+    )
     cohort_parts = _build_events(events, modalities, visit_id_column, report)
     subjects = cohort_parts.pop("subjects")
     static_columns, labels, schema = _static_columns(
@@ -455,7 +462,9 @@ def _is_string(kind: pa.DataType) -> bool:
     return pa.types.is_string(kind) or pa.types.is_large_string(kind)
 
 
-def _check_type(path: Path, column: str, schema: pa.Schema, test, expected: str) -> None:
+def _check_type(
+    path: Path, column: str, schema: pa.Schema, test, expected: str
+) -> None:
     kind = schema.field(column).type
     if not test(kind):
         raise SchemaError(
@@ -499,7 +508,9 @@ def _assign_modalities(
         counts = events.filter(special).group_by("code").len().sort("code")
         report["ignored_meds_codes"] = dict(counts.iter_rows())
     events = events.filter(~special)
-    known = pl.col("prefix").is_in(list(prefix_to_modality)) & pl.col("value").is_not_null()
+    known = (
+        pl.col("prefix").is_in(list(prefix_to_modality)) & pl.col("value").is_not_null()
+    )
     unknown = events.filter(~known)
     if unknown.height:
         counts = unknown.group_by("prefix").len().sort("len", descending=True)
@@ -546,7 +557,9 @@ def _build_events(
         visit_key = ["time"]
     rank = {m: i for i, m in enumerate(modalities)}
     events = (
-        events.with_columns(pl.col("modality").replace_strict(rank, return_dtype=pl.Int8))
+        events.with_columns(
+            pl.col("modality").replace_strict(rank, return_dtype=pl.Int8)
+        )
         .sort(["subject_id", *visit_key, "modality", "file", "row"])
         .unique(["subject_id", *visit_key, "modality", "value"], maintain_order=True)
     )
@@ -554,7 +567,9 @@ def _build_events(
         raise SchemaError("The MEDS dataset holds no visit event: the cohort is empty.")
     codes = events.select("modality", "value").unique(maintain_order=True)
     codes = codes.with_row_index("code_id")
-    events = events.join(codes, on=["modality", "value"], how="left", maintain_order="left")
+    events = events.join(
+        codes, on=["modality", "value"], how="left", maintain_order="left"
+    )
     visit_run = pl.struct(["subject_id", *visit_key]).rle_id()
     visits = (
         events.with_columns(visit_run.alias("visit"))
@@ -581,7 +596,9 @@ def _offsets(counts: np.ndarray) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
 
 
-def _strictly_increasing(times: np.ndarray, visits_per_patient: np.ndarray) -> np.ndarray:
+def _strictly_increasing(
+    times: np.ndarray, visits_per_patient: np.ndarray
+) -> np.ndarray:
     """Nudge ties (two admissions with one timestamp) apart by a microsecond, so that
     visit times strictly increase within each patient as the data model requires."""
     times = times.copy()
@@ -624,7 +641,8 @@ def _static_columns(
             first = bad.row(0, named=True)
             raise SchemaError(
                 f"{files[first['file']]}, row {first['row']}, column 'code': category "
-                f"{first['value']!r} of feature {name!r} is not in the dataset's schema "
+                f"{first['value']!r} of feature {name!r} is not in the dataset's "
+                f"schema "
                 f"({list(categories)})."
             )
         codes = rows.get_column("value").replace_strict(index, return_dtype=pl.Int32)
@@ -659,7 +677,9 @@ def _infer_static_schema(
     return CohortSchema(
         modalities=modalities,
         categorical=dict(categorical.iter_rows()),
-        numerical=tuple(n for n in numerical.to_list() if n not in categorical["feature"]),
+        numerical=tuple(
+            n for n in numerical.to_list() if n not in categorical["feature"]
+        ),
     )
 
 
@@ -669,7 +689,7 @@ def _age_at_first_visit(
     birth = dict(births.unique("subject_id", keep="first").iter_rows())
     first_visit = parts["visit_times"][parts["visit_offsets"][:-1]]
     born = np.array(
-        [birth.get(s, None) or np.datetime64("NaT") for s in subjects.tolist()],
+        [birth.get(s) or np.datetime64("NaT") for s in subjects.tolist()],
         dtype="datetime64[us]",
     )
     years = (first_visit - born) / np.timedelta64(1, "D") / 365.25

@@ -1,0 +1,161 @@
+"""Tests of the ehrgen command line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from ehrgen.cli import main
+from ehrgen.data.jsonl import read_jsonl
+from ehrgen.data.meds import read_meds
+
+
+def run(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    """Run ``ehrgen ARGS`` in-process; return (exit code, stdout, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["ehrgen", *args])
+    code = 0
+    try:
+        main()
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_help_is_light():
+    """Check that `ehrgen --help` imports neither torch nor the data libraries."""
+    script = (
+        "import sys\n"
+        "sys.argv = ['ehrgen', '--help']\n"
+        "import ehrgen.cli\n"
+        "try:\n    ehrgen.cli.main()\nexcept SystemExit:\n    pass\n"
+        "heavy = {'torch', 'polars', 'pyarrow', 'numpy', 'transformers'}\n"
+        "heavy &= set(sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert "quickstart" in result.stdout
+
+
+def test_demo_stats_export_import(monkeypatch, capsys, tmp_path):
+    """Check the data commands chain: demo -> stats -> export JSONL -> import JSONL."""
+    code, out, _ = run(
+        monkeypatch,
+        capsys,
+        "data",
+        "demo",
+        "--patients",
+        "60",
+        "--seed",
+        "1",
+        "--out",
+        str(tmp_path / "demo"),
+    )
+    assert code == 0 and "60 patients" in out
+    cohort = read_meds(tmp_path / "demo")
+    assert len(cohort) == 60
+    assert len(read_meds(tmp_path / "demo", split="train")) == 48
+
+    code, out, _ = run(
+        monkeypatch, capsys, "data", "stats", str(tmp_path / "demo"), "--json"
+    )
+    assert code == 0 and json.loads(out)["n_patients"] == 60
+
+    code, out, _ = run(monkeypatch, capsys, "data", "stats", str(tmp_path / "demo"))
+    assert code == 0 and "Codes per visit" in out and "diagnosis" in out
+
+    jsonl = tmp_path / "demo.jsonl"
+    code, _, _ = run(
+        monkeypatch,
+        capsys,
+        "data",
+        "export",
+        str(tmp_path / "demo"),
+        "--format",
+        "jsonl",
+        "--out",
+        str(jsonl),
+    )
+    assert code == 0 and read_jsonl(jsonl) == cohort
+
+    code, _, _ = run(
+        monkeypatch,
+        capsys,
+        "data",
+        "import",
+        "jsonl",
+        str(jsonl),
+        "--out",
+        str(tmp_path / "again"),
+    )
+    assert code == 0 and read_meds(tmp_path / "again") == cohort
+
+
+def test_errors_are_one_line_with_status_2(monkeypatch, capsys, tmp_path):
+    """Check that an EhrgenError prints one line and exits 2; --debug raises it."""
+    (tmp_path / "out").mkdir()
+    code, _, err = run(
+        monkeypatch,
+        capsys,
+        "data",
+        "demo",
+        "--patients",
+        "5",
+        "--out",
+        str(tmp_path / "out"),
+    )
+    assert code == 2
+    assert err.strip().startswith("error:") and "--overwrite" in err
+    assert len(err.strip().splitlines()) == 1
+
+    code, _, err = run(monkeypatch, capsys, "data", "stats", str(tmp_path / "missing"))
+    assert code == 2 and "no such file or folder" in err
+
+    code, _, err = run(
+        monkeypatch,
+        capsys,
+        "data",
+        "demo",
+        "--split",
+        "1,2",
+        "--out",
+        str(tmp_path / "x"),
+    )
+    assert code == 2 and "--split must be three non-negative numbers" in err
+
+    from ehrgen._io import OutputExistsError
+
+    with pytest.raises(OutputExistsError):
+        run(
+            monkeypatch,
+            capsys,
+            "--debug",
+            "data",
+            "demo",
+            "--patients",
+            "5",
+            "--out",
+            str(tmp_path / "out"),
+        )
+
+
+def test_quickstart(monkeypatch, capsys, tmp_path):
+    """Check that quickstart writes the split MEDS cohort, tokenizer and stats."""
+    out_dir = tmp_path / "qs"
+    code, out, _ = run(
+        monkeypatch, capsys, "quickstart", "--patients", "100", "--out", str(out_dir)
+    )
+    assert code == 0 and "Done." in out
+    assert len(read_meds(out_dir / "cohort", split="held_out")) == 10
+    assert (out_dir / "tokenizer.json").exists()
+    assert json.loads((out_dir / "stats.json").read_text())["n_patients"] == 100
+    code, _, err = run(
+        monkeypatch, capsys, "quickstart", "--patients", "100", "--out", str(out_dir)
+    )
+    assert code == 2 and "--overwrite" in err
