@@ -229,34 +229,15 @@ class CodeTokenizer:
             ],
             dtype=np.int32,
         )
-        tokens = code_to_token[cohort.event_codes]
-        modality = cohort.event_modality
-        opens = np.array([self.open_ids[m] for m in self.modalities], np.int32)
-        closes = np.array([self.close_ids[m] for m in self.modalities], np.int32)
-        bos = np.array([self.bos_id], np.int32)
-        eos = np.array([self.eos_id], np.int32)
-        pieces: list[np.ndarray] = []
-        lengths = np.zeros(len(cohort), dtype=np.int64)
-        for p in range(len(cohort)):
-            patient = [bos]
-            for v in range(cohort.visit_offsets[p], cohort.visit_offsets[p + 1]):
-                a, b = cohort.event_offsets[v], cohort.event_offsets[v + 1]
-                patient.append(
-                    _visit_tokens(
-                        tokens[a:b],
-                        modality[a:b],
-                        opens,
-                        closes,
-                        self.visit_open_id,
-                        self.visit_close_id,
-                    )
-                )
-            patient.append(eos)
-            lengths[p] = sum(len(x) for x in patient)
-            pieces.extend(patient)
-        ids = np.concatenate(pieces) if pieces else np.zeros(0, np.int32)
-        offsets = np.concatenate([[0], np.cumsum(lengths)])
-        return ids, np.asarray(offsets, dtype=np.int64)
+        return _layout_tokens(
+            code_to_token[cohort.event_codes],
+            cohort.event_modality.astype(np.int64),
+            cohort.event_offsets,
+            cohort.visit_offsets,
+            np.array([self.open_ids[m] for m in self.modalities], np.int32),
+            np.array([self.close_ids[m] for m in self.modalities], np.int32),
+            (self.bos_id, self.eos_id, self.visit_open_id, self.visit_close_id),
+        )
 
     # ---- decoding
 
@@ -383,22 +364,62 @@ def _per_modality_limits(
     return limits
 
 
-def _visit_tokens(
+def _layout_tokens(
     tokens: np.ndarray,
     modality: np.ndarray,
+    event_offsets: np.ndarray,
+    visit_offsets: np.ndarray,
     opens: np.ndarray,
     closes: np.ndarray,
-    visit_open: int,
-    visit_close: int,
-) -> np.ndarray:
-    """``<v>`` [open codes close]... ``</v>`` for one visit's events, which are stored
-    grouped by modality in schema order."""
-    out = [np.array([visit_open], np.int32)]
-    boundaries = np.flatnonzero(np.diff(modality)) + 1
-    for group_tokens, group_mod in zip(
-        np.split(tokens, boundaries), np.split(modality, boundaries)
-    ):
-        m = group_mod[0]
-        out += [opens[m : m + 1], group_tokens, closes[m : m + 1]]
-    out.append(np.array([visit_close], np.int32))
-    return np.concatenate(out)
+    specials: tuple[int, int, int, int],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Place every token of a cohort in one flat array, without a Python loop.
+
+    Events are stored grouped by (visit, modality); each group becomes ``open codes
+    close``, each visit ``<v> groups </v>`` and each patient ``<bos> visits <eos>``.
+    Positions follow from cumulative sums of those lengths.
+    """
+    bos, eos, visit_open, visit_close = specials
+    n_events, n_visits = len(tokens), len(event_offsets) - 1
+    event_visit = np.repeat(np.arange(n_visits), np.diff(event_offsets))
+    new_group = np.ones(n_events, dtype=bool)
+    new_group[1:] = (event_visit[1:] != event_visit[:-1]) | (
+        modality[1:] != modality[:-1]
+    )
+    group_first = np.flatnonzero(new_group)  # (G,) first event of each group
+    group_size = np.diff(np.append(group_first, n_events))
+    group_visit = event_visit[group_first]
+    # Length of each visit: <v> </v> plus, per group, open + codes + close.
+    visit_len = 2 + np.bincount(group_visit, weights=group_size + 2, minlength=n_visits)
+    visit_len = visit_len.astype(np.int64)
+    n_patients = len(visit_offsets) - 1
+    visit_patient = np.repeat(np.arange(n_patients), np.diff(visit_offsets))
+    # Each earlier patient adds <bos> and <eos>; the visit's own patient adds <bos>.
+    visit_start = _exclusive_cumsum(visit_len) + 2 * visit_patient + 1
+    group_len = group_size + 2
+    before_group = _exclusive_cumsum(group_len)
+    first_group_of_visit = np.searchsorted(group_visit, group_visit, side="left")
+    group_start = (
+        visit_start[group_visit] + 1 + before_group - before_group[first_group_of_visit]
+    )
+    patient_len = 2 + np.bincount(
+        visit_patient, weights=visit_len, minlength=n_patients
+    )
+    offsets = np.append(0, np.cumsum(patient_len.astype(np.int64)))
+    ids = np.empty(offsets[-1], dtype=np.int32)
+    ids[offsets[:-1]] = bos
+    ids[offsets[1:] - 1] = eos
+    ids[visit_start] = visit_open
+    ids[visit_start + visit_len - 1] = visit_close
+    group_modality = modality[group_first]
+    ids[group_start] = opens[group_modality]
+    ids[group_start + group_size + 1] = closes[group_modality]
+    within_group = np.arange(n_events) - np.repeat(group_first, group_size)
+    ids[np.repeat(group_start, group_size) + 1 + within_group] = tokens
+    return ids, offsets
+
+
+def _exclusive_cumsum(values: np.ndarray) -> np.ndarray:
+    out = np.zeros(len(values), dtype=np.int64)
+    np.cumsum(values[:-1], out=out[1:])
+    return out

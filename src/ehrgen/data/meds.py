@@ -41,11 +41,22 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ehrgen._io import atomic_directory
+from ehrgen.data._meds_columns import (
+    BIRTH_CODE,
+    LABEL_PREFIX,
+    SEP,
+    Rows,
+    age_at_first_visit,
+    build_visits,
+    read_rows,
+    split_codes,
+    static_columns,
+)
 from ehrgen.data.cohort import Cohort, CohortSchema
 from ehrgen.errors import SchemaError
 
@@ -66,9 +77,6 @@ DEFAULT_PREFIX_TO_MODALITY: dict[str, str] = {
     "MEDICATION": "drug",
     "LAB": "lab",
 }
-LABEL_PREFIX = "LABEL"
-BIRTH_CODE = "MEDS_BIRTH"
-SEP = "//"
 SHARD_PATIENTS = 100_000
 
 DATA_SCHEMA = pa.schema(
@@ -322,7 +330,6 @@ def read_meds(
         SchemaError: naming the file, row and column of malformed input.
     """
     root = Path(root)
-    files = _data_files(root)
     extra = _read_json(root / "metadata" / "ehrgen.json")
     schema = CohortSchema.from_dict(extra["schema"]) if extra else None
     if prefix_to_modality is None:
@@ -331,49 +338,122 @@ def read_meds(
             if extra
             else DEFAULT_PREFIX_TO_MODALITY
         )
-    frame = pl.concat(
-        [_read_shard(path, i, visit_id_column) for i, path in enumerate(files)],
-        how="vertical",
-    )
-    if split is not None:
-        chosen = _split_subjects(root, split).implode()
-        frame = frame.filter(pl.col("subject_id").is_in(chosen))
-    frame = _split_codes(frame)
-    report: dict[str, Any] = {"source": str(root), "format": "MEDS"}
-    static = frame.filter(pl.col("time").is_null())
-    events = frame.filter(pl.col("time").is_not_null())
-    births = events.filter(pl.col("code") == BIRTH_CODE).select("subject_id", "time")
-    events = _assign_modalities(
-        events, prefix_to_modality, unknown_prefixes, files, report
-    )
     modalities = (
-        schema.modalities if schema else _ordered_modalities(prefix_to_modality)
+        schema.modalities
+        if schema
+        else tuple(dict.fromkeys(prefix_to_modality.values()))
     )
-    cohort_parts = _build_events(events, modalities, visit_id_column, report)
-    subjects = cohort_parts.pop("subjects")
-    static_columns, labels, schema = _static_columns(
-        static, subjects, schema, modalities, files
+    rows = read_rows(_data_files(root), visit_id_column)
+    if split is not None:
+        rows = rows.take(np.isin(rows.subject, _split_subjects(root, split)))
+    prefixes, values = split_codes(rows.codes)
+    report: dict[str, Any] = {"source": str(root), "format": "MEDS"}
+    static = np.isnat(rows.time)
+    events = rows.take(~static)
+    births = _special_codes(events, report)
+    code_modality = _code_modalities(prefixes, values, prefix_to_modality, modalities)
+    events = _known_modalities(
+        events, code_modality, prefixes, unknown_prefixes, report
+    )
+    parts = build_visits(events, code_modality)
+    subjects, used = parts.pop("subjects"), parts.pop("used_codes")
+    columns, labels, schema = static_columns(
+        rows.take(static), subjects, prefixes, values, schema, modalities
     )
     for name in extra["labels"] if extra else ():
         labels.setdefault(name, np.full(len(subjects), np.nan, np.float32))
-    if births.height and "age" not in schema.features:
-        static_columns["age"] = _age_at_first_visit(births, subjects, cohort_parts)
+    if births and "age" not in schema.features:
+        first_visit = parts["visit_times"][parts["visit_offsets"][:-1]]
+        columns["age"] = age_at_first_visit(births, subjects, first_visit)
         schema = CohortSchema(
             modalities=schema.modalities,
             categorical=schema.categorical,
             numerical=(*schema.numerical, "age"),
         )
+    _report_subjects_without_visits(rows.subject[static], subjects, report)
     report.update(_source_metadata(root))
     cohort = Cohort(
         schema=schema,
         patient_ids=_patient_ids(root, subjects),
-        static=static_columns,
+        static=columns,
         labels=labels,
         times_are_placeholders=bool(extra and extra["times_are_placeholders"]),
         metadata={**(extra["metadata"] if extra else {}), **report},
-        **cohort_parts,
+        code_values=np.array([values[c] for c in used.tolist()], dtype=object),
+        code_modality=code_modality[used].astype(np.int8),
+        **parts,
     )
     return _in_split_file_order(root, cohort, subjects)
+
+
+def _special_codes(events: Rows, report: dict[str, Any]) -> dict[int, np.datetime64]:
+    """Count ``MEDS_*`` rows in the report; return the birth time of each subject."""
+    special = np.array([c.startswith("MEDS_") for c in events.codes] + [False])
+    rows = np.flatnonzero(special[events.code])
+    if not len(rows):
+        return {}
+    ids, counts = np.unique(events.code[rows], return_counts=True)
+    report["ignored_meds_codes"] = {
+        events.codes[i]: int(n) for i, n in zip(ids.tolist(), counts.tolist())
+    }
+    births = rows[np.array([events.codes[c] == BIRTH_CODE for c in events.code[rows]])]
+    return dict(zip(events.subject[births].tolist(), events.time[births]))
+
+
+def _code_modalities(
+    prefixes: list[str],
+    values: list[str | None],
+    prefix_to_modality: Mapping[str, str],
+    modalities: tuple[str, ...],
+) -> np.ndarray:
+    """The modality index of each code, -1 for codes of no modality."""
+    rank = {m: i for i, m in enumerate(modalities)}
+    return np.array(
+        [
+            rank.get(prefix_to_modality.get(p, ""), -1) if v is not None else -1
+            for p, v in zip(prefixes, values)
+        ],
+        dtype=np.int64,
+    )
+
+
+def _known_modalities(
+    events: Rows,
+    code_modality: np.ndarray,
+    prefixes: list[str],
+    unknown_prefixes: str,
+    report: dict[str, Any],
+) -> Rows:
+    special = np.array([c.startswith("MEDS_") for c in events.codes] + [False])
+    unknown = (code_modality[events.code] < 0) & ~special[events.code]
+    if unknown.any():
+        names = np.array(prefixes, dtype=object)[events.code[unknown]]
+        found, counts = np.unique(names, return_counts=True)
+        ranked = sorted(zip(found.tolist(), counts.tolist()), key=lambda x: -x[1])
+        listing = ", ".join(f"{p!r} ({n} rows)" for p, n in ranked[:10])
+        if unknown_prefixes == "error":
+            i = int(np.flatnonzero(unknown)[0])
+            code = events.codes[events.code[i]]
+            raise SchemaError(
+                f"{events.where(i)}, column 'code': code {code!r} has no known "
+                f"modality prefix. Unknown prefixes: {listing}. Map them "
+                f"with prefix_to_modality=, or pass unknown_prefixes='drop'."
+            )
+        logger.warning("Dropped codes with unknown prefixes: %s.", listing)
+        report["dropped_unknown_prefixes"] = dict(ranked)
+    events = events.take(code_modality[events.code] >= 0)
+    if len(events.subject) == 0:
+        raise SchemaError("The MEDS dataset holds no visit event: the cohort is empty.")
+    return events
+
+
+def _report_subjects_without_visits(
+    static_subjects: np.ndarray, subjects: np.ndarray, report: dict[str, Any]
+) -> None:
+    orphans = np.setdiff1d(np.unique(static_subjects), subjects)
+    if len(orphans):
+        logger.warning("Dropped %d subject(s) with no visit event.", len(orphans))
+        report["dropped_subjects_without_visits"] = len(orphans)
 
 
 def _in_split_file_order(root: Path, cohort: Cohort, subjects: np.ndarray) -> Cohort:
@@ -382,8 +462,8 @@ def _in_split_file_order(root: Path, cohort: Cohort, subjects: np.ndarray) -> Co
     path = root / "metadata" / "subject_splits.parquet"
     if not path.exists():
         return cohort
-    listed = pl.read_parquet(path, columns=["subject_id"]).get_column("subject_id")
-    rank = dict(zip(listed.to_list(), range(listed.len())))
+    listed = pq.read_table(path, columns=["subject_id"]).column(0).to_numpy()
+    rank = dict(zip(listed.tolist(), range(len(listed))))
     order = [rank.get(s) for s in subjects.tolist()]
     if None in order or order == sorted(order):
         return cohort
@@ -410,297 +490,32 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         raise SchemaError(f"{path}: not valid UTF-8 JSON ({error}).") from None
 
 
-def _read_shard(path: Path, index: int, visit_id_column: str | None) -> pl.DataFrame:
-    """One shard, checked against the MEDS data schema before its rows are read."""
-    try:
-        schema = pq.read_schema(path)
-    except (pa.ArrowException, OSError) as error:
-        raise SchemaError(f"{path}: not a readable Parquet file ({error}).") from None
-    wanted = ["subject_id", "time", "code", "numeric_value"]
-    if visit_id_column:
-        wanted.append(visit_id_column)
-    for name in wanted:
-        if name not in schema.names and name != "numeric_value":
-            raise SchemaError(
-                f"{path}: missing column {name!r}; MEDS data need subject_id, time, "
-                f"code (and optionally numeric_value). Columns found: {schema.names}."
-            )
-    _check_type(path, "subject_id", schema, pa.types.is_integer, "an integer")
-    _check_type(path, "time", schema, pa.types.is_timestamp, "a timestamp")
-    _check_type(path, "code", schema, _is_string, "a string")
-    if "numeric_value" in schema.names:
-        _check_type(path, "numeric_value", schema, pa.types.is_floating, "a float")
-    columns = [c for c in wanted if c in schema.names]
-    try:
-        table = pq.read_table(path, columns=columns)
-    except (pa.ArrowException, OSError) as error:
-        raise SchemaError(f"{path}: could not read its rows ({error}).") from None
-    frame = pl.from_arrow(table)
-    for name in ("subject_id", "code"):
-        nulls = frame.get_column(name).is_null()
-        if nulls.any():
-            row = int(nulls.arg_max())
-            raise SchemaError(f"{path}, row {row}, column {name!r}: null value.")
-    return frame.select(
-        pl.col("subject_id").cast(pl.Int64),
-        pl.col("time").cast(pl.Datetime("us")),
-        pl.col("code").cast(pl.String),
-        (
-            pl.col("numeric_value").cast(pl.Float32)
-            if "numeric_value" in schema.names
-            else pl.lit(None, pl.Float32).alias("numeric_value")
-        ),
-        *([pl.col(visit_id_column).alias("visit_id")] if visit_id_column else []),
-        pl.lit(index, pl.Int32).alias("file"),
-        pl.int_range(pl.len(), dtype=pl.Int64).alias("row"),
-    )
-
-
-def _is_string(kind: pa.DataType) -> bool:
-    if pa.types.is_dictionary(kind):
-        kind = kind.value_type
-    return pa.types.is_string(kind) or pa.types.is_large_string(kind)
-
-
-def _check_type(
-    path: Path, column: str, schema: pa.Schema, test, expected: str
-) -> None:
-    kind = schema.field(column).type
-    if not test(kind):
-        raise SchemaError(
-            f"{path}, column {column!r}: expected {expected}. Got {kind} instead."
-        )
-
-
-def _split_subjects(root: Path, split: str) -> pl.Series:
+def _split_subjects(root: Path, split: str) -> np.ndarray:
     path = root / "metadata" / "subject_splits.parquet"
     if not path.exists():
         raise SchemaError(
             f"{path}: missing, so split {split!r} cannot be selected; read without "
             f"split=, or add the splits file."
         )
-    splits = pl.read_parquet(path)
-    chosen = splits.filter(pl.col("split") == split).get_column("subject_id")
-    if chosen.len() == 0:
-        found = sorted(splits.get_column("split").unique().to_list())
+    table = pq.read_table(path)
+    chosen = table.filter(pc.equal(table.column("split"), split)).column("subject_id")
+    if len(chosen) == 0:
+        found = sorted(set(table.column("split").to_pylist()))
         raise SchemaError(f"{path}: no subject in split {split!r}; splits: {found}.")
-    return chosen
-
-
-def _split_codes(frame: pl.DataFrame) -> pl.DataFrame:
-    # A code splits at its first separator only: values keep theirs (ICD9CM//4019).
-    parts = pl.col("code").str.splitn(SEP, 2)
-    return frame.with_columns(
-        parts.struct.field("field_0").alias("prefix"),
-        parts.struct.field("field_1").alias("value"),
-    )
-
-
-def _assign_modalities(
-    events: pl.DataFrame,
-    prefix_to_modality: Mapping[str, str],
-    unknown_prefixes: str,
-    files: list[Path],
-    report: dict[str, Any],
-) -> pl.DataFrame:
-    special = events.get_column("code").str.starts_with("MEDS_")
-    if special.any():
-        counts = events.filter(special).group_by("code").len().sort("code")
-        report["ignored_meds_codes"] = dict(counts.iter_rows())
-    events = events.filter(~special)
-    known = (
-        pl.col("prefix").is_in(list(prefix_to_modality)) & pl.col("value").is_not_null()
-    )
-    unknown = events.filter(~known)
-    if unknown.height:
-        counts = unknown.group_by("prefix").len().sort("len", descending=True)
-        listing = ", ".join(f"{p!r} ({n} rows)" for p, n in counts.head(10).iter_rows())
-        if unknown_prefixes == "error":
-            first = unknown.row(0, named=True)
-            raise SchemaError(
-                f"{files[first['file']]}, row {first['row']}, column 'code': code "
-                f"{first['code']!r} has no known modality prefix. Unknown prefixes: "
-                f"{listing}. Map them with prefix_to_modality= (known: "
-                f"{sorted(prefix_to_modality)}), or pass unknown_prefixes='drop'."
-            )
-        logger.warning("Dropped codes with unknown prefixes: %s.", listing)
-        report["dropped_unknown_prefixes"] = dict(counts.iter_rows())
-    return events.filter(known).with_columns(
-        pl.col("prefix").replace_strict(dict(prefix_to_modality)).alias("modality")
-    )
-
-
-def _ordered_modalities(prefix_to_modality: Mapping[str, str]) -> tuple[str, ...]:
-    return tuple(dict.fromkeys(prefix_to_modality.values()))
-
-
-def _build_events(
-    events: pl.DataFrame,
-    modalities: tuple[str, ...],
-    visit_id_column: str | None,
-    report: dict[str, Any],
-) -> dict[str, Any]:
-    """The CSR arrays of a cohort from its event rows (see :class:`Cohort`)."""
-    if visit_id_column:
-        missing = events.get_column("visit_id").is_null()
-        if missing.any():
-            report["dropped_rows_without_visit_id"] = int(missing.sum())
-            logger.warning(
-                "Dropped %d event rows with no %s.", int(missing.sum()), visit_id_column
-            )
-            events = events.filter(~missing)
-        events = events.with_columns(
-            pl.col("time").min().over("subject_id", "visit_id").alias("time")
-        )
-        visit_key = ["time", "visit_id"]
-    else:
-        visit_key = ["time"]
-    rank = {m: i for i, m in enumerate(modalities)}
-    events = (
-        events.with_columns(
-            pl.col("modality").replace_strict(rank, return_dtype=pl.Int8)
-        )
-        .sort(["subject_id", *visit_key, "modality", "file", "row"])
-        .unique(["subject_id", *visit_key, "modality", "value"], maintain_order=True)
-    )
-    if events.height == 0:
-        raise SchemaError("The MEDS dataset holds no visit event: the cohort is empty.")
-    codes = events.select("modality", "value").unique(maintain_order=True)
-    codes = codes.with_row_index("code_id")
-    events = events.join(
-        codes, on=["modality", "value"], how="left", maintain_order="left"
-    )
-    visit_run = pl.struct(["subject_id", *visit_key]).rle_id()
-    visits = (
-        events.with_columns(visit_run.alias("visit"))
-        .group_by("visit", maintain_order=True)
-        .agg(pl.col("subject_id").first(), pl.col("time").first(), pl.len().alias("n"))
-    )
-    patients = visits.group_by("subject_id", maintain_order=True).len()
-    times = _strictly_increasing(
-        visits.get_column("time").to_numpy().astype("datetime64[us]"),
-        patients.get_column("len").to_numpy(),
-    )
-    return {
-        "subjects": patients.get_column("subject_id").to_numpy(),
-        "visit_offsets": _offsets(patients.get_column("len").to_numpy()),
-        "visit_times": times,
-        "event_offsets": _offsets(visits.get_column("n").to_numpy()),
-        "event_codes": events.get_column("code_id").to_numpy().astype(np.int32),
-        "code_values": np.array(codes.get_column("value").to_list(), dtype=object),
-        "code_modality": codes.get_column("modality").to_numpy().astype(np.int8),
-    }
-
-
-def _offsets(counts: np.ndarray) -> np.ndarray:
-    return np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
-
-
-def _strictly_increasing(
-    times: np.ndarray, visits_per_patient: np.ndarray
-) -> np.ndarray:
-    """Nudge ties (two admissions with one timestamp) apart by a microsecond, so that
-    visit times strictly increase within each patient as the data model requires."""
-    times = times.copy()
-    first = np.zeros(len(times), dtype=bool)
-    first[_offsets(visits_per_patient)[:-1]] = True
-    ties = np.flatnonzero(~first[1:] & (times[1:] <= times[:-1])) + 1
-    for i in ties:
-        times[i] = max(times[i], times[i - 1] + np.timedelta64(1, "us"))
-    return times
-
-
-def _static_columns(
-    static: pl.DataFrame,
-    subjects: np.ndarray,
-    schema: CohortSchema | None,
-    modalities: tuple[str, ...],
-    files: list[Path],
-) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], CohortSchema]:
-    """Baseline features and labels, aligned with ``subjects``; the schema is
-    inferred from the static rows when the dataset carries none."""
-    position = pl.DataFrame(
-        {"subject_id": subjects, "position": np.arange(len(subjects))}
-    )
-    static = static.join(position, on="subject_id", how="inner")
-    labels: dict[str, np.ndarray] = {}
-    label_rows = static.filter(pl.col("prefix") == LABEL_PREFIX)
-    for (name,), rows in label_rows.group_by("value", maintain_order=True):
-        labels[name] = _scatter(rows, len(subjects), rows.get_column("numeric_value"))
-    static = static.filter(pl.col("prefix") != LABEL_PREFIX).with_columns(
-        pl.col("prefix").str.to_lowercase().alias("feature")
-    )
-    if schema is None:
-        schema = _infer_static_schema(static, modalities)
-    columns: dict[str, np.ndarray] = {}
-    for name, categories in schema.categorical.items():
-        rows = static.filter(pl.col("feature") == name)
-        index = {c: i for i, c in enumerate(categories)}
-        bad = rows.filter(~pl.col("value").is_in(categories))
-        if bad.height:
-            first = bad.row(0, named=True)
-            raise SchemaError(
-                f"{files[first['file']]}, row {first['row']}, column 'code': category "
-                f"{first['value']!r} of feature {name!r} is not in the dataset's "
-                f"schema "
-                f"({list(categories)})."
-            )
-        codes = rows.get_column("value").replace_strict(index, return_dtype=pl.Int32)
-        columns[name] = _scatter(rows, len(subjects), codes, fill=-1)
-    for name in schema.numerical:
-        rows = static.filter((pl.col("feature") == name) & pl.col("value").is_null())
-        columns[name] = _scatter(rows, len(subjects), rows.get_column("numeric_value"))
-    return columns, labels, schema
-
-
-def _scatter(rows: pl.DataFrame, n: int, values: pl.Series, fill: float = np.nan):
-    out = np.full(n, fill, dtype=np.int32 if fill == -1 else np.float32)
-    out[rows.get_column("position").to_numpy()] = values.to_numpy()
-    return out
-
-
-def _infer_static_schema(
-    static: pl.DataFrame, modalities: tuple[str, ...]
-) -> CohortSchema:
-    categorical = (
-        static.filter(pl.col("value").is_not_null())
-        .group_by("feature")
-        .agg(pl.col("value").unique().sort())
-        .sort("feature")
-    )
-    numerical = (
-        static.filter(pl.col("value").is_null() & pl.col("numeric_value").is_not_null())
-        .get_column("feature")
-        .unique()
-        .sort()
-    )
-    return CohortSchema(
-        modalities=modalities,
-        categorical=dict(categorical.iter_rows()),
-        numerical=tuple(
-            n for n in numerical.to_list() if n not in categorical["feature"]
-        ),
-    )
-
-
-def _age_at_first_visit(
-    births: pl.DataFrame, subjects: np.ndarray, parts: Mapping[str, np.ndarray]
-) -> np.ndarray:
-    birth = dict(births.unique("subject_id", keep="first").iter_rows())
-    first_visit = parts["visit_times"][parts["visit_offsets"][:-1]]
-    born = np.array(
-        [birth.get(s) or np.datetime64("NaT") for s in subjects.tolist()],
-        dtype="datetime64[us]",
-    )
-    years = (first_visit - born) / np.timedelta64(1, "D") / 365.25
-    return years.astype(np.float32)
+    return chosen.to_numpy()
 
 
 def _patient_ids(root: Path, subjects: np.ndarray) -> np.ndarray:
     path = root / "metadata" / "ehrgen_subject_ids.parquet"
     if not path.exists():
         return np.array([str(s) for s in subjects.tolist()], dtype=object)
-    mapping = dict(pl.read_parquet(path).iter_rows())
+    table = pq.read_table(path)
+    mapping = dict(
+        zip(
+            table.column("subject_id").to_pylist(),
+            table.column("patient_id").to_pylist(),
+        )
+    )
     return np.array([mapping[s] for s in subjects.tolist()], dtype=object)
 
 
