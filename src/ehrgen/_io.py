@@ -87,7 +87,7 @@ def atomic_file(
         yield tmp
         _check_free(path, overwrite)
         if tmp.exists():
-            # Flush to disk before the rename, so a power cut cannot leave an empty file.
+            # Flush before the rename, so a power cut cannot leave an empty file.
             with open(tmp, "rb+") as file:
                 os.fsync(file.fileno())
         os.replace(tmp, path)

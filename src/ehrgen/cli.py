@@ -266,7 +266,11 @@ def print_stats(cohort: Cohort, title: str) -> None:
         "visit times", "placeholders" if stats.times_are_placeholders else "real"
     )
     for name, counts in stats.categorical.items():
-        overview.add_row(name, ", ".join(f"{k} {v:,}" for k, v in counts.items()))
+        top = sorted(counts.items(), key=lambda kv: -kv[1])
+        shown = ", ".join(f"{k} {v:,}" for k, v in top[:8])
+        overview.add_row(
+            name, shown + (f" (+{len(top) - 8} more)" if len(top) > 8 else "")
+        )
     for name, dist in stats.numerical.items():
         overview.add_row(name, f"mean {dist.mean:.1f}, range {dist.min:g}-{dist.max:g}")
     console.print(overview)

@@ -10,7 +10,16 @@ and how to fix it; readers also name the file, row or patient and the field.
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "EhrgenError", "NotFittedError", "SchemaError"]
+import difflib
+from collections.abc import Iterable
+
+__all__ = [
+    "ConfigError",
+    "EhrgenError",
+    "NotFittedError",
+    "SchemaError",
+    "did_you_mean",
+]
 
 
 class EhrgenError(Exception):
@@ -27,3 +36,9 @@ class SchemaError(EhrgenError, ValueError):
 
 class NotFittedError(EhrgenError, ValueError, AttributeError):
     """An estimator was used before ``fit`` (or ``from_pretrained``)."""
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """A " Did you mean 'x'?" hint for a misspelt name, or "" when nothing is close."""
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f" Did you mean {close[0]!r}?" if close else ""

@@ -24,7 +24,6 @@ Conventions, relied on by every reader and writer:
 
 from __future__ import annotations
 
-import difflib
 import logging
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -34,7 +33,7 @@ from typing import Any, overload
 
 import numpy as np
 
-from ehrgen.errors import SchemaError
+from ehrgen.errors import SchemaError, did_you_mean
 
 __all__ = [
     "DEFAULT_MODALITIES",
@@ -197,11 +196,9 @@ class CohortSchema:
         known = {"modalities", "categorical", "numerical"}
         for key in data:
             if key not in known:
-                hint = difflib.get_close_matches(key, known, n=1)
-                fix = f" Did you mean {hint[0]!r}?" if hint else ""
                 raise SchemaError(
                     f"Unknown key {key!r} in a cohort schema; expected one of "
-                    f"{sorted(known)}.{fix}"
+                    f"{sorted(known)}.{did_you_mean(key, known)}"
                 )
         return cls(
             modalities=tuple(data.get("modalities", DEFAULT_MODALITIES)),

@@ -18,7 +18,6 @@ placeholders, and the cohort's metadata. Both files are written atomically.
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
 import os
@@ -29,7 +28,7 @@ from typing import Any, NamedTuple, TextIO
 
 from ehrgen._io import atomic_file
 from ehrgen.data.cohort import Cohort, CohortBuilder, CohortSchema, Patient, Visit
-from ehrgen.errors import SchemaError
+from ehrgen.errors import SchemaError, did_you_mean
 
 __all__ = ["read_jsonl", "schema_sidecar", "write_jsonl"]
 
@@ -403,11 +402,9 @@ def _check_keys(
 ) -> None:
     for key in record:
         if key not in known:
-            hint = difflib.get_close_matches(key, known, n=1)
-            fix = f" Did you mean {hint[0]!r}?" if hint else ""
             raise SchemaError(
                 f"{where}, field {key!r}: unknown key in a {what}; expected keys among "
-                f"{list(known)}.{fix}"
+                f"{list(known)}.{did_you_mean(key, known)}"
             )
 
 
