@@ -155,6 +155,92 @@ def data_stats(
         print_stats(cohort, title=str(src))
 
 
+# --------------------------------------------------------------------------- models
+
+
+class Preset(str, enum.Enum):
+    tiny = "tiny"
+    small = "small"
+    paper = "paper"
+
+
+@app.command("train")
+def train(
+    cohort_dir: Annotated[Path, typer.Argument(help="A MEDS cohort folder.")],
+    out: Annotated[Path, typer.Option("--out", help="Output model folder.")],
+    preset: Annotated[Preset, typer.Option("--preset", help="Model size.")] = (
+        Preset.small
+    ),
+    epochs: Annotated[int, typer.Option("--epochs", help="Training epochs.")] = 20,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Batch size.")] = 16,
+    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate.")] = 5e-4,
+    val_fraction: Annotated[
+        float,
+        typer.Option(
+            "--val-fraction",
+            help="Validation share of the train split, used when the cohort has no "
+            "tuning split.",
+        ),
+    ] = 0.1,
+    resume: Annotated[
+        Path | None,
+        typer.Option("--resume", help="A checkpoints/step-N folder to continue from."),
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+    overwrite: Overwrite = False,
+) -> None:
+    """Train PromptEHR on a MEDS cohort (its train split, validated on its tuning
+    split). Checkpoints and metrics.jsonl go to OUT/training/."""
+    from ehrgen.models.promptehr import PromptEHR, PromptEHRConfig
+    from ehrgen.training import TrainingConfig
+
+    if (out / "ehrgen.json").exists() and not overwrite:
+        raise ConfigError(
+            f"{out} already holds a model; pass --overwrite to replace it, or choose "
+            f"another --out."
+        )
+    train_cohort, val_cohort = _train_and_validation(cohort_dir, val_fraction, seed)
+    training = TrainingConfig(
+        epochs=epochs, batch_size=batch_size, learning_rate=lr, seed=seed
+    )
+    console.print(
+        f"Training PromptEHR ({preset.value}) on {len(train_cohort):,} patients, "
+        f"validating on {len(val_cohort) if val_cohort else 0:,}."
+    )
+    model = PromptEHR(PromptEHRConfig.preset(preset.value)).fit(
+        train_cohort,
+        val_cohort,
+        training,
+        output_dir=out / "training",
+        resume_from=resume,
+        progress=True,
+    )
+    model.save_pretrained(out, overwrite=True)
+    ppl = model.info_["best_val_perplexity"]
+    best = f", best validation perplexity {ppl:.2f}" if ppl is not None else ""
+    console.print(f"[green]Saved[/green] the model to [bold]{out}[/bold]{best}.")
+
+
+def _train_and_validation(
+    cohort_dir: Path, val_fraction: float, seed: int
+) -> tuple[Cohort, Cohort | None]:
+    import pyarrow.parquet as pq
+
+    splits_file = cohort_dir / "metadata" / "subject_splits.parquet"
+    names = set()
+    if splits_file.exists():
+        names = set(pq.read_table(splits_file, columns=["split"]).column(0).to_pylist())
+    if "train" in names and "tuning" in names:
+        return _read(cohort_dir, "meds", "train"), _read(cohort_dir, "meds", "tuning")
+    cohort = _read(cohort_dir, "meds", "train" if "train" in names else None)
+    if not 0 <= val_fraction < 1:
+        raise ConfigError(f"--val-fraction must be in [0, 1). Got {val_fraction}.")
+    if val_fraction == 0 or len(cohort) < 2:
+        return cohort, None
+    train_part, val_part = cohort.split([1 - val_fraction, val_fraction], seed=seed)
+    return train_part, (val_part if len(val_part) else None)
+
+
 # --------------------------------------------------------------------------- quickstart
 
 

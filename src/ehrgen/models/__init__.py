@@ -1,0 +1,1 @@
+"""Generators: PromptEHR and the baselines, behind one interface."""

@@ -1,0 +1,141 @@
+"""The architecture of a PromptEHR model: ``PromptEHRConfig`` and its presets.
+
+Fields handed to :class:`transformers.BartConfig` keep BART's names. The vocabulary
+size, special token ids and prompt layout are not here: they follow from the tokenizer
+and the cohort schema saved beside the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ehrgen._config import ConfigMixin, check
+
+__all__ = ["PromptEHRConfig"]
+
+_ACTIVATIONS = ("gelu", "relu", "silu", "gelu_new", "tanh")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PromptEHRConfig(ConfigMixin):
+    """Architecture of the prompt-conditioned BART.
+
+    Example:
+        >>> PromptEHRConfig.tiny().d_model
+        32
+        >>> PromptEHRConfig.paper().encoder_layers
+        6
+    """
+
+    d_model: int = 128
+    encoder_layers: int = 3
+    decoder_layers: int = 3
+    encoder_attention_heads: int = 4
+    decoder_attention_heads: int = 4
+    encoder_ffn_dim: int = 512
+    decoder_ffn_dim: int = 512
+    dropout: float = 0.1
+    attention_dropout: float = 0.1
+    activation_dropout: float = 0.0
+    activation_function: str = "gelu"
+    # Positions cover the prompt vectors too (one per baseline feature).
+    max_position_embeddings: int = 1024
+    init_std: float = 0.02
+    # sqrt(d_model) scaling of token embeddings, as BART does.
+    scale_embedding: bool = True
+    # d0 of METHOD.md: the hidden width of the prompt featurizer, (x W0 + b) W1.
+    prompt_hidden_dim: int = 64
+
+    def __post_init__(self) -> None:
+        name = type(self).__name__
+        for field in (
+            "d_model",
+            "encoder_layers",
+            "decoder_layers",
+            "encoder_attention_heads",
+            "decoder_attention_heads",
+            "encoder_ffn_dim",
+            "decoder_ffn_dim",
+            "max_position_embeddings",
+            "prompt_hidden_dim",
+        ):
+            value = getattr(self, field)
+            check(
+                isinstance(value, int) and value > 0,
+                name,
+                field,
+                "a positive int",
+                value,
+            )
+        for side in ("encoder", "decoder"):
+            heads = getattr(self, f"{side}_attention_heads")
+            check(
+                self.d_model % heads == 0,
+                name,
+                f"{side}_attention_heads",
+                f"a divisor of d_model ({self.d_model})",
+                heads,
+            )
+        for field in ("dropout", "attention_dropout", "activation_dropout"):
+            value = getattr(self, field)
+            check(0.0 <= value < 1.0, name, field, "in [0, 1)", value)
+        check(self.init_std > 0, name, "init_std", "positive", self.init_std)
+        check(
+            self.activation_function in _ACTIVATIONS,
+            name,
+            "activation_function",
+            f"one of {list(_ACTIVATIONS)}",
+            self.activation_function,
+        )
+
+    # ---- presets
+
+    @classmethod
+    def tiny(cls, **changes: Any) -> PromptEHRConfig:
+        """A few thousand parameters: for tests and docs; trains in seconds."""
+        return cls(
+            d_model=32,
+            encoder_layers=1,
+            decoder_layers=1,
+            encoder_attention_heads=2,
+            decoder_attention_heads=2,
+            encoder_ffn_dim=64,
+            decoder_ffn_dim=64,
+            dropout=0.0,
+            attention_dropout=0.0,
+            max_position_embeddings=512,
+            prompt_hidden_dim=16,
+        ).replace(**changes)
+
+    @classmethod
+    def small(cls, **changes: Any) -> PromptEHRConfig:
+        """A few million parameters: the CPU default."""
+        return cls().replace(**changes)
+
+    @classmethod
+    def paper(cls, **changes: Any) -> PromptEHRConfig:
+        """BART-base sizes, as in the paper: 6+6 layers, d_model 768, 12 heads."""
+        return cls(
+            d_model=768,
+            encoder_layers=6,
+            decoder_layers=6,
+            encoder_attention_heads=12,
+            decoder_attention_heads=12,
+            encoder_ffn_dim=3072,
+            decoder_ffn_dim=3072,
+            prompt_hidden_dim=128,
+        ).replace(**changes)
+
+    @classmethod
+    def preset(cls, name: str, **changes: Any) -> PromptEHRConfig:
+        """A preset by name: ``tiny``, ``small`` or ``paper``."""
+        presets = {"tiny": cls.tiny, "small": cls.small, "paper": cls.paper}
+        check(name in presets, cls.__name__, "preset", f"one of {list(presets)}", name)
+        return presets[name](**changes)
+
+    def bart_kwargs(self) -> dict[str, Any]:
+        """The fields that :class:`transformers.BartConfig` takes, by BART's names."""
+        data = self.to_dict()
+        data.pop("prompt_hidden_dim")
+        return data

@@ -1,0 +1,204 @@
+"""PromptBart: a BART encoder-decoder over code tokens, conditioned by prompt vectors.
+
+The network is :class:`transformers.BartModel`, built from our config with random
+weights (nothing is downloaded, no Hugging Face code is copied). We feed it
+``inputs_embeds`` and ``decoder_inputs_embeds``: the prompt vectors of each side's
+featurizer, then the token embeddings. The output layer is the token embedding matrix
+(tied) plus a bias; the prompt positions of the decoder are dropped before it.
+
+Logits are restricted by the grammar of a visit: at a position where a modality's block
+is open, only that modality's codes and its close token may come next (the reference
+implementation keeps one output head per modality for the same reason); at the other
+positions, only the structural tokens (``<v>``, ``</v>``, ``<eos>`` and the modality
+open tokens). The loss is the negative log-likelihood under these restricted
+distributions, over label positions only (never prompts, padding or ``<unk>``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import BartConfig, BartModel
+
+from ehrgen.models.promptehr.config import PromptEHRConfig
+from ehrgen.models.promptehr.featurizer import PromptFeaturizer
+from ehrgen.tokenizer import CodeTokenizer
+
+__all__ = ["PromptBart", "PromptBartOutput", "allowed_tokens"]
+
+IGNORE = -100
+
+
+def allowed_tokens(tokenizer: CodeTokenizer) -> torch.Tensor:
+    """(M+1, V) bool: row 0 the structural tokens, row m+1 modality m's codes and
+    close token."""
+    allowed = torch.zeros(
+        len(tokenizer.modalities) + 1, tokenizer.vocab_size, dtype=torch.bool
+    )
+    structural = [tokenizer.visit_open_id, tokenizer.visit_close_id, tokenizer.eos_id]
+    allowed[0, structural + list(tokenizer.open_ids.values())] = True
+    for i, m in enumerate(tokenizer.modalities):
+        start, stop = tokenizer.code_ranges[m]
+        allowed[i + 1, start:stop] = True
+        allowed[i + 1, tokenizer.close_ids[m]] = True
+    return allowed
+
+
+@dataclass
+class PromptBartOutput:
+    """What :meth:`PromptBart.forward` returns.
+
+    Attributes:
+        loss_sum: summed negative log-likelihood of the label tokens (nats).
+        n_tokens: number of label tokens scored.
+        logits: (B, T, V) restricted logits (disallowed tokens at the dtype's minimum).
+    """
+
+    loss_sum: torch.Tensor
+    n_tokens: torch.Tensor
+    logits: torch.Tensor
+
+
+class PromptBart(nn.Module):
+    """The PromptEHR network.
+
+    Args:
+        config: the architecture.
+        tokenizer: gives the vocabulary size, special ids and the grammar masks.
+        cardinalities: categories of each categorical baseline feature.
+        n_numerical: number of numerical baseline features.
+    """
+
+    def __init__(
+        self,
+        config: PromptEHRConfig,
+        tokenizer: CodeTokenizer,
+        cardinalities: Sequence[int],
+        n_numerical: int,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.pad_id = tokenizer.pad_id
+        self.unk_id = tokenizer.unk_id
+        bart_config = BartConfig(
+            vocab_size=tokenizer.vocab_size,
+            pad_token_id=tokenizer.pad_id,
+            bos_token_id=tokenizer.bos_id,
+            eos_token_id=tokenizer.eos_id,
+            decoder_start_token_id=tokenizer.bos_id,
+            forced_eos_token_id=None,
+            **config.bart_kwargs(),
+        )
+        self.bart = BartModel(bart_config)
+        featurizer = {
+            "cardinalities": cardinalities,
+            "n_numerical": n_numerical,
+            "hidden_dim": config.prompt_hidden_dim,
+            "d_model": config.d_model,
+            "init_std": config.init_std,
+        }
+        self.encoder_prompts = PromptFeaturizer(**featurizer)
+        self.decoder_prompts = PromptFeaturizer(**featurizer)
+        self.final_logits_bias = nn.Parameter(torch.zeros(tokenizer.vocab_size))
+        self.register_buffer("allowed", allowed_tokens(tokenizer), persistent=False)
+
+    @property
+    def n_prompts(self) -> int:
+        """Prompt vectors prepended on each side."""
+        return self.encoder_prompts.n_prompts
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """Scaled token embeddings, (B, T) -> (B, T, D)."""
+        return self.bart.shared(ids)
+
+    def encode(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        categorical: torch.Tensor,
+        numerical: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the encoder over [prompts; tokens]; return states and their mask."""
+        prompts = self.encoder_prompts(categorical, numerical)  # (B, P, D)
+        embeds = torch.cat(
+            [prompts.to(self.embed(input_ids).dtype), self.embed(input_ids)], 1
+        )
+        mask = torch.cat(
+            [attention_mask.new_ones(prompts.shape[:2]), attention_mask], 1
+        )
+        states = self.bart.encoder(inputs_embeds=embeds, attention_mask=mask)
+        return states.last_hidden_state, mask  # (B, P+S, D), (B, P+S)
+
+    def decode(
+        self,
+        decoder_input_ids: torch.Tensor,
+        decoder_attention_mask: torch.Tensor | None,
+        encoder_states: torch.Tensor,
+        encoder_mask: torch.Tensor,
+        categorical: torch.Tensor,
+        numerical: torch.Tensor,
+        cache=None,
+        use_cache: bool = False,
+    ):
+        """Run the decoder; prompts are prepended on the first call (empty cache).
+
+        Returns the hidden states of the token positions only, (B, T, D), and the
+        cache.
+        """
+        embeds = self.embed(decoder_input_ids)  # (B, T, D)
+        first_call = cache is None or cache.get_seq_length() == 0
+        n_prompts = self.n_prompts if first_call else 0
+        if n_prompts:
+            prompts = self.decoder_prompts(categorical, numerical).to(embeds.dtype)
+            embeds = torch.cat([prompts, embeds], 1)  # (B, P+T, D)
+            if decoder_attention_mask is not None:
+                ones = decoder_attention_mask.new_ones(prompts.shape[:2])
+                decoder_attention_mask = torch.cat([ones, decoder_attention_mask], 1)
+        out = self.bart.decoder(
+            inputs_embeds=embeds,
+            attention_mask=decoder_attention_mask,
+            encoder_hidden_states=encoder_states,
+            encoder_attention_mask=encoder_mask,
+            cache=cache,
+            use_cache=use_cache,
+        )
+        return out.last_hidden_state[:, n_prompts:], out.cache
+
+    def logits(
+        self, hidden: torch.Tensor, label_modality: torch.Tensor
+    ) -> torch.Tensor:
+        """Restricted logits: (B, T, D), (B, T) modality index or -1 -> (B, T, V)."""
+        logits = hidden @ self.bart.shared.weight.T + self.final_logits_bias
+        allowed = self.allowed[(label_modality + 1).clamp(min=0)]  # (B, T, V)
+        return logits.masked_fill(~allowed, torch.finfo(logits.dtype).min)
+
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> PromptBartOutput:
+        """Teacher-forced loss of a collated batch (see ``tasks.collate``)."""
+        states, mask = self.encode(
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch["categorical"],
+            batch["numerical"],
+        )
+        hidden, _ = self.decode(
+            batch["decoder_input_ids"],
+            batch["decoder_attention_mask"],
+            states,
+            mask,
+            batch["categorical"],
+            batch["numerical"],
+        )
+        logits = self.logits(hidden, batch["label_modality"])
+        labels = batch["labels"].masked_fill(batch["labels"] == self.unk_id, IGNORE)
+        nll = nn.functional.cross_entropy(
+            logits.float().flatten(0, 1),
+            labels.flatten(),
+            ignore_index=IGNORE,
+            reduction="sum",
+        )
+        return PromptBartOutput(
+            loss_sum=nll, n_tokens=(labels != IGNORE).sum(), logits=logits
+        )

@@ -1,0 +1,504 @@
+"""One trainer for every neural model: Accelerate, checkpoints, explicit resume.
+
+The same loop runs on one CPU process, one GPU, or several processes launched with
+``accelerate launch`` (DDP; mixed precision on GPU). It is a plain loop: AdamW, linear
+warm-up then linear decay, gradient clipping, validation perplexity after each
+evaluation interval, the best weights kept, early stopping, a checkpoint every N steps.
+
+A checkpoint is a folder written atomically: the model's own files (written by the
+``save_model`` callback, e.g. ``save_pretrained``), ``optimizer.safetensors`` (the
+optimizer's tensors), ``rng.safetensors`` and ``trainer_state.json`` (counters, learning
+rate schedule, optimizer hyper-parameters, best validation perplexity). Nothing is
+pickled. Resuming is explicit (``resume_from=``), never guessed from a folder.
+
+The model is any ``nn.Module`` whose ``forward(batch)`` returns an object with
+``loss_sum`` (summed negative log-likelihood) and ``n_tokens``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ehrgen._config import ConfigMixin, check
+from ehrgen._io import atomic_directory
+from ehrgen.errors import SchemaError
+
+__all__ = ["Trainer", "TrainingConfig", "TrainingResult"]
+
+logger = logging.getLogger(__name__)
+
+_PRECISIONS = ("no", "fp16", "bf16")
+TRAINER_STATE = "trainer_state.json"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainingConfig(ConfigMixin):
+    """How to train (the architecture lives in the model's own config).
+
+    The paper used Adam, lr 1e-5, weight decay 1e-4, batch 16, 50 epochs with 3
+    warm-up epochs, fine-tuning a pretrained BART; models trained from scratch, as
+    ours are, need a larger learning rate.
+    """
+
+    learning_rate: float = 5e-4
+    weight_decay: float = 1e-4
+    batch_size: int = 16
+    epochs: int = 20
+    # Linear warm-up length, in epochs (fractions allowed).
+    warmup_epochs: float = 1.0
+    max_grad_norm: float = 1.0
+    # Validate every this many epochs; patience counts validations without progress.
+    eval_every_epochs: int = 1
+    patience: int | None = 3
+    checkpoint_every_steps: int | None = 500
+    keep_checkpoints: int = 2
+    # Stop after this many optimizer steps (None: run all epochs).
+    max_steps: int | None = None
+    seed: int = 0
+    # "no", "fp16" or "bf16"; used on GPU only (ignored with a warning on CPU).
+    mixed_precision: str = "no"
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        name = type(self).__name__
+        check(
+            self.learning_rate > 0,
+            name,
+            "learning_rate",
+            "positive",
+            self.learning_rate,
+        )
+        check(self.weight_decay >= 0, name, "weight_decay", ">= 0", self.weight_decay)
+        for field_name in (
+            "batch_size",
+            "epochs",
+            "eval_every_epochs",
+            "keep_checkpoints",
+        ):
+            value = getattr(self, field_name)
+            check(
+                isinstance(value, int) and value > 0,
+                name,
+                field_name,
+                "a positive int",
+                value,
+            )
+        check(
+            self.warmup_epochs >= 0, name, "warmup_epochs", ">= 0", self.warmup_epochs
+        )
+        check(
+            self.max_grad_norm > 0,
+            name,
+            "max_grad_norm",
+            "positive",
+            self.max_grad_norm,
+        )
+        for field_name in ("patience", "checkpoint_every_steps", "max_steps"):
+            value = getattr(self, field_name)
+            ok = value is None or (isinstance(value, int) and value > 0)
+            check(ok, name, field_name, "a positive int or None", value)
+        check(
+            self.mixed_precision in _PRECISIONS,
+            name,
+            "mixed_precision",
+            f"one of {list(_PRECISIONS)}",
+            self.mixed_precision,
+        )
+        check(self.num_workers >= 0, name, "num_workers", ">= 0", self.num_workers)
+
+
+@dataclass
+class TrainingResult:
+    """What :meth:`Trainer.fit` reports."""
+
+    steps: int
+    epochs_completed: int
+    best_val_perplexity: float | None
+    best_epoch: int | None
+    train_tokens: int
+    seconds: float
+    stopped_early: bool
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class _State:
+    step: int = 0
+    epoch: int = 0
+    step_in_epoch: int = 0
+    best_val: float | None = None
+    best_epoch: int | None = None
+    bad_evals: int = 0
+    train_tokens: int = 0
+
+
+class Trainer:
+    """Train a model with Accelerate; see the module docstring.
+
+    Args:
+        config: the training settings.
+        output_dir: where checkpoints (``checkpoints/step-N``), the best weights
+            (``best/``) and ``metrics.jsonl`` go.
+        save_model: writes the model's own files into a folder (a checkpoint or
+            ``best/``).
+        load_weights: loads a saved folder's weights into the model.
+        progress: show a progress bar (main process only).
+    """
+
+    def __init__(
+        self,
+        config: TrainingConfig,
+        output_dir: str | Path,
+        save_model: Callable[[nn.Module, Path], None],
+        load_weights: Callable[[nn.Module, Path], None],
+        progress: bool = False,
+    ) -> None:
+        self.config = config
+        self.output_dir = Path(output_dir)
+        self.save_model = save_model
+        self.load_weights = load_weights
+        self.progress = progress
+
+    def fit(
+        self,
+        model: nn.Module,
+        train_loader: Callable[[int], Iterable[Mapping[str, torch.Tensor]]],
+        val_loader: Iterable[Mapping[str, torch.Tensor]] | None,
+        resume_from: str | Path | None = None,
+    ) -> TrainingResult:
+        """Train; ``train_loader(epoch)`` gives that epoch's batches (a DataLoader of
+        the same length every epoch). At the end the model holds the best weights
+        (by validation perplexity) when validation ran, else the last ones."""
+        from accelerate import Accelerator
+
+        accelerator = Accelerator(
+            mixed_precision=self._precision(), step_scheduler_with_optimizer=False
+        )
+        # Batches per process: Accelerate shards each epoch's loader.
+        steps_per_epoch = len(accelerator.prepare_data_loader(train_loader(0)))
+        total_steps = self.config.epochs * steps_per_epoch
+        if self.config.max_steps is not None:
+            total_steps = min(total_steps, self.config.max_steps)
+        optimizer = torch.optim.AdamW(
+            model.parameters(),
+            lr=self.config.learning_rate,
+            weight_decay=self.config.weight_decay,
+        )
+        scheduler = _warmup_then_linear(
+            optimizer,
+            warmup=round(self.config.warmup_epochs * steps_per_epoch),
+            total=self.config.epochs * steps_per_epoch,
+        )
+        state = _State()
+        if resume_from is not None:
+            state = self._resume(Path(resume_from), model, optimizer, scheduler)
+        model, optimizer = accelerator.prepare(model, optimizer)
+        run = _Run(self, accelerator, model, optimizer, scheduler, state, total_steps)
+        return run.loop(train_loader, val_loader, steps_per_epoch)
+
+    def _precision(self) -> str:
+        if self.config.mixed_precision != "no" and not torch.cuda.is_available():
+            logger.warning(
+                "mixed_precision=%r needs a GPU; training in full precision.",
+                self.config.mixed_precision,
+            )
+            return "no"
+        return self.config.mixed_precision
+
+    # ---- checkpoints
+
+    def checkpoint(
+        self, model: nn.Module, optimizer, scheduler, state: _State, folder: Path
+    ) -> Path:
+        """Write a complete, resumable checkpoint folder atomically."""
+        with atomic_directory(folder, overwrite=True) as tmp:
+            self.save_model(model, tmp)
+            tensors, hyper = _flatten_optimizer(optimizer.state_dict())
+            save_file(tensors, str(tmp / "optimizer.safetensors"))
+            save_file({"torch": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
+            payload = {
+                "state": state.__dict__,
+                "scheduler": scheduler.state_dict(),
+                "optimizer": hyper,
+                "training": self.config.to_dict(),
+            }
+            (tmp / TRAINER_STATE).write_text(json.dumps(payload, indent=2))
+        return folder
+
+    def _resume(self, folder: Path, model, optimizer, scheduler) -> _State:
+        for name in (TRAINER_STATE, "optimizer.safetensors", "rng.safetensors"):
+            if not (folder / name).exists():
+                raise SchemaError(
+                    f"{folder}: not a resumable checkpoint ({name} is missing); pass a "
+                    f"checkpoints/step-N folder written by a previous run."
+                )
+        try:
+            payload = json.loads((folder / TRAINER_STATE).read_text())
+            tensors = load_file(str(folder / "optimizer.safetensors"))
+            rng = load_file(str(folder / "rng.safetensors"))["torch"]
+        except (OSError, ValueError, KeyError) as error:
+            raise SchemaError(f"{folder}: unreadable checkpoint ({error}).") from None
+        self.load_weights(model, folder)
+        optimizer.load_state_dict(_unflatten_optimizer(tensors, payload["optimizer"]))
+        scheduler.load_state_dict(payload["scheduler"])
+        torch.set_rng_state(rng)
+        logger.info("Resumed from %s at step %d.", folder, payload["state"]["step"])
+        return _State(**payload["state"])
+
+
+class _Run:
+    """One training run's loop and bookkeeping."""
+
+    def __init__(self, trainer, accelerator, model, optimizer, scheduler, state, total):
+        self.trainer, self.config = trainer, trainer.config
+        self.accelerator = accelerator
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.state, self.total_steps = state, total
+        self.history: list[dict[str, Any]] = []
+        self.started = time.perf_counter()
+        self.stopped_early = False
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def loop(self, train_loader, val_loader, steps_per_epoch: int) -> TrainingResult:
+        with _progress(self.trainer.progress and self.main, self.total_steps) as bar:
+            bar.update(completed=self.state.step)
+            while self.state.epoch < self.config.epochs and not self._done():
+                self._train_epoch(train_loader, steps_per_epoch, bar)
+                if self.state.step_in_epoch < steps_per_epoch:
+                    break  # stopped by max_steps in the middle of an epoch
+                self.state.epoch += 1
+                self.state.step_in_epoch = 0
+                if (
+                    val_loader is not None
+                    and self.state.epoch % self.config.eval_every_epochs == 0
+                ):
+                    self._validate(val_loader, bar)
+                    if self.stopped_early:
+                        break
+        return self._finish(val_loader is not None)
+
+    def _done(self) -> bool:
+        return self.state.step >= self.total_steps or self.stopped_early
+
+    def _train_epoch(self, train_loader, steps_per_epoch: int, bar) -> None:
+        loader = self.accelerator.prepare_data_loader(train_loader(self.state.epoch))
+        if self.state.step_in_epoch:
+            loader = self.accelerator.skip_first_batches(
+                loader, self.state.step_in_epoch
+            )
+        self.model.train()
+        window_tokens, window_start = 0, time.perf_counter()
+        for batch in loader:
+            out = self.model(batch)
+            loss = out.loss_sum / out.n_tokens.clamp(min=1)
+            self.accelerator.backward(loss)
+            self.accelerator.clip_grad_norm_(
+                self.model.parameters(), self.config.max_grad_norm
+            )
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            tokens = int(self.accelerator.gather(out.n_tokens.detach()).sum())
+            self.state.step += 1
+            self.state.step_in_epoch += 1
+            self.state.train_tokens += tokens
+            window_tokens += tokens
+            rate = window_tokens / max(time.perf_counter() - window_start, 1e-9)
+            self._log(
+                {
+                    "step": self.state.step,
+                    "epoch": self.state.epoch,
+                    "loss": float(loss.detach()),
+                    "lr": self.scheduler.get_last_lr()[0],
+                    "tokens_per_s": rate,
+                },
+                quiet=True,
+            )
+            bar.update(advance=1, loss=float(loss.detach()), rate=rate)
+            every = self.config.checkpoint_every_steps
+            if (every and self.state.step % every == 0) or self._done():
+                self._checkpoint()
+            if self._done():
+                return
+
+    @torch.no_grad()
+    def _validate(self, val_loader, bar) -> None:
+        # Every process scores the whole validation set: exact (no padded shards) and
+        # no collective needed; validation sets are small next to training.
+        self.model.eval()
+        device = self.accelerator.device
+        loss, tokens = 0.0, 0
+        for batch in val_loader:
+            out = self.model({k: v.to(device) for k, v in batch.items()})
+            loss += float(out.loss_sum)
+            tokens += int(out.n_tokens)
+        perplexity = math.exp(loss / max(tokens, 1))
+        state = self.state
+        improved = state.best_val is None or perplexity < state.best_val
+        if improved:
+            state.best_val, state.best_epoch, state.bad_evals = (
+                perplexity,
+                state.epoch,
+                0,
+            )
+            if self.main:
+                unwrapped = self.accelerator.unwrap_model(self.model)
+                with atomic_directory(
+                    self.trainer.output_dir / "best", overwrite=True
+                ) as tmp:
+                    self.trainer.save_model(unwrapped, tmp)
+        else:
+            state.bad_evals += 1
+            patience = self.config.patience
+            self.stopped_early = patience is not None and state.bad_evals >= patience
+        self.accelerator.wait_for_everyone()
+        self._log(
+            {
+                "step": state.step,
+                "epoch": state.epoch,
+                "val_perplexity": perplexity,
+                "best_val_perplexity": state.best_val,
+            }
+        )
+        bar.update(val=perplexity)
+        self.model.train()
+
+    def _checkpoint(self) -> None:
+        if self.main:
+            folder = (
+                self.trainer.output_dir / "checkpoints" / f"step-{self.state.step:07d}"
+            )
+            model = self.accelerator.unwrap_model(self.model)
+            self.trainer.checkpoint(
+                model, self.optimizer, self.scheduler, self.state, folder
+            )
+            _prune(folder.parent, self.config.keep_checkpoints)
+        self.accelerator.wait_for_everyone()
+
+    def _log(self, record: dict[str, Any], quiet: bool = False) -> None:
+        if not quiet:
+            self.history.append(record)
+        if self.main:
+            self.trainer.output_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.trainer.output_dir / "metrics.jsonl", "a") as file:
+                file.write(json.dumps(record) + "\n")
+
+    def _finish(self, validated: bool) -> TrainingResult:
+        model = self.accelerator.unwrap_model(self.model)
+        best = self.trainer.output_dir / "best"
+        self.accelerator.wait_for_everyone()
+        if validated and best.exists():
+            self.trainer.load_weights(model, best)
+        model.eval()
+        return TrainingResult(
+            steps=self.state.step,
+            epochs_completed=self.state.epoch,
+            best_val_perplexity=self.state.best_val,
+            best_epoch=self.state.best_epoch,
+            train_tokens=self.state.train_tokens,
+            seconds=time.perf_counter() - self.started,
+            stopped_early=self.stopped_early,
+            history=self.history,
+        )
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _warmup_then_linear(optimizer, warmup: int, total: int):
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total - step) / max(total - warmup, 1))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _flatten_optimizer(
+    state_dict: dict[str, Any],
+) -> tuple[dict[str, torch.Tensor], Any]:
+    """Optimizer state as safetensors-ready tensors plus JSON hyper-parameters."""
+    tensors, scalars = {}, {}
+    for index, slots in state_dict["state"].items():
+        for name, value in slots.items():
+            if torch.is_tensor(value):
+                tensors[f"{index}.{name}"] = value.detach().contiguous().cpu()
+            else:
+                scalars[f"{index}.{name}"] = value
+    return tensors, {"param_groups": state_dict["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(
+    tensors: dict[str, torch.Tensor], hyper: Any
+) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in [*tensors.items(), *hyper["scalars"].items()]:
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    return {"state": state, "param_groups": hyper["param_groups"]}
+
+
+def _prune(folder: Path, keep: int) -> None:
+    import shutil
+
+    checkpoints = sorted(p for p in folder.glob("step-*") if p.is_dir())
+    for old in checkpoints[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+class _NoBar:
+    def update(self, **_: Any) -> None:
+        pass
+
+
+class _progress:
+    """A rich progress bar with loss, validation perplexity and tokens/s, or nothing."""
+
+    def __init__(self, enabled: bool, total: int) -> None:
+        self.enabled, self.total = enabled, total
+
+    def __enter__(self):
+        if not self.enabled:
+            return _NoBar()
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("training"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TextColumn("loss {task.fields[loss]:.3f}"),
+            TextColumn("val ppl {task.fields[val]:.2f}"),
+            TextColumn("{task.fields[rate]:,.0f} tok/s"),
+            TimeRemainingColumn(),
+        )
+        self.progress.start()
+        task = self.progress.add_task(
+            "train", total=self.total, loss=float("nan"), val=float("nan"), rate=0.0
+        )
+
+        class Bar:
+            def update(bar, **fields: Any) -> None:
+                self.progress.update(task, **fields)
+
+        return Bar()
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.enabled:
+            self.progress.stop()
