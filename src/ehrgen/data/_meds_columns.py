@@ -76,9 +76,16 @@ def read_rows(files: list[Path], visit_id_column: str | None) -> Rows:
     columns = [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
     subject, time, code, value, visit, file, row = columns
     return Rows(
-        subject, time, code, value, visit if visit_id_column else None, file, row,
-        list(interned), files,
-    )  # fmt: skip
+        subject,
+        time,
+        code,
+        value,
+        visit if visit_id_column else None,
+        file,
+        row,
+        list(interned),
+        files,
+    )
 
 
 def _read_shard(
@@ -250,9 +257,16 @@ def _visit_times_from_ids(rows: Rows, modality: np.ndarray) -> tuple[Rows, np.nd
     time = np.empty(len(order), dtype=np.int64)
     time[order] = earliest[group]
     rows = Rows(
-        rows.subject, time.astype("datetime64[us]"), rows.code, rows.value, rows.visit,
-        rows.file, rows.row, rows.codes, rows.files,
-    )  # fmt: skip
+        rows.subject,
+        time.astype("datetime64[us]"),
+        rows.code,
+        rows.value,
+        rows.visit,
+        rows.file,
+        rows.row,
+        rows.codes,
+        rows.files,
+    )
     return rows, modality
 
 
@@ -308,8 +322,9 @@ def static_columns(
     categorical_rows = ~is_label & (code_value != None)  # noqa: E711
     numerical_rows = ~is_label & (code_value == None) & ~np.isnan(rows.value)  # noqa: E711
     if schema is None:
-        schema = _infer_schema(features, code_value, categorical_rows, numerical_rows,
-                               modalities)  # fmt: skip
+        schema = _infer_schema(
+            features, code_value, categorical_rows, numerical_rows, modalities
+        )
     columns: dict[str, np.ndarray] = {}
     for name, categories in schema.categorical.items():
         mask = categorical_rows & (features == name)

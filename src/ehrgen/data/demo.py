@@ -243,10 +243,10 @@ def _chronic_conditions() -> list[Condition]:
                    proc={"8891": 0.15}, drug={"N06D": 0.6}, per_decade=3.0,
                    ages=(60.0, math.inf),
                    raised_by={"hypertension": 1.3, "type2_diabetes": 1.5}),
-        _condition("bph", True, 0.08, {"60000": 0.85},
+        _condition("bph", True, 0.3, {"60000": 0.85},
                    proc={"6029": 0.03}, drug={"G04C": 0.7}, lab={"PSA": 0.5},
                    per_decade=2.0, gender="M", ages=(40.0, math.inf)),
-        _condition("endometriosis", True, 0.06, {"6179": 0.85},
+        _condition("endometriosis", True, 0.1, {"6179": 0.85},
                    proc={"5421": 0.1}, drug={"G03D": 0.5, "M01A": 0.4},
                    gender="F", ages=(15.0, 50.0)),
     ]  # fmt: skip
@@ -286,7 +286,7 @@ def _acute_conditions() -> list[Condition]:
                    ages=(0.0, 2.0)),
         _condition("otitis_media", False, 0.12, {"3829": 0.7, "38200": 0.3},
                    proc={"2001": 0.05}, drug={"J01C": 0.7}, ages=(0.5, 12.0)),
-        _condition("delivery", False, 0.05, {"V270": 0.8, "650": 0.6},
+        _condition("delivery", False, 0.25, {"V270": 0.8, "650": 0.6},
                    proc={"7359": 0.5, "741": 0.3}, drug={"H01B": 0.5},
                    lab={"hCG": 0.5}, per_decade=0.8, gender="F", ages=(15.0, 45.0)),
     ]  # fmt: skip

@@ -44,7 +44,6 @@ class PromptFeaturizer(nn.Module):
         n_numerical: int,
         hidden_dim: int,
         d_model: int,
-        init_std: float = 0.02,
     ) -> None:
         super().__init__()
         self.cardinalities = tuple(int(c) for c in cardinalities)
@@ -53,24 +52,20 @@ class PromptFeaturizer(nn.Module):
         sizes = torch.tensor([c + 1 for c in self.cardinalities], dtype=torch.long)
         offsets = torch.cumsum(sizes, 0) - sizes
         self.register_buffer("category_offsets", offsets, persistent=False)
+        # Unit-scale W0 rows and default-scale W1: a product of two small matrices
+        # would start near zero and learn slowly, and a prompt that small is
+        # swamped by the position embedding added before BART's layer norm.
         self.category_weight = nn.Embedding(max(int(sizes.sum()), 1), hidden_dim)
         self.category_bias = nn.Parameter(
             torch.zeros(len(self.cardinalities), hidden_dim)
         )
         self.categorical_projection = nn.Linear(hidden_dim, d_model, bias=False)
-        self.numerical_weight = nn.Parameter(
-            torch.randn(n_numerical, hidden_dim) * init_std
-        )
+        self.numerical_weight = nn.Parameter(torch.randn(n_numerical, hidden_dim))
         self.numerical_bias = nn.Parameter(torch.zeros(n_numerical, hidden_dim))
-        self.numerical_missing = nn.Parameter(
-            torch.randn(n_numerical, hidden_dim) * init_std
-        )
+        self.numerical_missing = nn.Parameter(torch.randn(n_numerical, hidden_dim))
         self.numerical_projection = nn.Linear(hidden_dim, d_model, bias=False)
         self.register_buffer("numerical_mean", torch.zeros(n_numerical))
         self.register_buffer("numerical_std", torch.ones(n_numerical))
-        nn.init.normal_(self.category_weight.weight, std=init_std)
-        for layer in (self.categorical_projection, self.numerical_projection):
-            nn.init.normal_(layer.weight, std=init_std)
 
     @property
     def n_prompts(self) -> int:

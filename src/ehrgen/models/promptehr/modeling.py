@@ -98,7 +98,6 @@ class PromptBart(nn.Module):
             "n_numerical": n_numerical,
             "hidden_dim": config.prompt_hidden_dim,
             "d_model": config.d_model,
-            "init_std": config.init_std,
         }
         self.encoder_prompts = PromptFeaturizer(**featurizer)
         self.decoder_prompts = PromptFeaturizer(**featurizer)
@@ -122,10 +121,9 @@ class PromptBart(nn.Module):
         numerical: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the encoder over [prompts; tokens]; return states and their mask."""
-        prompts = self.encoder_prompts(categorical, numerical)  # (B, P, D)
-        embeds = torch.cat(
-            [prompts.to(self.embed(input_ids).dtype), self.embed(input_ids)], 1
-        )
+        tokens = self.embed(input_ids)  # (B, S, D)
+        prompts = self.encoder_prompts(categorical, numerical)
+        embeds = torch.cat([prompts.to(tokens.dtype), tokens], 1)  # (B, P+S, D)
         mask = torch.cat(
             [attention_mask.new_ones(prompts.shape[:2]), attention_mask], 1
         )
@@ -152,7 +150,8 @@ class PromptBart(nn.Module):
         first_call = cache is None or cache.get_seq_length() == 0
         n_prompts = self.n_prompts if first_call else 0
         if n_prompts:
-            prompts = self.decoder_prompts(categorical, numerical).to(embeds.dtype)
+            prompts = self.decoder_prompts(categorical, numerical)
+            prompts = prompts.to(embeds.dtype)
             embeds = torch.cat([prompts, embeds], 1)  # (B, P+T, D)
             if decoder_attention_mask is not None:
                 ones = decoder_attention_mask.new_ones(prompts.shape[:2])

@@ -30,7 +30,6 @@ from ehrgen.models.promptehr.config import PromptEHRConfig
 from ehrgen.tokenizer import CodeTokenizer
 
 if TYPE_CHECKING:
-
     from ehrgen.models.promptehr.modeling import PromptBart
     from ehrgen.models.promptehr.tasks import TaskConfig
     from ehrgen.training import TrainingConfig, TrainingResult
@@ -154,6 +153,7 @@ class PromptEHR:
         else:
             tokenizer = CodeTokenizer.fit(train, min_count, max_codes_per_modality)
             schema = train.schema
+        tasks = _fit_positions(tasks, self.config, schema)
         with contextlib.ExitStack() as stack:
             if output_dir is None:
                 output_dir = stack.enter_context(tempfile.TemporaryDirectory())
@@ -194,6 +194,40 @@ class PromptEHR:
                 torch.as_tensor(_nan_stat(np.nanstd, values)),
             )
         return model
+
+    # ---- scoring
+
+    def perplexity(self, cohort: Cohort, batch_size: int = 64) -> float:
+        """Teacher-forced perplexity of every target token of ``cohort``: each visit
+        given the ones before it (the end-of-patient target included) and each
+        modality of each visit given the rest, without corruption. The figure
+        training validates on; lpl and mpl per modality live in ``ehrgen.evaluation``.
+        """
+        import torch
+        from torch.utils.data import DataLoader
+
+        from ehrgen.models.promptehr import tasks as task_lib
+
+        fitted = self._check_fitted()
+        _check_schema(cohort, fitted.schema, Path("PromptEHR"))
+        data = task_lib.TokenizedCohort.from_cohort(cohort, fitted.tokenizer)
+        tasks = task_lib.TaskConfig.from_dict(fitted.info.get("tasks", {}))
+        tasks = _fit_positions(tasks, self.config, fitted.schema)
+        dataset = task_lib.ExampleDataset(
+            data, task_lib.validation_slots(data), tasks, 0, 0, corrupt=False
+        )
+        loader = DataLoader(
+            dataset,
+            batch_size=batch_size,
+            collate_fn=lambda batch: task_lib.collate(batch, fitted.tokenizer.pad_id),
+        )
+        loss, tokens = 0.0, 0
+        fitted.model.eval()
+        with torch.no_grad():
+            for batch in loader:
+                out = fitted.model(batch)
+                loss, tokens = loss + float(out.loss_sum), tokens + int(out.n_tokens)
+        return math.exp(loss / max(tokens, 1))
 
     # ---- persistence
 
@@ -318,6 +352,22 @@ def _train(
         )
 
 
+def _fit_positions(
+    tasks: TaskConfig, config: PromptEHRConfig, schema: CohortSchema
+) -> TaskConfig:
+    """Cap sequence lengths so that prompts plus tokens fit the position table."""
+    room = config.max_position_embeddings - len(schema.features)
+    changes = {
+        name: room
+        for name in ("max_source_length", "max_target_length")
+        if getattr(tasks, name) > room
+    }
+    if changes:
+        logger.info("Capping %s at %d positions (max_position_embeddings).",
+                    ", ".join(changes), room)  # fmt: skip
+    return tasks.replace(**changes)
+
+
 def _check_cohorts(train: Cohort, val: Cohort | None) -> None:
     if len(train) == 0:
         raise SchemaError(
@@ -333,11 +383,12 @@ def _check_cohorts(train: Cohort, val: Cohort | None) -> None:
             )
 
 
-def _check_schema(train: Cohort, schema: CohortSchema, where: Path) -> None:
-    if train.schema != schema:
+def _check_schema(cohort: Cohort, schema: CohortSchema, where: Path) -> None:
+    if cohort.schema != schema:
         raise SchemaError(
-            f"{where}: the checkpoint was trained on a cohort with schema {schema}; "
-            f"the cohort given has {train.schema}. Resume with the same cohort."
+            f"{where}: the model was trained on a cohort with schema {schema}; the "
+            f"cohort given has {cohort.schema}. Use a cohort of the same schema "
+            f"(modalities and baseline features)."
         )
 
 

@@ -1,0 +1,255 @@
+"""Tests of the PromptEHR model: learning, prompts, resume, persistence, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ehrgen.data.cohort import Cohort, CohortSchema, Patient, Visit
+from ehrgen.data.demo import demo_cohort, demo_truth
+from ehrgen.errors import ConfigError, NotFittedError, SchemaError
+from ehrgen.models.promptehr import PromptEHR, PromptEHRConfig
+from ehrgen.models.promptehr.tasks import TaskConfig
+from ehrgen.training import TrainingConfig
+
+NO_CORRUPTION = TaskConfig(
+    mask_rate=0, delete_rate=0, infill_rate=0, shuffle_rate=0, permute_rate=0
+)
+
+
+def quick(**changes) -> TrainingConfig:
+    base = {"epochs": 2, "batch_size": 8, "learning_rate": 1e-2,
+            "checkpoint_every_steps": None}  # fmt: skip
+    return TrainingConfig(**{**base, **changes})
+
+
+def weights(model: PromptEHR) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.model_.state_dict().items()}
+
+
+@pytest.mark.slow
+def test_tiny_model_overfits_eight_patients():
+    """Check that a tiny model learns 8 patients almost by heart.
+
+    Without corruption, the teacher-forced perplexity of its own training patients
+    must fall below 1.5 (each next token predicted with probability > 2/3 on
+    average), while an untrained model sits near the size of the grammar-restricted
+    choice (tens of tokens)."""
+    cohort = demo_cohort(8, seed=1)
+    untrained = PromptEHR(PromptEHRConfig.tiny()).fit(
+        cohort, training=quick(epochs=1, max_steps=1, learning_rate=1e-9),
+        tasks=NO_CORRUPTION,
+    )  # fmt: skip
+    assert untrained.perplexity(cohort) > 10
+    model = PromptEHR(PromptEHRConfig.tiny()).fit(
+        cohort,
+        val=cohort,
+        training=quick(epochs=80, patience=None),
+        tasks=NO_CORRUPTION,
+    )
+    assert model.perplexity(cohort) < 1.5
+    assert model.info_["best_val_perplexity"] == pytest.approx(model.perplexity(cohort))
+
+
+@pytest.mark.slow
+def test_prompts_carry_gender():
+    """Check that, trained briefly on first visits of 15-45-year-olds of the demo
+    cohort, the model puts a female-only diagnosis first in a woman's first visit
+    far more often than in a man's (the simulator never gives it to men)."""
+    full = demo_cohort(1500, seed=0)
+    young = [p for p in full if 15 <= p.static["age"] < 45]
+    cohort = Cohort.from_patients(
+        [Patient(p.patient_id, p.static, p.visits[:1]) for p in young], full.schema
+    )
+    model = PromptEHR(PromptEHRConfig.tiny()).fit(
+        cohort, training=quick(epochs=20, batch_size=32),
+        tasks=TaskConfig(longitudinal_share=1.0),
+    )  # fmt: skip
+    female = [c for c, g in demo_truth().gender_specific_codes.items()
+              if g == "F" and c in model.tokenizer_.codes["diagnosis"]]  # fmt: skip
+    assert female
+    p_woman = _first_code_probability(model, "F", female)
+    p_man = _first_code_probability(model, "M", female)
+    assert p_woman > 0.05
+    assert p_woman > 5 * p_man
+
+
+def _first_code_probability(model: PromptEHR, gender: str, codes: list[str]) -> float:
+    tok, schema = model.tokenizer_, model.schema_
+    categorical = torch.tensor(
+        [
+            [
+                schema.categorical["gender"].index(gender),
+                schema.categorical["ethnicity"].index("white"),
+            ]
+        ]
+    )
+    numerical = torch.tensor([[30.0]])
+    source = torch.tensor([[tok.bos_id, tok.eos_id]])
+    target = torch.tensor([[tok.bos_id, tok.visit_open_id, tok.open_ids["diagnosis"]]])
+    net = model.model_
+    with torch.no_grad():
+        states, mask = net.encode(
+            source, torch.ones_like(source), categorical, numerical
+        )
+        hidden, _ = net.decode(target, torch.ones_like(target), states, mask,
+                               categorical, numerical)  # fmt: skip
+        logits = net.logits(hidden, torch.tensor([[-1, -1, 0]]))
+    probs = torch.softmax(logits[0, -1], -1)
+    return float(sum(probs[tok.code_id("diagnosis", c)] for c in codes))
+
+
+def test_resume_continues_where_it_stopped(tmp_path):
+    """Check that stopping after k steps and resuming gives the same step count,
+    learning-rate schedule and weights as one uninterrupted run."""
+    cohort = demo_cohort(16, seed=2)
+    settings = quick(epochs=3, learning_rate=3e-3)
+    whole = PromptEHR(PromptEHRConfig.tiny()).fit(cohort, training=settings)
+    steps = whole.info_["steps"]
+    k = 3  # mid-epoch: 16 patients give more than 3 batches per epoch
+    PromptEHR(PromptEHRConfig.tiny()).fit(
+        cohort, training=settings.replace(max_steps=k, checkpoint_every_steps=k),
+        output_dir=tmp_path,
+    )  # fmt: skip
+    checkpoint = tmp_path / "checkpoints" / f"step-{k:07d}"
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    assert state["state"]["step"] == k and state["scheduler"]["last_epoch"] == k
+    resumed = PromptEHR(PromptEHRConfig.tiny()).fit(
+        cohort, training=settings, resume_from=checkpoint
+    )
+    assert resumed.info_["steps"] == steps
+    expected, got = weights(whole), weights(resumed)
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], msg=name)
+
+
+def test_save_and_load_keep_the_logits(tmp_path):
+    """Check that from_pretrained(save_pretrained(m)) gives identical logits and
+    perplexity, and writes the documented files."""
+    cohort = demo_cohort(12, seed=3)
+    model = PromptEHR(PromptEHRConfig.tiny()).fit(cohort, training=quick())
+    folder = model.save_pretrained(tmp_path / "model")
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "config.json", "ehrgen.json", "model.safetensors", "model_card.md",
+        "schema.json", "tokenizer.json",
+    ]  # fmt: skip
+    loaded = PromptEHR.from_pretrained(folder)
+    assert loaded.tokenizer_ == model.tokenizer_ and loaded.config == model.config
+    for name, value in model.model_.state_dict().items():
+        torch.testing.assert_close(loaded.model_.state_dict()[name], value)
+    assert loaded.perplexity(cohort) == model.perplexity(cohort)
+    assert "trained on real patient records" in (folder / "model_card.md").read_text()
+    with pytest.raises(Exception, match="already holds a model"):
+        model.save_pretrained(folder)
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda f: (f / "tokenizer.json").unlink(), r"tokenizer.json: missing"),
+        (lambda f: (f / "config.json").write_text("{"), r"config.json: corrupt JSON"),
+        (
+            lambda f: (f / "config.json").write_text('{"d_modle": 8}'),
+            r"Did you mean 'd_model'",
+        ),
+        (
+            lambda f: (f / "model.safetensors").write_bytes(b"\x00" * 10),
+            r"model.safetensors: cannot load the weights",
+        ),
+        (lambda f: (f / "ehrgen.json").unlink(), r"ehrgen.json: missing"),
+    ],
+)
+def test_damaged_model_folder_is_named(tmp_path, damage, message):
+    """Check that a model folder with a missing or corrupt file fails naming it."""
+    model = PromptEHR(PromptEHRConfig.tiny()).fit(
+        demo_cohort(6, seed=0), training=quick(epochs=1)
+    )
+    folder = model.save_pretrained(tmp_path / "model")
+    damage(folder)
+    with pytest.raises((SchemaError, ConfigError), match=message):
+        PromptEHR.from_pretrained(folder)
+
+
+def test_checkpoints_are_complete_models(tmp_path):
+    """Check that checkpoints and best/ load as models and old ones are pruned."""
+    cohort = demo_cohort(16, seed=4)
+    train, val = cohort.split([0.75, 0.25], seed=0)
+    PromptEHR(PromptEHRConfig.tiny()).fit(
+        train, val, quick(epochs=2, checkpoint_every_steps=1, keep_checkpoints=2),
+        output_dir=tmp_path,
+    )  # fmt: skip
+    checkpoints = sorted((tmp_path / "checkpoints").iterdir())
+    assert len(checkpoints) == 2
+    assert PromptEHR.from_pretrained(checkpoints[-1]).perplexity(val) > 1
+    assert PromptEHR.from_pretrained(tmp_path / "best").perplexity(val) > 1
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert any("val_perplexity" in r for r in records)
+    assert all(r["tokens_per_s"] > 0 for r in records if "loss" in r)
+
+
+@pytest.mark.slow
+def test_two_processes_on_cpu(tmp_path):
+    """Check that `accelerate launch --num_processes 2 --cpu` trains and writes one
+    valid checkpoint."""
+    script = Path(__file__).with_name("_ddp_train.py")
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join(sys.path),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2",
+         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+         "--cpu", str(script), str(tmp_path)],
+        capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    checkpoints = list((tmp_path / "checkpoints").iterdir())
+    assert checkpoints
+    model = PromptEHR.from_pretrained(checkpoints[-1])
+    assert model.perplexity(demo_cohort(6, seed=9)) > 1
+
+
+def test_bad_input_is_refused(tmp_path):
+    """Check the errors for an empty cohort, a cohort lacking a modality the model
+    expects, and invalid configs."""
+    with pytest.raises(NotFittedError, match="not fitted yet"):
+        _ = PromptEHR().tokenizer_
+    empty = Cohort.from_patients([], CohortSchema())
+    with pytest.raises(SchemaError, match="training cohort is empty"):
+        PromptEHR(PromptEHRConfig.tiny()).fit(empty)
+    cohort = demo_cohort(8, seed=0)
+    model = PromptEHR(PromptEHRConfig.tiny()).fit(cohort, training=quick(epochs=1))
+    no_lab = Cohort.from_patients(
+        [Patient("1", {}, (Visit({"diagnosis": ["ICD9CM//4019"]}),))],
+        CohortSchema(modalities=("diagnosis", "procedure", "drug")),
+    )
+    with pytest.raises(SchemaError, match="Use a cohort of the same schema"):
+        model.perplexity(no_lab)
+    model.save_pretrained(tmp_path / "m")
+    with pytest.raises(SchemaError, match="Use a cohort of the same schema"):
+        PromptEHR().fit(no_lab, resume_from=tmp_path / "m")
+    with pytest.raises(ConfigError, match="'encoder_attention_heads' .* divisor of"):
+        PromptEHRConfig(d_model=30, encoder_attention_heads=4)
+    with pytest.raises(ConfigError, match="'batch_size' parameter of TrainingConfig"):
+        TrainingConfig(batch_size=0)
+    with pytest.raises(ConfigError, match="'mixed_precision'"):
+        TrainingConfig(mixed_precision="fp8")
+    with pytest.raises(ConfigError, match="'preset' parameter"):
+        PromptEHRConfig.preset("huge")
+
+
+def test_configs_round_trip():
+    """Check to_dict/from_dict of the configs."""
+    for config in (PromptEHRConfig.tiny(), PromptEHRConfig.paper(), TrainingConfig()):
+        assert type(config).from_dict(config.to_dict()) == config
+    assert PromptEHRConfig.paper().d_model == 768
+    assert np.isclose(TrainingConfig().weight_decay, 1e-4)
