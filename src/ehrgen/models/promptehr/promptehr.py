@@ -307,6 +307,7 @@ def _train(
     from torch.utils.data import DataLoader
 
     from ehrgen.models.promptehr import tasks as task_lib
+    from ehrgen.models.promptehr.batching import length_grouped_order, source_lengths
     from ehrgen.training import Trainer
 
     data = task_lib.TokenizedCohort.from_cohort(train, fitted.tokenizer)
@@ -318,7 +319,11 @@ def _train(
     def train_loader(epoch: int) -> DataLoader:
         slots = task_lib.example_slots(data, epoch, training.seed, tasks)
         # Shuffled here, from (seed, epoch), so that a resumed run sees the same order.
-        order = np.random.default_rng([training.seed, epoch, 7]).permutation(len(slots))
+        order = length_grouped_order(
+            source_lengths(data, slots, tasks.max_source_length),
+            training.batch_size,
+            np.random.default_rng([training.seed, epoch, 7]),
+        )
         dataset = task_lib.ExampleDataset(
             data, slots[order], tasks, training.seed, epoch
         )
