@@ -146,16 +146,44 @@ def test_errors_are_one_line_with_status_2(monkeypatch, capsys, tmp_path):
 
 
 def test_quickstart(monkeypatch, capsys, tmp_path):
-    """Check that quickstart writes the split MEDS cohort, tokenizer and stats."""
+    """Check that quickstart writes the split MEDS cohort and a trained model."""
+    from ehrgen.models.promptehr import PromptEHR
+
     out_dir = tmp_path / "qs"
-    code, out, _ = run(
-        monkeypatch, capsys, "quickstart", "--patients", "100", "--out", str(out_dir)
-    )
-    assert code == 0 and "Done." in out
-    assert len(read_meds(out_dir / "cohort", split="held_out")) == 10
-    assert (out_dir / "tokenizer.json").exists()
-    assert json.loads((out_dir / "stats.json").read_text())["n_patients"] == 100
-    code, _, err = run(
-        monkeypatch, capsys, "quickstart", "--patients", "100", "--out", str(out_dir)
-    )
+    code, out, err = run(monkeypatch, capsys, "quickstart", "--patients", "60",
+                         "--epochs", "1", "--out", str(out_dir))  # fmt: skip
+    assert code == 0, err
+    assert "Done." in out and "held-out perplexity" in out
+    assert len(read_meds(out_dir / "cohort", split="held_out")) == 6
+    model = PromptEHR.from_pretrained(out_dir / "model")
+    assert model.info_["train_patients"] == 48
+    assert (out_dir / "model" / "training" / "metrics.jsonl").exists()
+    assert json.loads((out_dir / "stats.json").read_text())["n_patients"] == 60
+    code, _, err = run(monkeypatch, capsys, "quickstart", "--patients", "60",
+                       "--out", str(out_dir))  # fmt: skip
     assert code == 2 and "--overwrite" in err
+
+
+def test_train_and_resume(monkeypatch, capsys, tmp_path):
+    """Check `ehrgen train` on a MEDS cohort, its refusal to overwrite, and
+    --resume from a checkpoint."""
+    from ehrgen.models.promptehr import PromptEHR
+
+    cohort_dir, model_dir = tmp_path / "cohort", tmp_path / "model"
+    run(monkeypatch, capsys, "data", "demo", "--patients", "40", "--out",
+        str(cohort_dir))  # fmt: skip
+    args = ["train", str(cohort_dir), "--out", str(model_dir), "--preset", "tiny",
+            "--epochs", "2", "--batch-size", "8"]  # fmt: skip
+    code, out, err = run(monkeypatch, capsys, *args)
+    assert code == 0, err
+    model = PromptEHR.from_pretrained(model_dir)
+    assert model.info_["train_patients"] == 32 and model.info_["val_patients"] == 4
+    code, _, err = run(monkeypatch, capsys, *args)
+    assert code == 2 and "already holds a model" in err
+    checkpoint = sorted((model_dir / "training" / "checkpoints").iterdir())[-1]
+    code, _, err = run(monkeypatch, capsys, *args, "--epochs", "3", "--resume",
+                       str(checkpoint), "--overwrite")  # fmt: skip
+    assert code == 0, err
+    resumed = PromptEHR.from_pretrained(model_dir)
+    assert resumed.info_["epochs_completed"] == 3
+    assert resumed.info_["steps"] > model.info_["steps"]
