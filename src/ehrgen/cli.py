@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -215,10 +216,16 @@ def train(
         resume_from=resume,
         progress=True,
     )
+    if not _is_main_process():
+        return  # under `accelerate launch`, rank 0 alone writes the model
     model.save_pretrained(out, overwrite=True)
     ppl = model.info_["best_val_perplexity"]
     best = f", best validation perplexity {ppl:.2f}" if ppl is not None else ""
     console.print(f"[green]Saved[/green] the model to [bold]{out}[/bold]{best}.")
+
+
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _train_and_validation(

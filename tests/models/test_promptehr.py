@@ -253,3 +253,33 @@ def test_configs_round_trip():
         assert type(config).from_dict(config.to_dict()) == config
     assert PromptEHRConfig.paper().d_model == 768
     assert np.isclose(TrainingConfig().weight_decay, 1e-4)
+
+
+def test_cohorts_without_or_with_missing_features_train():
+    """Check that a cohort with no baseline feature trains (empty prompt), and that
+    missing values use the unknown category and the learned missing vector."""
+    bare = Cohort.from_patients(
+        [Patient(str(i), {}, (Visit({"diagnosis": ["a", "b"][: i % 2 + 1]}),))
+         for i in range(6)]
+    )  # fmt: skip
+    model = PromptEHR(PromptEHRConfig.tiny()).fit(bare, training=quick(epochs=1))
+    assert model.model_.n_prompts == 0 and np.isfinite(model.perplexity(bare))
+    cohort = demo_cohort(10, seed=0)
+    patients = list(cohort)
+    patients[0] = Patient(patients[0].patient_id, {}, patients[0].visits)
+    gappy = Cohort.from_patients(patients, cohort.schema)
+    model = PromptEHR(PromptEHRConfig.tiny()).fit(gappy, training=quick(epochs=1))
+    assert model.model_.n_prompts == 3 and np.isfinite(model.perplexity(gappy))
+
+
+def test_early_stopping_when_validation_worsens():
+    """Check that training stops once validation perplexity fails to improve for
+    `patience` evaluations, and keeps the best epoch's weights."""
+    train, val = demo_cohort(8, seed=1), demo_cohort(8, seed=2)
+    model = PromptEHR(PromptEHRConfig.tiny()).fit(
+        train, val, quick(epochs=60, patience=2), tasks=NO_CORRUPTION
+    )
+    info = model.info_
+    assert info["stopped_early"] and info["epochs_completed"] < 60
+    assert info["epochs_completed"] == info["best_epoch"] + 2
+    assert model.perplexity(val) == pytest.approx(info["best_val_perplexity"])
