@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import tempfile
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,7 +27,9 @@ import numpy as np
 from ehrgen._io import atomic_file
 from ehrgen.data.cohort import Cohort, CohortSchema
 from ehrgen.errors import NotFittedError, SchemaError
+from ehrgen.generation import GenerationConfig
 from ehrgen.models.promptehr.config import PromptEHRConfig
+from ehrgen.models.promptehr.population import Population
 from ehrgen.tokenizer import CodeTokenizer
 
 if TYPE_CHECKING:
@@ -160,10 +163,20 @@ class PromptEHR:
             model = self._new_network(tokenizer, schema, train, training.seed)
             fitted = _Fitted(tokenizer, schema, model, {})
             result = _train(
-                fitted, self.config, train, val, training, tasks, Path(output_dir),
-                resume_from, progress,
-            )  # fmt: skip
-        fitted.info = _training_info(train, val, training, tasks, result)
+                fitted,
+                self.config,
+                train,
+                val,
+                training,
+                tasks,
+                Path(output_dir),
+                resume_from,
+                progress,
+            )
+        fitted.info = {
+            **_training_info(train, val, training, tasks, result),
+            "population": Population.from_cohort(train).to_dict(),
+        }
         self._fitted = fitted
         return self
 
@@ -228,6 +241,141 @@ class PromptEHR:
                 out = fitted.model(batch)
                 loss, tokens = loss + float(out.loss_sum), tokens + int(out.n_tokens)
         return math.exp(loss / max(tokens, 1))
+
+    # ---- generation
+
+    def generate(
+        self,
+        n: int,
+        conditions: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+        generation: GenerationConfig | None = None,
+        seed: int | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> Cohort:
+        """``n`` synthetic patients from scratch.
+
+        Args:
+            n: how many patients.
+            conditions: baseline features to impose, one mapping for all patients or
+                one per patient (``{"gender": "F", "age": 70}``); features not given
+                are drawn from the training population (aggregate marginals).
+            generation: sampling settings (temperature, top-k, top-p, max visits...).
+            seed: makes the output reproducible.
+            progress: called with the number of patients finished after each batch.
+
+        Example:
+            >>> from ehrgen.data.demo import demo_cohort
+            >>> from ehrgen.training import TrainingConfig
+            >>> model = PromptEHR(PromptEHRConfig.tiny()).fit(
+            ...     demo_cohort(16, seed=0), training=TrainingConfig(epochs=1)
+            ... )
+            >>> len(model.generate(3, conditions={"gender": "F"}, seed=0))
+            3
+        """
+        from ehrgen.models.promptehr import synthesis
+
+        return synthesis.generate(
+            self._context(),
+            n,
+            conditions,
+            generation or GenerationConfig(),
+            _seed(seed),
+            progress,
+        )
+
+    def continue_patients(
+        self,
+        cohort: Cohort,
+        n_visits: int,
+        generation: GenerationConfig | None = None,
+        seed: int | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> Cohort:
+        """Each patient of ``cohort`` with ``n_visits`` more visits (longitudinal
+        imputation)."""
+        from ehrgen.models.promptehr import synthesis
+
+        generation = generation or GenerationConfig()
+        return synthesis.continue_patients(
+            self._context(), cohort, n_visits, generation, _seed(seed), progress
+        )
+
+    def impute_modality(
+        self,
+        cohort: Cohort,
+        visit_index: int,
+        modality: str,
+        generation: GenerationConfig | None = None,
+        seed: int | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> Cohort:
+        """``modality`` of visit ``visit_index`` (negative counts from the end)
+        decoded from the rest of the record (cross-modal imputation)."""
+        from ehrgen.models.promptehr import synthesis
+
+        generation = generation or GenerationConfig()
+        return synthesis.impute_modality(
+            self._context(),
+            cohort,
+            visit_index,
+            modality,
+            generation,
+            _seed(seed),
+            progress,
+        )
+
+    def complete_visits(
+        self,
+        cohort: Cohort,
+        visit_index: int,
+        generation: GenerationConfig | None = None,
+        seed: int | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> Cohort:
+        """Visit ``visit_index`` of each patient completed: its codes kept, the rest
+        of the visit decoded around them."""
+        from ehrgen.models.promptehr import synthesis
+
+        generation = generation or GenerationConfig()
+        return synthesis.complete_visits(
+            self._context(), cohort, visit_index, generation, _seed(seed), progress
+        )
+
+    def generate_from_seeds(
+        self,
+        cohort: Cohort,
+        n_per_seed: int = 1,
+        generation: GenerationConfig | None = None,
+        seed: int | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> Cohort:
+        """The reference implementation's mode: each real patient's baseline features
+        and first visit start ``n_per_seed`` synthetic patients. The output contains
+        those real first visits: it leaks much more than :meth:`generate`."""
+        from ehrgen.models.promptehr import synthesis
+
+        generation = generation or GenerationConfig()
+        return synthesis.generate_from_seeds(
+            self._context(), cohort, n_per_seed, generation, _seed(seed), progress
+        )
+
+    def _context(self):
+        from ehrgen.models.promptehr.synthesis import Context
+        from ehrgen.models.promptehr.tasks import TaskConfig
+
+        fitted = self._check_fitted()
+        if "population" not in fitted.info:
+            raise SchemaError(
+                "This model has no summary of its training population, which "
+                "generation needs; retrain it with this version of ehrgen."
+            )
+        tasks = TaskConfig.from_dict(fitted.info.get("tasks", {}))
+        tasks = _fit_positions(tasks, self.config, fitted.schema)
+        fitted.model.eval()
+        population = Population.from_dict(fitted.info["population"])
+        return Context(
+            fitted.model, fitted.tokenizer, population, tasks.max_source_length
+        )
 
     # ---- persistence
 
@@ -327,24 +475,37 @@ def _train(
         dataset = task_lib.ExampleDataset(
             data, slots[order], tasks, training.seed, epoch
         )
-        return DataLoader(dataset, batch_size=training.batch_size, collate_fn=collate,
-                          num_workers=training.num_workers)  # fmt: skip
+        return DataLoader(
+            dataset,
+            batch_size=training.batch_size,
+            collate_fn=collate,
+            num_workers=training.num_workers,
+        )
 
     val_loader = None
     if val is not None:
         val_data = task_lib.TokenizedCohort.from_cohort(val, fitted.tokenizer)
         dataset = task_lib.ExampleDataset(
-            val_data, task_lib.validation_slots(val_data, training.seed), tasks,
-            training.seed, 0, corrupt=False,
-        )  # fmt: skip
+            val_data,
+            task_lib.validation_slots(val_data, training.seed),
+            tasks,
+            training.seed,
+            0,
+            corrupt=False,
+        )
         val_loader = DataLoader(
             dataset, batch_size=training.batch_size, collate_fn=collate
         )
 
+    # Checkpoints carry what generation needs, so that any of them can be used.
+    partial_info = {
+        "tasks": tasks.to_dict(),
+        "population": Population.from_cohort(train).to_dict(),
+    }
+
     def save_model(model, folder: Path) -> None:
-        _write_model_files(
-            _Fitted(fitted.tokenizer, fitted.schema, model, {}), config, folder
-        )
+        checkpoint = _Fitted(fitted.tokenizer, fitted.schema, model, partial_info)
+        _write_model_files(checkpoint, config, folder)
 
     def load_weights(model, folder: Path) -> None:
         load_model(model, str(folder / "model.safetensors"))
@@ -368,9 +529,17 @@ def _fit_positions(
         if getattr(tasks, name) > room
     }
     if changes:
-        logger.info("Capping %s at %d positions (max_position_embeddings).",
-                    ", ".join(changes), room)  # fmt: skip
+        logger.info(
+            "Capping %s at %d positions (max_position_embeddings).",
+            ", ".join(changes),
+            room,
+        )
     return tasks.replace(**changes)
+
+
+def _seed(seed: int | None) -> int:
+    """A given seed, or a fresh one from the operating system."""
+    return int(np.random.SeedSequence().entropy % 2**63) if seed is None else int(seed)
 
 
 def _check_cohorts(train: Cohort, val: Cohort | None) -> None:

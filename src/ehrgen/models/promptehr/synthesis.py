@@ -1,0 +1,459 @@
+"""PromptEHR's generation modes, on top of the visit sampler.
+
+* :func:`generate`: patients from scratch. Baseline features come from the conditions,
+  the rest from the training population in aggregate; visit t is decoded from visits
+  1..t-1 and the prompts; the model ends each patient (``<eos>``), capped by
+  ``max_visits``. Nothing is copied from a real patient.
+* :func:`continue_patients`: ``n_visits`` more visits for each real patient
+  (longitudinal imputation).
+* :func:`impute_modality`: one modality of one visit, from the history and the rest of
+  the visit (cross-modal imputation, the cloze prompt of training).
+* :func:`complete_visits`: a visit's given codes are kept and the rest of the visit is
+  decoded around them.
+* :func:`generate_from_seeds`: the reference implementation's way: each real patient's
+  baseline features and first visit as the prompt. It copies real data by design and
+  leaks far more than generation from scratch: do not release its output as is.
+
+Synthetic patients get ids ``synthetic-N``, which no reader of real data produces.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+import torch
+
+from ehrgen.data.cohort import Cohort, Patient, Visit
+from ehrgen.errors import ConfigError, SchemaError
+from ehrgen.generation import GenerationConfig, VisitSampler
+from ehrgen.models.promptehr.population import Population
+from ehrgen.tokenizer import CodeTokenizer
+
+__all__ = [
+    "complete_visits",
+    "continue_patients",
+    "generate",
+    "generate_from_seeds",
+    "impute_modality",
+]
+
+Progress = Callable[[int], None]
+
+
+@dataclass
+class Context:
+    """What the modes need from a fitted PromptEHR."""
+
+    model: Any  # PromptBart
+    tokenizer: CodeTokenizer
+    population: Population
+    max_source_length: int
+
+    @property
+    def schema(self):
+        return self.population.schema
+
+
+# --------------------------------------------------------------------------- scratch
+
+
+def generate(
+    ctx: Context,
+    n: int,
+    conditions: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None,
+    generation: GenerationConfig,
+    seed: int,
+    progress: Progress | None = None,
+) -> Cohort:
+    """``n`` synthetic patients from scratch (see the module docstring)."""
+    if not isinstance(n, int) or n < 1:
+        raise ConfigError(
+            f"The 'n' parameter of generate must be an int >= 1. Got {n!r}."
+        )
+    per_patient = _per_patient(conditions, n)
+    rng, generator = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
+    statics = ctx.population.sample_static(per_patient, rng)
+    visits: list[list[list[int]]] = []
+    for start in range(0, n, generation.batch_size):
+        chunk = statics[start : start + generation.batch_size]
+        histories = [[] for _ in chunk]
+        _extend(
+            ctx,
+            histories,
+            chunk,
+            generation,
+            generator,
+            generation.max_visits,
+            must_continue=0,
+        )
+        visits.extend(histories)
+        if progress:
+            progress(len(chunk))
+    width = len(str(n - 1))
+    ids = [f"synthetic-{i:0{width}d}" for i in range(n)]
+    return _cohort(ctx, ids, statics, visits, rng)
+
+
+def _per_patient(conditions, n: int) -> list[Mapping[str, Any]]:
+    if conditions is None:
+        return [{}] * n
+    if isinstance(conditions, Mapping):
+        return [conditions] * n
+    conditions = list(conditions)
+    if len(conditions) != n:
+        raise ConfigError(
+            f"The 'conditions' parameter of generate must be one mapping, or one per "
+            f"patient ({n}). Got {len(conditions)} mappings instead."
+        )
+    return conditions
+
+
+def _extend(
+    ctx: Context,
+    histories: list[list[list[int]]],
+    statics: Sequence[Mapping[str, Any]],
+    generation: GenerationConfig,
+    generator: torch.Generator,
+    max_new: int,
+    must_continue: int,
+) -> None:
+    """Append up to ``max_new`` visits to each history; a patient may end (``<eos>``)
+    once it has a visit and ``must_continue`` new visits."""
+    sampler = VisitSampler(ctx.model, ctx.tokenizer, generation, generator)
+    categorical, numerical = _features(ctx, statics)
+    active = list(range(len(histories)))
+    for step in range(max_new):
+        if not active:
+            break
+        sources = [_history_source(ctx, histories[i]) for i in active]
+        allow_end = np.array(
+            [step >= must_continue and len(histories[i]) > 0 for i in active]
+        )
+        out = sampler.visits(sources, categorical[active], numerical[active], allow_end)
+        still = []
+        for i, tokens in zip(active, out):
+            if tokens is not None:
+                histories[i].append(tokens)
+                still.append(i)
+        active = still
+
+
+# --------------------------------------------------------------------------- partial
+
+
+def continue_patients(
+    ctx: Context,
+    cohort: Cohort,
+    n_visits: int,
+    generation: GenerationConfig,
+    seed: int,
+    progress: Progress | None = None,
+) -> Cohort:
+    """Each patient with ``n_visits`` more visits decoded after its own."""
+    if not isinstance(n_visits, int) or n_visits < 1:
+        raise ConfigError(
+            f"The 'n_visits' parameter must be an int >= 1. Got {n_visits!r}."
+        )
+    _check_cohort(ctx, cohort)
+    rng, generator = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
+    patients = list(cohort)
+    out = []
+    for start in range(0, len(patients), generation.batch_size):
+        chunk = patients[start : start + generation.batch_size]
+        histories = [[ctx.tokenizer.encode_visit(v) for v in p.visits] for p in chunk]
+        before = [len(h) for h in histories]
+        _extend(
+            ctx,
+            histories,
+            [p.static for p in chunk],
+            generation,
+            generator,
+            n_visits,
+            must_continue=n_visits,
+        )
+        for patient, history, n in zip(chunk, histories, before):
+            new = [_decode_visit(ctx, tokens) for tokens in history[n:]]
+            out.append(
+                _with_visits(
+                    patient,
+                    list(patient.visits) + new,
+                    ctx,
+                    rng,
+                    cohort.times_are_placeholders,
+                )
+            )
+        if progress:
+            progress(len(chunk))
+    return Cohort.from_patients(
+        out, cohort.schema, metadata=_metadata(cohort, "continue")
+    )
+
+
+def impute_modality(
+    ctx: Context,
+    cohort: Cohort,
+    visit_index: int,
+    modality: str,
+    generation: GenerationConfig,
+    seed: int,
+    progress: Progress | None = None,
+) -> Cohort:
+    """Replace ``modality`` in visit ``visit_index`` (negative counts from the end) of
+    every patient that has that visit; nothing else changes."""
+    _check_cohort(ctx, cohort)
+    names = ctx.tokenizer.modalities
+    if modality not in names:
+        raise ConfigError(
+            f"Unknown modality {modality!r}; the model's are {list(names)}."
+        )
+    k = names.index(modality)
+    generator = torch.Generator().manual_seed(seed)
+    sampler = VisitSampler(ctx.model, ctx.tokenizer, generation, generator)
+    patients = list(cohort)
+    targets = [i for i, p in enumerate(patients) if _has_visit(p, visit_index)]
+    for start in range(0, len(targets), generation.batch_size):
+        rows = targets[start : start + generation.batch_size]
+        sources = []
+        for i in rows:
+            t = _index(patients[i], visit_index)
+            visits = patients[i].visits
+            history = [ctx.tokenizer.encode_visit(v) for v in visits[:t]]
+            sources.append(_history_source(ctx, history, _cloze(ctx, visits[t], k)))
+        categorical, numerical = _features(ctx, [patients[i].static for i in rows])
+        codes = sampler.blocks(sources, categorical, numerical, k)
+        for i, ids in zip(rows, codes):
+            t = _index(patients[i], visit_index)
+            visit = patients[i].visits[t]
+            values = _code_values(ctx, k, ids)
+            events = {**visit.events, modality: tuple(values)}
+            patients[i] = _replace_visit(patients[i], t, Visit(events, visit.time))
+        if progress:
+            progress(len(rows))
+    return Cohort.from_patients(
+        patients, cohort.schema, metadata=_metadata(cohort, "impute")
+    )
+
+
+def complete_visits(
+    ctx: Context,
+    cohort: Cohort,
+    visit_index: int,
+    generation: GenerationConfig,
+    seed: int,
+    progress: Progress | None = None,
+) -> Cohort:
+    """Keep the codes of visit ``visit_index`` and decode the rest of it around them."""
+    _check_cohort(ctx, cohort)
+    generator = torch.Generator().manual_seed(seed)
+    sampler = VisitSampler(ctx.model, ctx.tokenizer, generation, generator)
+    tok, names = ctx.tokenizer, ctx.tokenizer.modalities
+    patients = list(cohort)
+    targets = [i for i, p in enumerate(patients) if _has_visit(p, visit_index)]
+    for start in range(0, len(targets), generation.batch_size):
+        rows = targets[start : start + generation.batch_size]
+        sources, forced = [], []
+        for i in rows:
+            t = _index(patients[i], visit_index)
+            history = [tok.encode_visit(v) for v in patients[i].visits[:t]]
+            sources.append(_history_source(ctx, history))
+            visit = patients[i].visits[t]
+            forced.append(
+                {
+                    k: [
+                        tok.code_id(m, c)
+                        for c in visit.codes(m)
+                        if tok.code_id(m, c) != tok.unk_id
+                    ]
+                    for k, m in enumerate(names)
+                    if visit.codes(m)
+                }
+            )
+        categorical, numerical = _features(ctx, [patients[i].static for i in rows])
+        out = sampler.visits(
+            sources, categorical, numerical, np.zeros(len(rows), bool), forced
+        )
+        for i, tokens in zip(rows, out):
+            t = _index(patients[i], visit_index)
+            given = patients[i].visits[t]
+            sampled = _decode_visit(ctx, tokens or [])
+            # Given codes first (out-of-vocabulary ones too), then the new ones.
+            events = {m: given.codes(m) + sampled.codes(m) for m in names}
+            patients[i] = _replace_visit(patients[i], t, Visit(events, given.time))
+        if progress:
+            progress(len(rows))
+    return Cohort.from_patients(
+        patients, cohort.schema, metadata=_metadata(cohort, "complete")
+    )
+
+
+def generate_from_seeds(
+    ctx: Context,
+    cohort: Cohort,
+    n_per_seed: int,
+    generation: GenerationConfig,
+    seed: int,
+    progress: Progress | None = None,
+) -> Cohort:
+    """``n_per_seed`` patients per real patient, each starting from that patient's
+    baseline features and first visit (see the module docstring: this leaks)."""
+    if not isinstance(n_per_seed, int) or n_per_seed < 1:
+        raise ConfigError(
+            f"The 'n_per_seed' parameter must be an int >= 1. Got {n_per_seed!r}."
+        )
+    _check_cohort(ctx, cohort)
+    rng, generator = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
+    seeds = [p for p in cohort for _ in range(n_per_seed)]
+    statics, visits = [], []
+    for start in range(0, len(seeds), generation.batch_size):
+        chunk = seeds[start : start + generation.batch_size]
+        histories = [[ctx.tokenizer.encode_visit(p.visits[0])] for p in chunk]
+        _extend(
+            ctx,
+            histories,
+            [p.static for p in chunk],
+            generation,
+            generator,
+            generation.max_visits - 1,
+            must_continue=0,
+        )
+        statics += [dict(p.static) for p in chunk]
+        visits += histories
+        if progress:
+            progress(len(chunk))
+    width = len(str(len(seeds) - 1))
+    ids = [f"synthetic-{i:0{width}d}" for i in range(len(seeds))]
+    synthetic = _cohort(ctx, ids, statics, visits, rng)
+    synthetic.metadata["leaks_seed_patients"] = True
+    return synthetic
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _features(ctx: Context, statics: Sequence[Mapping[str, Any]]):
+    """(B, n_cat) category indices (cardinality = unknown) and (B, n_num) values."""
+    schema = ctx.schema
+    categorical = torch.tensor(
+        [
+            [
+                list(cats).index(s[name]) if s.get(name) in cats else len(cats)
+                for name, cats in schema.categorical.items()
+            ]
+            for s in statics
+        ],
+        dtype=torch.long,
+    ).reshape(len(statics), len(schema.categorical))
+    numerical = torch.tensor(
+        [
+            [
+                float(s[name]) if s.get(name) is not None else float("nan")
+                for name in schema.numerical
+            ]
+            for s in statics
+        ],
+        dtype=torch.float32,
+    ).reshape(len(statics), len(schema.numerical))
+    return categorical, numerical
+
+
+def _history_source(
+    ctx: Context, history: Sequence[Sequence[int]], partial: Sequence[int] | None = None
+) -> np.ndarray:
+    """``<bos>`` + the newest visits that fit (+ a partial visit) + ``<eos>``."""
+    tok, budget = ctx.tokenizer, ctx.max_source_length - 2
+    pieces: list[Sequence[int]] = []
+    newest_first = ([partial] if partial is not None else []) + list(reversed(history))
+    for piece in newest_first:
+        if len(piece) > budget:
+            if not pieces:  # the newest piece alone is too long: keep its start
+                pieces.append([*list(piece[: budget - 1]), tok.visit_close_id])
+            break
+        pieces.append(piece)
+        budget -= len(piece)
+    body = [t for piece in reversed(pieces) for t in piece]
+    return np.array([tok.bos_id, *body, tok.eos_id], dtype=np.int64)
+
+
+def _cloze(ctx: Context, visit: Visit, k: int) -> list[int]:
+    """Visit tokens with modality k's codes replaced by ``<k> <mask> </k>``."""
+    tok = ctx.tokenizer
+    ids = [tok.visit_open_id]
+    for index, m in enumerate(tok.modalities):
+        if index == k:
+            ids += [tok.open_ids[m], tok.mask_id, tok.close_ids[m]]
+        elif visit.codes(m):
+            ids += [
+                tok.open_ids[m],
+                *(tok.code_id(m, c) for c in visit.codes(m)),
+                tok.close_ids[m],
+            ]
+    return [*ids, tok.visit_close_id]
+
+
+def _decode_visit(ctx: Context, tokens: Sequence[int]) -> Visit:
+    patient = ctx.tokenizer.decode(tokens)
+    return patient.visits[0] if patient.visits else Visit({})
+
+
+def _code_values(ctx: Context, k: int, ids: Sequence[int]) -> list[str]:
+    m = ctx.tokenizer.modalities[k]
+    start = ctx.tokenizer.code_ranges[m][0]
+    return [ctx.tokenizer.codes[m][i - start] for i in ids]
+
+
+def _cohort(ctx, ids, statics, visits, rng) -> Cohort:
+    times = ctx.population.sample_times([len(v) for v in visits], rng)
+    patients = []
+    for p, (pid, static, history) in enumerate(zip(ids, statics, visits)):
+        decoded = [_decode_visit(ctx, tokens) for tokens in history]
+        if times is not None:
+            decoded = [Visit(v.events, t) for v, t in zip(decoded, times[p])]
+        patients.append(Patient(pid, static, tuple(decoded)))
+    return Cohort.from_patients(patients, ctx.schema, metadata={"source": "PromptEHR"})
+
+
+def _with_visits(
+    patient: Patient, visits: list[Visit], ctx, rng, placeholders
+) -> Patient:
+    """The patient with new visits appended, timed after its last real visit."""
+    if placeholders or patient.visits[-1].time is None:
+        return Patient(
+            patient.patient_id, patient.static, tuple(Visit(v.events) for v in visits)
+        )
+    timed, last = list(visits[: len(patient.visits)]), patient.visits[-1].time
+    for t in range(len(patient.visits), len(visits)):
+        last = last + timedelta(seconds=round(max(ctx.population.gap(t, rng), 1.0)))
+        timed.append(Visit(visits[t].events, last))
+    return Patient(patient.patient_id, patient.static, tuple(timed))
+
+
+def _replace_visit(patient: Patient, t: int, visit: Visit) -> Patient:
+    visits = list(patient.visits)
+    visits[t] = visit
+    return Patient(patient.patient_id, patient.static, tuple(visits))
+
+
+def _has_visit(patient: Patient, index: int) -> bool:
+    return -len(patient.visits) <= index < len(patient.visits)
+
+
+def _index(patient: Patient, index: int) -> int:
+    return index % len(patient.visits)
+
+
+def _check_cohort(ctx: Context, cohort: Cohort) -> None:
+    if cohort.schema != ctx.schema:
+        raise SchemaError(
+            f"The cohort's schema {cohort.schema} differs from the model's "
+            f"{ctx.schema}; use a cohort of the same modalities and baseline features."
+        )
+    if len(cohort) == 0:
+        raise SchemaError("The cohort is empty: there is no patient to work from.")
+
+
+def _metadata(cohort: Cohort, mode: str) -> dict[str, Any]:
+    return {**cohort.metadata, "promptehr_mode": mode}
