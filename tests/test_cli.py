@@ -174,7 +174,7 @@ def test_train_and_resume(monkeypatch, capsys, tmp_path):
         str(cohort_dir))  # fmt: skip
     args = ["train", str(cohort_dir), "--out", str(model_dir), "--preset", "tiny",
             "--epochs", "2", "--batch-size", "8"]  # fmt: skip
-    code, out, err = run(monkeypatch, capsys, *args)
+    code, _, err = run(monkeypatch, capsys, *args)
     assert code == 0, err
     model = PromptEHR.from_pretrained(model_dir)
     assert model.info_["train_patients"] == 32 and model.info_["val_patients"] == 4

@@ -13,22 +13,26 @@ be generated from scratch with the model deciding their length.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ehrgen._io import atomic_file
 from ehrgen.data.cohort import Cohort, CohortSchema
 from ehrgen.errors import NotFittedError, SchemaError
 from ehrgen.generation import GenerationConfig
 from ehrgen.models.promptehr.config import PromptEHRConfig
+from ehrgen.models.promptehr.persistence import (
+    Fitted,
+    check_versions,
+    read_json,
+    read_model_files,
+    write_model_files,
+)
 from ehrgen.models.promptehr.population import Population
 from ehrgen.tokenizer import CodeTokenizer
 
@@ -40,23 +44,6 @@ if TYPE_CHECKING:
 __all__ = ["PromptEHR"]
 
 logger = logging.getLogger(__name__)
-
-FORMAT_VERSION = 1
-MODEL_FILES = (
-    "config.json",
-    "tokenizer.json",
-    "schema.json",
-    "model.safetensors",
-    "ehrgen.json",
-)
-
-
-@dataclass
-class _Fitted:
-    tokenizer: CodeTokenizer
-    schema: CohortSchema
-    model: PromptBart
-    info: dict[str, Any]
 
 
 class PromptEHR:
@@ -77,11 +64,11 @@ class PromptEHR:
 
     def __init__(self, config: PromptEHRConfig | None = None) -> None:
         self.config = config or PromptEHRConfig.small()
-        self._fitted: _Fitted | None = None
+        self._fitted: Fitted | None = None
 
     # ---- learned state (sklearn-style names ending in _)
 
-    def _check_fitted(self) -> _Fitted:
+    def _check_fitted(self) -> Fitted:
         if self._fitted is None:
             raise NotFittedError(
                 "This PromptEHR instance is not fitted yet. Call 'fit' with a cohort, "
@@ -150,7 +137,7 @@ class PromptEHR:
         tasks = tasks or TaskConfig()
         _check_cohorts(train, val)
         if resume_from is not None:
-            tokenizer, schema, config = _read_model_files(Path(resume_from))
+            tokenizer, schema, config = read_model_files(Path(resume_from))
             self.config = config
             _check_schema(train, schema, Path(resume_from))
         else:
@@ -161,7 +148,7 @@ class PromptEHR:
             if output_dir is None:
                 output_dir = stack.enter_context(tempfile.TemporaryDirectory())
             model = self._new_network(tokenizer, schema, train, training.seed)
-            fitted = _Fitted(tokenizer, schema, model, {})
+            fitted = Fitted(tokenizer, schema, model, {})
             result = _train(
                 fitted,
                 self.config,
@@ -395,7 +382,7 @@ class PromptEHR:
                 f"{path} already holds a model; pass overwrite=True (--overwrite) to "
                 f"replace it."
             )
-        _write_model_files(fitted, self.config, path)
+        write_model_files(fitted, self.config, path)
         return path
 
     @classmethod
@@ -404,9 +391,9 @@ class PromptEHR:
         from safetensors.torch import load_model
 
         path = Path(path)
-        tokenizer, schema, config = _read_model_files(path)
-        info = _read_json(path / "ehrgen.json")
-        _warn_on_version_mismatch(info, path)
+        tokenizer, schema, config = read_model_files(path)
+        info = read_json(path / "ehrgen.json")
+        check_versions(info, path)
         self = cls(config)
         model = self._empty_network(tokenizer, schema)
         try:
@@ -416,7 +403,7 @@ class PromptEHR:
                 f"{path / 'model.safetensors'}: cannot load the weights ({error})."
             ) from None
         model.eval()
-        self._fitted = _Fitted(tokenizer, schema, model, info.get("training_info", {}))
+        self._fitted = Fitted(tokenizer, schema, model, info.get("training_info", {}))
         return self
 
     def _empty_network(
@@ -440,7 +427,7 @@ class PromptEHR:
 
 
 def _train(
-    fitted: _Fitted,
+    fitted: Fitted,
     config: PromptEHRConfig,
     train: Cohort,
     val: Cohort | None,
@@ -504,8 +491,8 @@ def _train(
     }
 
     def save_model(model, folder: Path) -> None:
-        checkpoint = _Fitted(fitted.tokenizer, fitted.schema, model, partial_info)
-        _write_model_files(checkpoint, config, folder)
+        checkpoint = Fitted(fitted.tokenizer, fitted.schema, model, partial_info)
+        write_model_files(checkpoint, config, folder)
 
     def load_weights(model, folder: Path) -> None:
         load_model(model, str(folder / "model.safetensors"))
@@ -601,122 +588,3 @@ def _training_info(train, val, training, tasks, result) -> dict[str, Any]:
         "train_tokens": result.train_tokens,
         "seconds": round(result.seconds, 2),
     }
-
-
-# --------------------------------------------------------------------------- files
-
-
-def _write_model_files(fitted: _Fitted, config: PromptEHRConfig, path: Path) -> None:
-    import torch
-    import transformers
-    from safetensors.torch import save_model
-
-    from ehrgen import __version__
-
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "ehrgen.json").unlink(missing_ok=True)  # the completion marker goes last
-    _write_json(path / "config.json", config.to_dict())
-    fitted.tokenizer.save(path / "tokenizer.json")
-    _write_json(path / "schema.json", fitted.schema.to_dict())
-    with atomic_file(path / "model.safetensors", overwrite=True) as tmp:
-        save_model(fitted.model, str(tmp))
-    with atomic_file(path / "model_card.md", overwrite=True) as tmp:
-        tmp.write_text(_model_card(fitted, config), encoding="utf-8")
-    _write_json(
-        path / "ehrgen.json",
-        {
-            "format_version": FORMAT_VERSION,
-            "model": "promptehr",
-            "ehrgen_version": __version__,
-            "torch_version": torch.__version__,
-            "transformers_version": transformers.__version__,
-            "training_info": fitted.info,
-        },
-    )
-
-
-def _write_json(path: Path, data: Any) -> None:
-    with atomic_file(path, overwrite=True) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.exists():
-        raise SchemaError(
-            f"{path}: missing; a PromptEHR model folder holds {list(MODEL_FILES)} "
-            f"(written by save_pretrained)."
-        )
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise SchemaError(f"{path}: corrupt JSON ({error}).") from None
-
-
-def _read_model_files(
-    path: Path,
-) -> tuple[CodeTokenizer, CohortSchema, PromptEHRConfig]:
-    if not path.is_dir():
-        raise SchemaError(f"{path}: not a folder; expected a PromptEHR model folder.")
-    for name in MODEL_FILES:
-        if not (path / name).exists():
-            raise SchemaError(
-                f"{path / name}: missing; a PromptEHR model folder holds "
-                f"{list(MODEL_FILES)} (written by save_pretrained)."
-            )
-    config = PromptEHRConfig.from_dict(_read_json(path / "config.json"))
-    schema = CohortSchema.from_dict(_read_json(path / "schema.json"))
-    tokenizer = CodeTokenizer.load(path / "tokenizer.json")
-    return tokenizer, schema, config
-
-
-def _warn_on_version_mismatch(info: dict[str, Any], path: Path) -> None:
-    import torch
-
-    from ehrgen import __version__
-
-    if info.get("format_version") != FORMAT_VERSION:
-        raise SchemaError(
-            f"{path / 'ehrgen.json'}: model format {info.get('format_version')!r}; "
-            f"this ehrgen reads format {FORMAT_VERSION}."
-        )
-    for name, saved, current in (
-        ("ehrgen", info.get("ehrgen_version"), __version__),
-        ("torch", info.get("torch_version"), torch.__version__),
-    ):
-        if saved != current:
-            logger.warning(
-                "%s was saved with %s %s; running %s.", path, name, saved, current
-            )
-
-
-def _model_card(fitted: _Fitted, config: PromptEHRConfig) -> str:
-    info = fitted.info
-    n_params = sum(p.numel() for p in fitted.model.parameters())
-    ppl = info.get("best_val_perplexity")
-    ppl_text = f"{ppl:.2f}" if isinstance(ppl, float) and math.isfinite(ppl) else "n/a"
-    vocab = ", ".join(f"{m} {len(c):,}" for m, c in fitted.tokenizer.codes.items())
-    features = ", ".join(fitted.schema.features) or "none"
-    return f"""# PromptEHR model card
-
-A prompt-conditioned BART (ehrgen) that generates synthetic longitudinal patient
-records.
-
-## Model
-- Parameters: {n_params:,} (d_model {config.d_model}, {config.encoder_layers}+\
-{config.decoder_layers} layers)
-- Vocabulary: {vocab}
-- Baseline features used as prompts: {features}
-
-## Training
-- Training cohort: {info.get("train_patients", "?")} patients, \
-{info.get("train_visits", "?")} visits, {info.get("train_events", "?")} events
-- Validation cohort: {info.get("val_patients", 0)} patients
-- Steps: {info.get("steps", "?")}; epochs completed: {info.get("epochs_completed", "?")}
-- Best validation perplexity (all target tokens): {ppl_text}
-
-## Privacy
-This model was trained on real patient records. Its weights can memorise rare
-combinations of codes and leak them: treat the model itself as sensitive data, and
-release synthetic data only after the privacy evaluation (membership and attribute
-inference, nearest-neighbour distances) shows an acceptable risk.
-"""
