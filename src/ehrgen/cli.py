@@ -7,6 +7,7 @@ one line and exits with status 2; ``ehrgen --debug ...`` shows the traceback ins
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 import logging
@@ -246,6 +247,195 @@ def _train_and_validation(
         return cohort, None
     train_part, val_part = cohort.split([1 - val_fraction, val_fraction], seed=seed)
     return train_part, (val_part if len(val_part) else None)
+
+
+class OutputFormat(str, enum.Enum):
+    meds = "meds"
+    jsonl = "jsonl"
+
+
+def _sampling(temperature, top_k, top_p, max_visits, batch_size):
+    from ehrgen.generation import GenerationConfig
+
+    return GenerationConfig(
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        max_visits=max_visits,
+        batch_size=batch_size,
+    )
+
+
+Temperature = Annotated[
+    float, typer.Option("--temperature", help="Sampling temperature.")
+]
+TopK = Annotated[int | None, typer.Option("--top-k", help="Keep the k likeliest.")]
+TopP = Annotated[float | None, typer.Option("--top-p", help="Nucleus sampling mass.")]
+MaxVisits = Annotated[
+    int, typer.Option("--max-visits", help="Visits per patient, at most.")
+]
+BatchSize = Annotated[int, typer.Option("--batch-size", help="Patients per batch.")]
+Seed = Annotated[int, typer.Option("--seed", help="Random seed.")]
+Format = Annotated[OutputFormat, typer.Option("--format", help="Output format.")]
+
+
+@app.command("generate")
+def generate(
+    model_dir: Annotated[Path, typer.Argument(help="A trained model folder.")],
+    n: Annotated[int, typer.Option("--n", help="Synthetic patients to generate.")],
+    out: Annotated[Path, typer.Option("--out", help="Output folder (or .jsonl).")],
+    condition: Annotated[
+        list[str] | None,
+        typer.Option("--condition", help="A baseline feature, NAME=VALUE; repeatable."),
+    ] = None,
+    temperature: Temperature = 1.0,
+    top_k: TopK = None,
+    top_p: TopP = None,
+    max_visits: MaxVisits = 20,
+    batch_size: BatchSize = 64,
+    seed: Seed = 0,
+    fmt: Format = OutputFormat.meds,
+    overwrite: Overwrite = False,
+) -> None:
+    """Generate synthetic patients from scratch, optionally under conditions."""
+    from ehrgen.models.promptehr import PromptEHR
+
+    conditions = _parse_conditions(condition or [])
+    model = PromptEHR.from_pretrained(model_dir)
+    sampling = _sampling(temperature, top_k, top_p, max_visits, batch_size)
+    with _bar("Generating", n) as advance:
+        cohort = model.generate(n, conditions, sampling, seed=seed, progress=advance)
+    _write(cohort, out, fmt, overwrite)
+
+
+class ImputeMode(str, enum.Enum):
+    next_visit = "next-visit"
+    complete = "complete"
+
+
+@app.command("impute")
+def impute(
+    model_dir: Annotated[Path, typer.Argument(help="A trained model folder.")],
+    cohort_dir: Annotated[
+        Path, typer.Argument(help="A MEDS cohort (partial records).")
+    ],
+    mode: Annotated[
+        str,
+        typer.Option(
+            "--mode", help="next-visit, modality:NAME (e.g. modality:drug) or complete."
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Output folder (or .jsonl).")],
+    visit: Annotated[
+        int | None,
+        typer.Option(
+            "--visit",
+            help="Visit index (0-based; negative from the end). "
+            "next-visit: keep visits before it and decode it; default: after "
+            "the last.",
+        ),
+    ] = None,
+    split: Annotated[str | None, typer.Option("--split", help="MEDS split.")] = None,
+    temperature: Temperature = 1.0,
+    top_k: TopK = None,
+    top_p: TopP = None,
+    batch_size: BatchSize = 64,
+    seed: Seed = 0,
+    fmt: Format = OutputFormat.meds,
+    overwrite: Overwrite = False,
+) -> None:
+    """Fill in partial records: the next visit, a missing modality, or the rest of a
+    visit."""
+    from ehrgen.models.promptehr import PromptEHR
+
+    model = PromptEHR.from_pretrained(model_dir)
+    cohort = _read(cohort_dir, "meds", split)
+    sampling = _sampling(temperature, top_k, top_p, 20, batch_size)
+    with _bar("Imputing", len(cohort)) as advance:
+        if mode == "next-visit":
+            if visit is not None:
+                cohort = _truncate(cohort, visit)
+            result = model.continue_patients(cohort, 1, sampling, seed, advance)
+        elif mode == "complete":
+            result = model.complete_visits(cohort, -1 if visit is None else visit,
+                                           sampling, seed, advance)  # fmt: skip
+        elif mode.startswith("modality:"):
+            result = model.impute_modality(
+                cohort,
+                -1 if visit is None else visit,
+                mode.split(":", 1)[1],
+                sampling,
+                seed,
+                advance,
+            )
+        else:
+            raise ConfigError(
+                f"--mode must be next-visit, modality:NAME or complete. Got {mode!r}."
+            )
+    _write(result, out, fmt, overwrite)
+
+
+def _parse_conditions(items: list[str]) -> dict[str, str]:
+    conditions = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name or not value:
+            raise ConfigError(
+                f"--condition must be NAME=VALUE (e.g. gender=F). Got {item!r}."
+            )
+        conditions[name.strip()] = value.strip()
+    return conditions
+
+
+def _truncate(cohort: Cohort, visit: int) -> Cohort:
+    """Each patient's visits before index ``visit`` (patients without them dropped)."""
+    from ehrgen.data.cohort import Cohort as CohortType
+    from ehrgen.data.cohort import Patient
+
+    kept = []
+    for p in cohort:
+        stop = visit if visit >= 0 else len(p.visits) + visit
+        if 0 < stop <= len(p.visits):
+            kept.append(Patient(p.patient_id, p.static, p.visits[:stop]))
+    if not kept:
+        raise ConfigError(f"No patient has visits before index {visit}.")
+    return CohortType.from_patients(kept, cohort.schema, metadata=cohort.metadata)
+
+
+def _write(cohort: Cohort, out: Path, fmt: OutputFormat, overwrite: bool) -> None:
+    if fmt is OutputFormat.jsonl:
+        from ehrgen.data.jsonl import write_jsonl
+
+        write_jsonl(cohort, out, overwrite=overwrite)
+    else:
+        from ehrgen.data.meds import write_meds
+
+        write_meds(cohort, out, overwrite=overwrite)
+    console.print(
+        f"Wrote {len(cohort):,} patients ({cohort.n_visits:,} visits, "
+        f"{cohort.n_events:,} events) to [bold]{out}[/bold]."
+    )
+
+
+@contextlib.contextmanager
+def _bar(label: str, total: int):
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TimeRemainingColumn,
+    )
+
+    with Progress(
+        f"[bold]{label}[/bold]",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
+        task = progress.add_task(label, total=total)
+        yield lambda k: progress.advance(task, k)
 
 
 # --------------------------------------------------------------------------- quickstart

@@ -422,19 +422,22 @@ def _many_patients(n_patients: int) -> TokenizedCohort:
 
 
 def test_example_slots_counts_and_shares():
-    """Check one slot per (patient, t <= n), the task share and modality draws."""
+    """Check n + 1 slots per patient, the task share (end-of-patient slots kept at
+    the longitudinal share, so that ending is not over-trained) and modality draws."""
     data = _many_patients(3000)
     slots = example_slots(data, 0, 0, TaskConfig(longitudinal_share=0.3))
     assert slots.shape == (3000 * 3, 4) and slots.dtype == np.int64
     patient, t, task, modality = slots.T
     assert np.array_equal(np.bincount(patient), np.full(3000, 3))
-    assert (task[t == 2] == LONGITUDINAL).all()  # end-of-patient slots
     cross = task == CROSS_MODAL
-    assert abs(cross[t < 2].mean() - 0.7) < 0.03
+    assert (task[t == 2] == LONGITUDINAL).all()  # an end slot is longitudinal...
+    assert abs((t == 2).mean() - 0.3 / 3) < 0.01  # ...kept at the longitudinal share
+    assert abs(cross.mean() - 0.7) < 0.03
+    assert abs((~cross[t < 2]).mean() - 0.3 * 2 / (3 - 0.3)) < 0.03
     assert set(modality[cross].tolist()) == {0, 3}
     assert abs((modality[cross] == 0).mean() - 0.5) < 0.03
     assert (modality[~cross] == -1).all()
-    for share, expected in ((1.0, 0), (0.0, 6000)):
+    for share, expected in ((1.0, 0), (0.0, 9000)):
         config = TaskConfig(longitudinal_share=share)
         assert example_slots(data, 1, 1, config)[:, 2].sum() == expected
 

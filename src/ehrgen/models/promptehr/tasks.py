@@ -449,21 +449,27 @@ def example_slots(
 ) -> np.ndarray:
     """(N, 4) int64 rows ``(patient, t, task_code, modality)``, t in ``0..n_visits``.
 
-    ``modality`` is -1 for longitudinal rows; the end-of-patient slot always is one.
+    ``modality`` is -1 for longitudinal rows. The end-of-patient slot is kept with
+    the same probability as any other longitudinal slot, and otherwise becomes a
+    cross-modal slot on a random visit: were it always kept, "end here" would be
+    trained more often than "go on", and generated patients would end too early.
 
     Example:
         >>> from ehrgen.data.cohort import Patient, Visit
         >>> visits = (Visit({"lab": ["hb"]}), Visit({"lab": ["na"]}))
         >>> cohort = Cohort.from_patients([Patient("1", {}, visits)])
         >>> data = TokenizedCohort.from_cohort(cohort, CodeTokenizer.fit(cohort))
-        >>> example_slots(data, 0, 0, TaskConfig(longitudinal_share=0.0)).tolist()
-        [[0, 0, 1, 0], [0, 1, 1, 0], [0, 2, 0, -1]]
+        >>> example_slots(data, 0, 0, TaskConfig(longitudinal_share=0.0))[:, 2].tolist()
+        [1, 1, 1]
     """
     patient, t = _all_positions(data)
     rng = np.random.default_rng([seed, epoch])
     draw_task, draw_modality = rng.random(len(t)), rng.random(len(t))
-    real = t < data.visit_counts[patient]  # not the end-of-patient slot
-    cross = real & (draw_task < 1 - config.longitudinal_share)
+    draw_visit = rng.random(len(t))
+    counts = data.visit_counts[patient]
+    cross = draw_task < 1 - config.longitudinal_share
+    end = cross & (t == counts)  # becomes cross-modal on a random visit
+    t = np.where(end, np.minimum((draw_visit * counts).astype(np.int64), counts - 1), t)
     modality = np.full(len(t), -1, dtype=np.int64)
     visit = data.visit_offsets[patient[cross]] + t[cross]
     first = data.visit_block_offsets[visit]
