@@ -111,8 +111,11 @@ def test_conditions_hold():
     female = {c for c, g in demo_truth().gender_specific_codes.items() if g == "F"}
 
     def rate(c: Cohort, gender: str) -> float:
-        flags = [any(female & set(codes) for v in p.visits for codes in v.events.values())
-                 for p in c if p.static["gender"] == gender]  # fmt: skip
+        flags = [
+            any(female & set(codes) for v in p.visits for codes in v.events.values())
+            for p in c
+            if p.static["gender"] == gender
+        ]
         return float(np.mean(flags))
 
     real_rate = rate(cohort, "F")
