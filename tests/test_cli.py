@@ -9,8 +9,9 @@ import sys
 import pytest
 
 from ehrgen.cli import main
+from ehrgen.data.demo import demo_cohort
 from ehrgen.data.jsonl import read_jsonl
-from ehrgen.data.meds import read_meds
+from ehrgen.data.meds import read_meds, write_meds
 
 
 def run(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
@@ -150,8 +151,19 @@ def test_quickstart(monkeypatch, capsys, tmp_path):
     from ehrgen.models.promptehr import PromptEHR
 
     out_dir = tmp_path / "qs"
-    code, out, err = run(monkeypatch, capsys, "quickstart", "--patients", "60",
-                         "--epochs", "1", "--out", str(out_dir))  # fmt: skip
+    code, out, err = run(
+        monkeypatch,
+        capsys,
+        "quickstart",
+        "--patients",
+        "60",
+        "--epochs",
+        "1",
+        "--synthetic",
+        "25",
+        "--out",
+        str(out_dir),
+    )
     assert code == 0, err
     assert "Done." in out and "held-out perplexity" in out
     assert len(read_meds(out_dir / "cohort", split="held_out")) == 6
@@ -159,8 +171,10 @@ def test_quickstart(monkeypatch, capsys, tmp_path):
     assert model.info_["train_patients"] == 48
     assert (out_dir / "model" / "training" / "metrics.jsonl").exists()
     assert json.loads((out_dir / "stats.json").read_text())["n_patients"] == 60
-    code, _, err = run(monkeypatch, capsys, "quickstart", "--patients", "60",
-                       "--out", str(out_dir))  # fmt: skip
+    assert len(read_meds(out_dir / "synthetic")) == 25
+    code, _, err = run(
+        monkeypatch, capsys, "quickstart", "--patients", "60", "--out", str(out_dir)
+    )
     assert code == 2 and "--overwrite" in err
 
 
@@ -170,10 +184,28 @@ def test_train_and_resume(monkeypatch, capsys, tmp_path):
     from ehrgen.models.promptehr import PromptEHR
 
     cohort_dir, model_dir = tmp_path / "cohort", tmp_path / "model"
-    run(monkeypatch, capsys, "data", "demo", "--patients", "40", "--out",
-        str(cohort_dir))  # fmt: skip
-    args = ["train", str(cohort_dir), "--out", str(model_dir), "--preset", "tiny",
-            "--epochs", "2", "--batch-size", "8"]  # fmt: skip
+    run(
+        monkeypatch,
+        capsys,
+        "data",
+        "demo",
+        "--patients",
+        "40",
+        "--out",
+        str(cohort_dir),
+    )
+    args = [
+        "train",
+        str(cohort_dir),
+        "--out",
+        str(model_dir),
+        "--preset",
+        "tiny",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+    ]
     code, _, err = run(monkeypatch, capsys, *args)
     assert code == 0, err
     model = PromptEHR.from_pretrained(model_dir)
@@ -181,9 +213,115 @@ def test_train_and_resume(monkeypatch, capsys, tmp_path):
     code, _, err = run(monkeypatch, capsys, *args)
     assert code == 2 and "already holds a model" in err
     checkpoint = sorted((model_dir / "training" / "checkpoints").iterdir())[-1]
-    code, _, err = run(monkeypatch, capsys, *args, "--epochs", "3", "--resume",
-                       str(checkpoint), "--overwrite")  # fmt: skip
+    code, _, err = run(
+        monkeypatch,
+        capsys,
+        *args,
+        "--epochs",
+        "3",
+        "--resume",
+        str(checkpoint),
+        "--overwrite",
+    )
     assert code == 0, err
     resumed = PromptEHR.from_pretrained(model_dir)
     assert resumed.info_["epochs_completed"] == 3
     assert resumed.info_["steps"] > model.info_["steps"]
+
+
+def test_generate_and_impute(monkeypatch, capsys, tmp_path):
+    """Check `ehrgen generate` (conditions, sampling, formats, errors) and
+    `ehrgen impute` in its three modes."""
+    from ehrgen.models.promptehr import PromptEHR, PromptEHRConfig
+    from ehrgen.training import TrainingConfig
+
+    cohort = demo_cohort(30, seed=0)
+    model = PromptEHR(PromptEHRConfig.tiny()).fit(
+        cohort, training=TrainingConfig(epochs=1)
+    )
+    model_dir = model.save_pretrained(tmp_path / "model")
+    out = tmp_path / "synthetic"
+    code, text, err = run(
+        monkeypatch,
+        capsys,
+        "generate",
+        str(model_dir),
+        "--n",
+        "12",
+        "--condition",
+        "gender=F",
+        "--condition",
+        "age=70",
+        "--top-p",
+        "0.9",
+        "--seed",
+        "1",
+        "--out",
+        str(out),
+    )
+    assert code == 0, err
+    synthetic = read_meds(out)
+    assert len(synthetic) == 12 and "Wrote 12 patients" in text
+    assert all(p.static["gender"] == "F" and p.static["age"] == 70 for p in synthetic)
+    code, _, err = run(
+        monkeypatch,
+        capsys,
+        "generate",
+        str(model_dir),
+        "--n",
+        "3",
+        "--format",
+        "jsonl",
+        "--out",
+        str(tmp_path / "s.jsonl"),
+    )
+    assert code == 0 and len(read_jsonl(tmp_path / "s.jsonl")) == 3
+    code, _, err = run(
+        monkeypatch,
+        capsys,
+        "generate",
+        str(model_dir),
+        "--n",
+        "3",
+        "--condition",
+        "sex=F",
+        "--out",
+        str(tmp_path / "x"),
+    )
+    assert code == 2 and "features are ['gender', 'ethnicity', 'age']" in err
+
+    write_meds(cohort, tmp_path / "real")
+    for mode, extra in (
+        ("next-visit", ["--visit", "1"]),
+        ("modality:drug", []),
+        ("complete", ["--visit", "0"]),
+    ):
+        target = tmp_path / mode.replace(":", "-")
+        code, _, err = run(
+            monkeypatch,
+            capsys,
+            "impute",
+            str(model_dir),
+            str(tmp_path / "real"),
+            "--mode",
+            mode,
+            *extra,
+            "--out",
+            str(target),
+        )
+        assert code == 0, err
+        assert len(read_meds(target)) > 0
+    next_visits = read_meds(tmp_path / "next-visit")
+    assert all(len(p.visits) == 2 for p in next_visits)
+    code, _, err = run(
+        monkeypatch,
+        capsys,
+        "impute",
+        str(model_dir),
+        str(tmp_path / "real"),
+        "--mode",
+        "guess",
+        "--out",
+        str(tmp_path / "y"),
+    )
+    assert code == 2 and "--mode must be" in err

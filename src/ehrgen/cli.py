@@ -451,14 +451,18 @@ def quickstart(
         Preset.tiny
     ),
     epochs: Annotated[int, typer.Option("--epochs", help="Training epochs.")] = 5,
+    synthetic: Annotated[
+        int, typer.Option("--synthetic", help="Synthetic patients to generate.")
+    ] = 1000,
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
     overwrite: Overwrite = False,
 ) -> None:
     """Run the main job on the embedded demo cohort.
 
     Simulates the demo cohort, writes it as MEDS with train/tuning/held_out splits,
-    trains PromptEHR on the train split (validated on tuning) and reports the
-    held-out perplexity. The tiny preset keeps it to a few minutes on a laptop CPU.
+    trains PromptEHR on the train split (validated on tuning), reports the held-out
+    perplexity, and generates synthetic patients from scratch (MEDS). The tiny preset
+    keeps it to a few minutes on a laptop CPU.
     """
     from ehrgen._io import atomic_directory
     from ehrgen.data.demo import demo_cohort
@@ -484,6 +488,9 @@ def quickstart(
         )
         model.save_pretrained(tmp / "model")
         held_out_ppl = model.perplexity(held_out) if len(held_out) else float("nan")
+        with _bar("Generating", synthetic) as advance:
+            fake = model.generate(synthetic, seed=seed, progress=advance)
+        write_meds(fake, tmp / "synthetic")
     ppl = model.info_["best_val_perplexity"]
     console.print(
         f"[green]Done.[/green] MEDS cohort: [bold]{out / 'cohort'}[/bold] "
@@ -491,8 +498,10 @@ def quickstart(
         f"patients). Model: [bold]{out / 'model'}[/bold] "
         f"({model.info_['steps']:,} steps; validation perplexity "
         f"{ppl if ppl is not None else float('nan'):.2f}, held-out perplexity "
-        f"{held_out_ppl:.2f})."
+        f"{held_out_ppl:.2f}). Synthetic cohort: [bold]{out / 'synthetic'}[/bold] "
+        f"({len(fake):,} patients, {fake.n_visits:,} visits)."
     )
+    print_stats(fake, title="Synthetic cohort")
 
 
 # --------------------------------------------------------------------------- helpers
