@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 from ehrgen.errors import ConfigError, did_you_mean
 
-__all__ = ["ConfigMixin", "check"]
+__all__ = ["ConfigMixin", "check", "check_positive_ints"]
 
 T = TypeVar("T", bound="ConfigMixin")
 
@@ -62,3 +62,11 @@ def check(ok: bool, owner: str, name: str, expected: str, got: Any) -> None:
             f"The {name!r} parameter of {owner} must be {expected}. "
             f"Got {got!r} instead."
         )
+
+
+def check_positive_ints(config: Any, *fields: str) -> None:
+    """Check that each named field of ``config`` is an int above zero."""
+    for field in fields:
+        value = getattr(config, field)
+        ok = isinstance(value, int) and not isinstance(value, bool) and value > 0
+        check(ok, type(config).__name__, field, "a positive int", value)

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from ehrgen._config import ConfigMixin, check
+from ehrgen._config import ConfigMixin, check, check_positive_ints
 
 if TYPE_CHECKING:
     from ehrgen.models.promptehr.modeling import PromptBart
@@ -64,15 +64,7 @@ class GenerationConfig(ConfigMixin):
         check(ok, name, "top_k", "a positive int or None", self.top_k)
         ok = self.top_p is None or 0 < self.top_p <= 1
         check(ok, name, "top_p", "in (0, 1] or None", self.top_p)
-        for field in ("max_visits", "max_codes_per_modality", "batch_size"):
-            value = getattr(self, field)
-            check(
-                isinstance(value, int) and value > 0,
-                name,
-                field,
-                "a positive int",
-                value,
-            )
+        check_positive_ints(self, "max_visits", "max_codes_per_modality", "batch_size")
 
 
 @dataclass

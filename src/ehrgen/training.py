@@ -30,7 +30,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ehrgen._config import ConfigMixin, check
+from ehrgen._config import ConfigMixin, check, check_positive_ints
 from ehrgen._io import atomic_directory
 from ehrgen.errors import SchemaError
 
@@ -80,20 +80,9 @@ class TrainingConfig(ConfigMixin):
             self.learning_rate,
         )
         check(self.weight_decay >= 0, name, "weight_decay", ">= 0", self.weight_decay)
-        for field_name in (
-            "batch_size",
-            "epochs",
-            "eval_every_epochs",
-            "keep_checkpoints",
-        ):
-            value = getattr(self, field_name)
-            check(
-                isinstance(value, int) and value > 0,
-                name,
-                field_name,
-                "a positive int",
-                value,
-            )
+        check_positive_ints(
+            self, "batch_size", "epochs", "eval_every_epochs", "keep_checkpoints"
+        )
         check(
             self.warmup_epochs >= 0, name, "warmup_epochs", ">= 0", self.warmup_epochs
         )

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ehrgen._config import ConfigMixin, check
+from ehrgen._config import ConfigMixin, check, check_positive_ints
 
 __all__ = ["PromptEHRConfig"]
 
@@ -49,7 +49,8 @@ class PromptEHRConfig(ConfigMixin):
 
     def __post_init__(self) -> None:
         name = type(self).__name__
-        for field in (
+        check_positive_ints(
+            self,
             "d_model",
             "encoder_layers",
             "decoder_layers",
@@ -59,15 +60,7 @@ class PromptEHRConfig(ConfigMixin):
             "decoder_ffn_dim",
             "max_position_embeddings",
             "prompt_hidden_dim",
-        ):
-            value = getattr(self, field)
-            check(
-                isinstance(value, int) and value > 0,
-                name,
-                field,
-                "a positive int",
-                value,
-            )
+        )
         for side in ("encoder", "decoder"):
             heads = getattr(self, f"{side}_attention_heads")
             check(

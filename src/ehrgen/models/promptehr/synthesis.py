@@ -164,7 +164,7 @@ def continue_patients(
     out = []
     for start in range(0, len(patients), generation.batch_size):
         chunk = patients[start : start + generation.batch_size]
-        histories = [[ctx.tokenizer.encode_visit(v) for v in p.visits] for p in chunk]
+        histories = [_encoded(ctx, p.visits) for p in chunk]
         before = [len(h) for h in histories]
         _extend(
             ctx,
@@ -204,37 +204,35 @@ def impute_modality(
 ) -> Cohort:
     """Replace ``modality`` in visit ``visit_index`` (negative counts from the end) of
     every patient that has that visit; nothing else changes."""
-    _check_cohort(ctx, cohort)
     names = ctx.tokenizer.modalities
     if modality not in names:
         raise ConfigError(
             f"Unknown modality {modality!r}; the model's are {list(names)}."
         )
     k = names.index(modality)
-    generator = torch.Generator().manual_seed(seed)
-    sampler = VisitSampler(ctx.model, ctx.tokenizer, generation, generator)
-    patients = list(cohort)
-    targets = [i for i, p in enumerate(patients) if _has_visit(p, visit_index)]
-    for start in range(0, len(targets), generation.batch_size):
-        rows = targets[start : start + generation.batch_size]
-        sources = []
-        for i in rows:
-            t = _index(patients[i], visit_index)
-            visits = patients[i].visits
-            history = [ctx.tokenizer.encode_visit(v) for v in visits[:t]]
-            sources.append(_history_source(ctx, history, _cloze(ctx, visits[t], k)))
-        categorical, numerical = _features(ctx, [patients[i].static for i in rows])
+    sampler = VisitSampler(
+        ctx.model, ctx.tokenizer, generation, torch.Generator().manual_seed(seed)
+    )
+
+    def new_visits(batch: list[tuple[Patient, int]]) -> list[Visit]:
+        sources = [
+            _history_source(
+                ctx, _encoded(ctx, p.visits[:t]), _cloze(ctx, p.visits[t], k)
+            )
+            for p, t in batch
+        ]
+        categorical, numerical = _features(ctx, [p.static for p, _ in batch])
         codes = sampler.blocks(sources, categorical, numerical, k)
-        for i, ids in zip(rows, codes):
-            t = _index(patients[i], visit_index)
-            visit = patients[i].visits[t]
-            values = _code_values(ctx, k, ids)
-            events = {**visit.events, modality: tuple(values)}
-            patients[i] = _replace_visit(patients[i], t, Visit(events, visit.time))
-        if progress:
-            progress(len(rows))
-    return Cohort.from_patients(
-        patients, cohort.schema, metadata=_metadata(cohort, "impute")
+        return [
+            Visit(
+                {**p.visits[t].events, modality: tuple(_code_values(ctx, k, ids))},
+                p.visits[t].time,
+            )
+            for (p, t), ids in zip(batch, codes)
+        ]
+
+    return _rewrite_visits(
+        ctx, cohort, visit_index, generation, progress, "impute", new_visits
     )
 
 
@@ -247,47 +245,66 @@ def complete_visits(
     progress: Progress | None = None,
 ) -> Cohort:
     """Keep the codes of visit ``visit_index`` and decode the rest of it around them."""
-    _check_cohort(ctx, cohort)
-    generator = torch.Generator().manual_seed(seed)
-    sampler = VisitSampler(ctx.model, ctx.tokenizer, generation, generator)
     tok, names = ctx.tokenizer, ctx.tokenizer.modalities
+    sampler = VisitSampler(
+        ctx.model, tok, generation, torch.Generator().manual_seed(seed)
+    )
+
+    def forced_codes(visit: Visit) -> dict[int, list[int]]:
+        known = {m: [tok.code_id(m, c) for c in visit.codes(m)] for m in names}
+        return {
+            k: [i for i in known[m] if i != tok.unk_id]
+            for k, m in enumerate(names)
+            if visit.codes(m)
+        }
+
+    def new_visits(batch: list[tuple[Patient, int]]) -> list[Visit]:
+        sources = [_history_source(ctx, _encoded(ctx, p.visits[:t])) for p, t in batch]
+        categorical, numerical = _features(ctx, [p.static for p, _ in batch])
+        forced = [forced_codes(p.visits[t]) for p, t in batch]
+        out = sampler.visits(
+            sources, categorical, numerical, np.zeros(len(batch), bool), forced
+        )
+        visits = []
+        for (p, t), tokens in zip(batch, out):
+            given, sampled = p.visits[t], _decode_visit(ctx, tokens or [])
+            # Given codes first (out-of-vocabulary ones too), then the new ones.
+            events = {m: given.codes(m) + sampled.codes(m) for m in names}
+            visits.append(Visit(events, given.time))
+        return visits
+
+    return _rewrite_visits(
+        ctx, cohort, visit_index, generation, progress, "complete", new_visits
+    )
+
+
+def _rewrite_visits(
+    ctx: Context,
+    cohort: Cohort,
+    visit_index: int,
+    generation: GenerationConfig,
+    progress: Progress | None,
+    mode: str,
+    new_visits: Callable[[list[tuple[Patient, int]]], list[Visit]],
+) -> Cohort:
+    """Replace visit ``visit_index`` of every patient that has it, batch by batch."""
+    _check_cohort(ctx, cohort)
     patients = list(cohort)
     targets = [i for i, p in enumerate(patients) if _has_visit(p, visit_index)]
     for start in range(0, len(targets), generation.batch_size):
         rows = targets[start : start + generation.batch_size]
-        sources, forced = [], []
-        for i in rows:
-            t = _index(patients[i], visit_index)
-            history = [tok.encode_visit(v) for v in patients[i].visits[:t]]
-            sources.append(_history_source(ctx, history))
-            visit = patients[i].visits[t]
-            forced.append(
-                {
-                    k: [
-                        tok.code_id(m, c)
-                        for c in visit.codes(m)
-                        if tok.code_id(m, c) != tok.unk_id
-                    ]
-                    for k, m in enumerate(names)
-                    if visit.codes(m)
-                }
-            )
-        categorical, numerical = _features(ctx, [patients[i].static for i in rows])
-        out = sampler.visits(
-            sources, categorical, numerical, np.zeros(len(rows), bool), forced
-        )
-        for i, tokens in zip(rows, out):
-            t = _index(patients[i], visit_index)
-            given = patients[i].visits[t]
-            sampled = _decode_visit(ctx, tokens or [])
-            # Given codes first (out-of-vocabulary ones too), then the new ones.
-            events = {m: given.codes(m) + sampled.codes(m) for m in names}
-            patients[i] = _replace_visit(patients[i], t, Visit(events, given.time))
+        batch = [(patients[i], _index(patients[i], visit_index)) for i in rows]
+        for i, (patient, t), visit in zip(rows, batch, new_visits(batch)):
+            patients[i] = _replace_visit(patient, t, visit)
         if progress:
             progress(len(rows))
     return Cohort.from_patients(
-        patients, cohort.schema, metadata=_metadata(cohort, "complete")
+        patients, cohort.schema, metadata=_metadata(cohort, mode)
     )
+
+
+def _encoded(ctx: Context, visits: Sequence[Visit]) -> list[list[int]]:
+    return [ctx.tokenizer.encode_visit(v) for v in visits]
 
 
 def generate_from_seeds(

@@ -1,0 +1,145 @@
+"""The interface every generator implements, and the scores they return.
+
+Evaluation never knows which model it scores: PromptEHR and each baseline implement
+:class:`Generator`, and return :class:`CodeScores`, one row per scored true code.
+
+Two scoring protocols exist, because models of different families give code
+probabilities differently (``ehrgen.evaluation.perplexity`` defines both):
+
+* ``"chain"``: the codes of the target modality are fed in their recorded order with
+  teacher forcing; each is scored given the context and the codes before it, under the
+  distribution restricted to that modality (autoregressive models);
+* ``"set"``: each true code is scored under one categorical distribution over the
+  modality's codes for the target slot (any model family).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from ehrgen.data.cohort import Cohort
+
+__all__ = ["PROTOCOLS", "TASKS", "CodeScores", "Generator"]
+
+PROTOCOLS = ("chain", "set")
+TASKS = ("longitudinal", "cross_modal")
+
+
+@dataclass(frozen=True)
+class CodeScores:
+    """Log-probabilities of true codes, one row per (patient, visit, modality, code).
+
+    Attributes:
+        patient: (N,) index of the patient in the scored cohort.
+        visit: (N,) index of the visit within its patient.
+        modality: (N,) index into ``modalities``.
+        code: (N,) the code strings.
+        log_prob: (N,) natural log-probability of the code (finite).
+        modalities: the modality names.
+        protocol: ``"chain"`` or ``"set"``.
+        task: ``"longitudinal"`` (given visits 1..t-1) or ``"cross_modal"`` (given
+            visits 1..t-1 and the other modalities of visit t).
+        model: the name of the model that scored.
+        n_out_of_vocabulary: true codes the model could not score (unseen in training);
+            they are left out of the rows and reported here.
+    """
+
+    patient: np.ndarray
+    visit: np.ndarray
+    modality: np.ndarray
+    code: np.ndarray
+    log_prob: np.ndarray
+    modalities: tuple[str, ...]
+    protocol: str
+    task: str
+    model: str = ""
+    n_out_of_vocabulary: int = 0
+
+    def __post_init__(self) -> None:
+        n = len(self.log_prob)
+        for name in ("patient", "visit", "modality", "code"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(f"CodeScores.{name} has {len(getattr(self, name))} "
+                                 f"rows; log_prob has {n}.")  # fmt: skip
+        if self.protocol not in PROTOCOLS or self.task not in TASKS:
+            raise ValueError(
+                f"CodeScores protocol must be one of {PROTOCOLS} and task one of "
+                f"{TASKS}. Got {self.protocol!r}, {self.task!r}."
+            )
+
+    def __len__(self) -> int:
+        return len(self.log_prob)
+
+    @classmethod
+    def from_rows(
+        cls,
+        rows: Sequence[tuple[int, int, int, str, float]],
+        modalities: Sequence[str],
+        protocol: str,
+        task: str,
+        model: str = "",
+        n_out_of_vocabulary: int = 0,
+    ) -> CodeScores:
+        """Build from ``(patient, visit, modality, code, log_prob)`` tuples."""
+        columns = list(zip(*rows)) if rows else [[]] * 5
+        return cls(
+            patient=np.asarray(columns[0], dtype=np.int64),
+            visit=np.asarray(columns[1], dtype=np.int32),
+            modality=np.asarray(columns[2], dtype=np.int8),
+            code=np.asarray(columns[3], dtype=object),
+            log_prob=np.asarray(columns[4], dtype=np.float64),
+            modalities=tuple(modalities),
+            protocol=protocol,
+            task=task,
+            model=model,
+            n_out_of_vocabulary=n_out_of_vocabulary,
+        )
+
+    def to_arrow(self):
+        """The rows as a :class:`pyarrow.Table` (modality as its name)."""
+        import pyarrow as pa
+
+        names = np.array(self.modalities, dtype=object)
+        return pa.table(
+            {
+                "patient": self.patient,
+                "visit": self.visit,
+                "modality": pa.array(names[self.modality].tolist(), pa.string()),
+                "code": pa.array(self.code.tolist(), pa.string()),
+                "log_prob": self.log_prob,
+            }
+        )
+
+
+@runtime_checkable
+class Generator(Protocol):
+    """What PromptEHR and every baseline implement (see DESIGN.md)."""
+
+    #: the scoring protocols the model supports, a subset of :data:`PROTOCOLS`.
+    protocols: tuple[str, ...]
+
+    def fit(self, train: Cohort, val: Cohort | None = None, *args: Any,
+            **kwargs: Any) -> Generator: ...  # fmt: skip
+
+    def score_longitudinal(self, cohort: Cohort, protocol: str = "set") -> CodeScores:
+        """Each true code of visit t >= 2 given visits 1..t-1 and static features."""
+        ...
+
+    def score_cross_modal(self, cohort: Cohort, protocol: str = "set") -> CodeScores:
+        """Each true code of visit t given visits 1..t-1 and visit t's other
+        modalities."""
+        ...
+
+    def generate(self, n: int, conditions: Mapping[str, Any] | None = None,
+                 generation: Any = None, seed: int | None = None) -> Cohort: ...  # fmt: skip
+
+    def save_pretrained(self, path: str | os.PathLike[str]) -> Path: ...
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike[str]) -> Generator: ...
