@@ -580,7 +580,9 @@ def print_stats(cohort: Cohort, title: str) -> None:
             name, shown + (f" (+{len(top) - 8} more)" if len(top) > 8 else "")
         )
     for name, dist in stats.numerical.items():
-        overview.add_row(name, f"mean {dist.mean:.1f}, range {dist.min:g}-{dist.max:g}")
+        overview.add_row(
+            name, f"mean {dist.mean:.1f}, range {dist.min:.1f} to {dist.max:.1f}"
+        )
     console.print(overview)
     table = Table(title="Codes per visit, by modality")
     for column in (

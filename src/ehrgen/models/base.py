@@ -65,8 +65,10 @@ class CodeScores:
         n = len(self.log_prob)
         for name in ("patient", "visit", "modality", "code"):
             if len(getattr(self, name)) != n:
-                raise ValueError(f"CodeScores.{name} has {len(getattr(self, name))} "
-                                 f"rows; log_prob has {n}.")  # fmt: skip
+                raise ValueError(
+                    f"CodeScores.{name} has {len(getattr(self, name))} "
+                    f"rows; log_prob has {n}."
+                )
         if self.protocol not in PROTOCOLS or self.task not in TASKS:
             raise ValueError(
                 f"CodeScores protocol must be one of {PROTOCOLS} and task one of "
@@ -124,8 +126,9 @@ class Generator(Protocol):
     #: the scoring protocols the model supports, a subset of :data:`PROTOCOLS`.
     protocols: tuple[str, ...]
 
-    def fit(self, train: Cohort, val: Cohort | None = None, *args: Any,
-            **kwargs: Any) -> Generator: ...  # fmt: skip
+    def fit(
+        self, train: Cohort, val: Cohort | None = None, *args: Any, **kwargs: Any
+    ) -> Generator: ...
 
     def score_longitudinal(self, cohort: Cohort, protocol: str = "set") -> CodeScores:
         """Each true code of visit t >= 2 given visits 1..t-1 and static features."""
@@ -136,8 +139,13 @@ class Generator(Protocol):
         modalities."""
         ...
 
-    def generate(self, n: int, conditions: Mapping[str, Any] | None = None,
-                 generation: Any = None, seed: int | None = None) -> Cohort: ...  # fmt: skip
+    def generate(
+        self,
+        n: int,
+        conditions: Mapping[str, Any] | None = None,
+        generation: Any = None,
+        seed: int | None = None,
+    ) -> Cohort: ...
 
     def save_pretrained(self, path: str | os.PathLike[str]) -> Path: ...
 

@@ -516,7 +516,7 @@ def _fit_positions(
         if getattr(tasks, name) > room
     }
     if changes:
-        logger.info(
+        logger.debug(
             "Capping %s at %d positions (max_position_embeddings).",
             ", ".join(changes),
             room,
