@@ -20,7 +20,12 @@ from ehrgen.models.promptehr.tasks import TaskConfig
 from ehrgen.training import TrainingConfig
 
 NO_CORRUPTION = TaskConfig(
-    mask_rate=0, delete_rate=0, infill_rate=0, shuffle_rate=0, permute_rate=0
+    mask_rate=0,
+    delete_rate=0,
+    infill_rate=0,
+    shuffle_rate=0,
+    permute_rate=0,
+    shuffle_targets=False,
 )
 
 

@@ -35,7 +35,12 @@ SCHEMA = CohortSchema(
     numerical=("age",),
 )
 CLEAN = TaskConfig(
-    mask_rate=0.0, delete_rate=0.0, infill_rate=0.0, shuffle_rate=0.0, permute_rate=0.0
+    mask_rate=0.0,
+    delete_rate=0.0,
+    infill_rate=0.0,
+    shuffle_rate=0.0,
+    permute_rate=0.0,
+    shuffle_targets=False,
 )
 RNG = np.random.default_rng  # short alias for the many generators below
 
@@ -232,6 +237,7 @@ def test_corruption_keeps_structure(cohort, seed, rates, lam, pick):
         poisson_lambda=lam,
         shuffle_rate=shuffle,
         permute_rate=permute,
+        shuffle_targets=False,
     )
     slots = validation_slots(data)
     patient, t, task, k = slots[pick % len(slots)].tolist()
@@ -619,3 +625,17 @@ def test_length_grouped_batches_are_a_permutation_with_less_padding():
 
     random_order = np.random.default_rng(0).permutation(len(slots))
     assert padding(order) < 0.3 * padding(random_order)
+
+
+def test_targets_are_shuffled_within_blocks_in_training_only(data):
+    """Check that training targets list each block's codes in a random order, and
+    validation targets (corrupt=False) in the recorded order."""
+    config = CLEAN.replace(shuffle_targets=True)
+    clean = longitudinal_example(data, 2, 0, RNG(0), config, corrupt=False)
+    orders = set()
+    for seed in range(20):
+        ex = longitudinal_example(data, 2, 0, RNG(seed), config)
+        assert sorted(ex.labels.tolist()) == sorted(clean.labels.tolist())
+        assert ex.labels[:2].tolist() == clean.labels[:2].tolist()  # <v> <diagnosis>
+        orders.add(tuple(ex.labels.tolist()))
+    assert len(orders) > 1

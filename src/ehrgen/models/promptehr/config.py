@@ -46,6 +46,8 @@ class PromptEHRConfig(ConfigMixin):
     scale_embedding: bool = True
     # d0 of METHOD.md: the hidden width of the prompt featurizer, (x W0 + b) W1.
     prompt_hidden_dim: int = 64
+    # False: no conditional prompts at all (the paper's ablation, "promptehr-noprompt").
+    use_prompts: bool = True
 
     def __post_init__(self) -> None:
         name = type(self).__name__
@@ -131,4 +133,5 @@ class PromptEHRConfig(ConfigMixin):
         """The fields that :class:`transformers.BartConfig` takes, by BART's names."""
         data = self.to_dict()
         data.pop("prompt_hidden_dim")
+        data.pop("use_prompts")
         return data

@@ -93,6 +93,8 @@ class PromptBart(nn.Module):
             **config.bart_kwargs(),
         )
         self.bart = BartModel(bart_config)
+        if not config.use_prompts:
+            cardinalities, n_numerical = (), 0
         featurizer = {
             "cardinalities": cardinalities,
             "n_numerical": n_numerical,
@@ -109,6 +111,14 @@ class PromptBart(nn.Module):
         """Prompt vectors prepended on each side."""
         return self.encoder_prompts.n_prompts
 
+    def _used(self, categorical: torch.Tensor, numerical: torch.Tensor):
+        """The feature columns the prompts read (none without prompts)."""
+        featurizer = self.encoder_prompts
+        return (
+            categorical[:, : len(featurizer.cardinalities)],
+            numerical[:, : featurizer.n_numerical],
+        )
+
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         """Scaled token embeddings, (B, T) -> (B, T, D)."""
         return self.bart.shared(ids)
@@ -122,7 +132,7 @@ class PromptBart(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the encoder over [prompts; tokens]; return states and their mask."""
         tokens = self.embed(input_ids)  # (B, S, D)
-        prompts = self.encoder_prompts(categorical, numerical)
+        prompts = self.encoder_prompts(*self._used(categorical, numerical))
         embeds = torch.cat([prompts.to(tokens.dtype), tokens], 1)  # (B, P+S, D)
         mask = torch.cat(
             [attention_mask.new_ones(prompts.shape[:2]), attention_mask], 1
@@ -150,7 +160,7 @@ class PromptBart(nn.Module):
         first_call = cache is None or cache.get_seq_length() == 0
         n_prompts = self.n_prompts if first_call else 0
         if n_prompts:
-            prompts = self.decoder_prompts(categorical, numerical)
+            prompts = self.decoder_prompts(*self._used(categorical, numerical))
             prompts = prompts.to(embeds.dtype)
             embeds = torch.cat([prompts, embeds], 1)  # (B, P+T, D)
             if decoder_attention_mask is not None:

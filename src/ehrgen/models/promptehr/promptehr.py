@@ -25,6 +25,7 @@ import numpy as np
 from ehrgen.data.cohort import Cohort, CohortSchema
 from ehrgen.errors import NotFittedError, SchemaError
 from ehrgen.generation import GenerationConfig
+from ehrgen.models.promptehr import fitting
 from ehrgen.models.promptehr.config import PromptEHRConfig
 from ehrgen.models.promptehr.persistence import (
     Fitted,
@@ -37,9 +38,10 @@ from ehrgen.models.promptehr.population import Population
 from ehrgen.tokenizer import CodeTokenizer
 
 if TYPE_CHECKING:
+    from ehrgen.models.base import CodeScores
     from ehrgen.models.promptehr.modeling import PromptBart
     from ehrgen.models.promptehr.tasks import TaskConfig
-    from ehrgen.training import TrainingConfig, TrainingResult
+    from ehrgen.training import TrainingConfig
 
 __all__ = ["PromptEHR"]
 
@@ -135,21 +137,21 @@ class PromptEHR:
 
         training = training or TrainingConfig()
         tasks = tasks or TaskConfig()
-        _check_cohorts(train, val)
+        fitting.check_cohorts(train, val)
         if resume_from is not None:
             tokenizer, schema, config = read_model_files(Path(resume_from))
             self.config = config
-            _check_schema(train, schema, Path(resume_from))
+            fitting.check_schema(train, schema, Path(resume_from))
         else:
             tokenizer = CodeTokenizer.fit(train, min_count, max_codes_per_modality)
             schema = train.schema
-        tasks = _fit_positions(tasks, self.config, schema)
+        tasks = fitting.fit_positions(tasks, self.config, schema)
         with contextlib.ExitStack() as stack:
             if output_dir is None:
                 output_dir = stack.enter_context(tempfile.TemporaryDirectory())
             model = self._new_network(tokenizer, schema, train, training.seed)
             fitted = Fitted(tokenizer, schema, model, {})
-            result = _train(
+            result = fitting.train(
                 fitted,
                 self.config,
                 train,
@@ -161,7 +163,7 @@ class PromptEHR:
                 progress,
             )
         fitted.info = {
-            **_training_info(train, val, training, tasks, result),
+            **fitting.training_info(train, val, training, tasks, result),
             "population": Population.from_cohort(train).to_dict(),
         }
         self._fitted = fitted
@@ -190,8 +192,8 @@ class PromptEHR:
         )
         for featurizer in (model.encoder_prompts, model.decoder_prompts):
             featurizer.set_standardisation(
-                torch.as_tensor(_nan_stat(np.nanmean, values)),
-                torch.as_tensor(_nan_stat(np.nanstd, values)),
+                torch.as_tensor(fitting.nan_stat(np.nanmean, values)),
+                torch.as_tensor(fitting.nan_stat(np.nanstd, values)),
             )
         return model
 
@@ -209,10 +211,10 @@ class PromptEHR:
         from ehrgen.models.promptehr import tasks as task_lib
 
         fitted = self._check_fitted()
-        _check_schema(cohort, fitted.schema, Path("PromptEHR"))
+        fitting.check_schema(cohort, fitted.schema, Path("PromptEHR"))
         data = task_lib.TokenizedCohort.from_cohort(cohort, fitted.tokenizer)
         tasks = task_lib.TaskConfig.from_dict(fitted.info.get("tasks", {}))
-        tasks = _fit_positions(tasks, self.config, fitted.schema)
+        tasks = fitting.fit_positions(tasks, self.config, fitted.schema)
         dataset = task_lib.ExampleDataset(
             data, task_lib.validation_slots(data), tasks, 0, 0, corrupt=False
         )
@@ -228,6 +230,25 @@ class PromptEHR:
                 out = fitted.model(batch)
                 loss, tokens = loss + float(out.loss_sum), tokens + int(out.n_tokens)
         return math.exp(loss / max(tokens, 1))
+
+    # ---- scoring
+
+    #: scoring protocols supported (see ``ehrgen.evaluation.perplexity``).
+    protocols = ("chain", "set")
+
+    def score_longitudinal(self, cohort: Cohort, protocol: str = "set") -> CodeScores:
+        """Log-probability of each true code of visit t >= 2 given visits 1..t-1 and
+        the baseline features (for lpl)."""
+        from ehrgen.models.promptehr.scoring import score
+
+        return score(self._context(), cohort, "longitudinal", protocol)
+
+    def score_cross_modal(self, cohort: Cohort, protocol: str = "set") -> CodeScores:
+        """Log-probability of each true code of modality k in visit t given visits
+        1..t-1 and visit t's other modalities (for mpl)."""
+        from ehrgen.models.promptehr.scoring import score
+
+        return score(self._context(), cohort, "cross_modal", protocol)
 
     # ---- generation
 
@@ -357,7 +378,7 @@ class PromptEHR:
                 "generation needs; retrain it with this version of ehrgen."
             )
         tasks = TaskConfig.from_dict(fitted.info.get("tasks", {}))
-        tasks = _fit_positions(tasks, self.config, fitted.schema)
+        tasks = fitting.fit_positions(tasks, self.config, fitted.schema)
         fitted.model.eval()
         population = Population.from_dict(fitted.info["population"])
         return Context(
@@ -423,168 +444,6 @@ class PromptEHR:
         return f"PromptEHR({state}, d_model={self.config.d_model})"
 
 
-# --------------------------------------------------------------------------- training
-
-
-def _train(
-    fitted: Fitted,
-    config: PromptEHRConfig,
-    train: Cohort,
-    val: Cohort | None,
-    training: TrainingConfig,
-    tasks: TaskConfig,
-    output_dir: Path,
-    resume_from: str | Path | None,
-    progress: bool,
-) -> TrainingResult:
-    import torch
-    from safetensors.torch import load_model
-    from torch.utils.data import DataLoader
-
-    from ehrgen.models.promptehr import tasks as task_lib
-    from ehrgen.models.promptehr.batching import length_grouped_order, source_lengths
-    from ehrgen.training import Trainer
-
-    data = task_lib.TokenizedCohort.from_cohort(train, fitted.tokenizer)
-    pad = fitted.tokenizer.pad_id
-
-    def collate(examples):
-        return task_lib.collate(examples, pad)
-
-    def train_loader(epoch: int) -> DataLoader:
-        slots = task_lib.example_slots(data, epoch, training.seed, tasks)
-        # Shuffled here, from (seed, epoch), so that a resumed run sees the same order.
-        order = length_grouped_order(
-            source_lengths(data, slots, tasks.max_source_length),
-            training.batch_size,
-            np.random.default_rng([training.seed, epoch, 7]),
-        )
-        dataset = task_lib.ExampleDataset(
-            data, slots[order], tasks, training.seed, epoch
-        )
-        return DataLoader(
-            dataset,
-            batch_size=training.batch_size,
-            collate_fn=collate,
-            num_workers=training.num_workers,
-        )
-
-    val_loader = None
-    if val is not None:
-        val_data = task_lib.TokenizedCohort.from_cohort(val, fitted.tokenizer)
-        dataset = task_lib.ExampleDataset(
-            val_data,
-            task_lib.validation_slots(val_data, training.seed),
-            tasks,
-            training.seed,
-            0,
-            corrupt=False,
-        )
-        val_loader = DataLoader(
-            dataset, batch_size=training.batch_size, collate_fn=collate
-        )
-
-    # Checkpoints carry what generation needs, so that any of them can be used.
-    partial_info = {
-        "tasks": tasks.to_dict(),
-        "population": Population.from_cohort(train).to_dict(),
-    }
-
-    def save_model(model, folder: Path) -> None:
-        checkpoint = Fitted(fitted.tokenizer, fitted.schema, model, partial_info)
-        write_model_files(checkpoint, config, folder)
-
-    def load_weights(model, folder: Path) -> None:
-        load_model(model, str(folder / "model.safetensors"))
-
-    trainer = Trainer(training, output_dir, save_model, load_weights, progress)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(training.seed)
-        return trainer.fit(
-            fitted.model, train_loader, val_loader, resume_from=resume_from
-        )
-
-
-def _fit_positions(
-    tasks: TaskConfig, config: PromptEHRConfig, schema: CohortSchema
-) -> TaskConfig:
-    """Cap sequence lengths so that prompts plus tokens fit the position table."""
-    room = config.max_position_embeddings - len(schema.features)
-    changes = {
-        name: room
-        for name in ("max_source_length", "max_target_length")
-        if getattr(tasks, name) > room
-    }
-    if changes:
-        logger.debug(
-            "Capping %s at %d positions (max_position_embeddings).",
-            ", ".join(changes),
-            room,
-        )
-    return tasks.replace(**changes)
-
-
 def _seed(seed: int | None) -> int:
     """A given seed, or a fresh one from the operating system."""
     return int(np.random.SeedSequence().entropy % 2**63) if seed is None else int(seed)
-
-
-def _check_cohorts(train: Cohort, val: Cohort | None) -> None:
-    if len(train) == 0:
-        raise SchemaError(
-            "The training cohort is empty: PromptEHR needs patients to fit."
-        )
-    if val is not None:
-        if len(val) == 0:
-            raise SchemaError("The validation cohort is empty; pass val=None instead.")
-        if val.schema != train.schema:
-            raise SchemaError(
-                f"The validation cohort's schema differs from the training cohort's: "
-                f"{val.schema} vs {train.schema}."
-            )
-
-
-def _check_schema(cohort: Cohort, schema: CohortSchema, where: Path) -> None:
-    if cohort.schema != schema:
-        raise SchemaError(
-            f"{where}: the model was trained on a cohort with schema {schema}; the "
-            f"cohort given has {cohort.schema}. Use a cohort of the same schema "
-            f"(modalities and baseline features)."
-        )
-
-
-def _nan_stat(fn, values: np.ndarray) -> np.ndarray:
-    if values.shape[1] == 0:
-        return np.zeros(0, np.float32)
-    with np.errstate(all="ignore"), _quiet_runtime_warnings():
-        out = fn(values, axis=0)
-    return np.nan_to_num(out.astype(np.float32), nan=0.0)
-
-
-@contextlib.contextmanager
-def _quiet_runtime_warnings():
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        yield
-
-
-def _training_info(train, val, training, tasks, result) -> dict[str, Any]:
-    stats = train.stats()
-    return {
-        "train_patients": len(train),
-        "train_visits": train.n_visits,
-        "train_events": train.n_events,
-        "val_patients": len(val) if val is not None else 0,
-        "vocabulary": stats.vocabulary,
-        "training": training.to_dict(),
-        "tasks": tasks.to_dict(),
-        "steps": result.steps,
-        "epochs_completed": result.epochs_completed,
-        "best_epoch": result.best_epoch,
-        "best_val_perplexity": result.best_val_perplexity,
-        "stopped_early": result.stopped_early,
-        "train_tokens": result.train_tokens,
-        "seconds": round(result.seconds, 2),
-    }

@@ -76,6 +76,10 @@ class TaskConfig(ConfigMixin):
     max_source_length: int = 512
     # Decoder tokens; a MIMIC-III visit averages ~90 codes, longer ones are cut.
     max_target_length: int = 128
+    # Shuffle each target block's codes in training examples: a modality is a set,
+    # so the model should not learn the recorded order, and its first-code
+    # distribution then spreads over the whole set (the "set" scoring protocol).
+    shuffle_targets: bool = True
 
     def __post_init__(self) -> None:
         name = type(self).__name__
@@ -266,6 +270,8 @@ def longitudinal_example(
         target, modality = np.array([tok.eos_id]), np.array([-1])
     else:
         blocks = _visit(data, data.visit_offsets[patient] + t)
+        if corrupt and config.shuffle_targets:
+            blocks = [b._replace(codes=rng.permutation(b.codes)) for b in blocks]
         blocks = _keep_first_codes(blocks, config.max_target_length)
         target, modality = _serialise(data, blocks)
     decoder_input = np.concatenate([[tok.bos_id], target[:-1]])
@@ -307,7 +313,10 @@ def cross_modal_example(
     partial = [slot if b.modality == k else b for b in blocks]
     source = _encoder_source(data, patient, t, partial, rng, config, corrupt)
     # The forced <k> takes one decoder position, the close token another.
-    codes = blocks[present.index(k)].codes[: config.max_target_length - 2]
+    codes = blocks[present.index(k)].codes
+    if corrupt and config.shuffle_targets:
+        codes = rng.permutation(codes)
+    codes = codes[: config.max_target_length - 2]
     target = np.concatenate([codes, [data.close_ids[k]]])
     decoder_input = np.concatenate([[tok.bos_id, data.open_ids[k]], codes])
     labels = np.concatenate([[IGNORE_INDEX], target])  # <k> is given, not predicted

@@ -1,0 +1,1 @@
+"""Evaluation: perplexity (lpl, mpl), privacy, fidelity, utility, and the report."""
