@@ -357,8 +357,9 @@ def impute(
                 cohort = _truncate(cohort, visit)
             result = model.continue_patients(cohort, 1, sampling, seed, advance)
         elif mode == "complete":
-            result = model.complete_visits(cohort, -1 if visit is None else visit,
-                                           sampling, seed, advance)  # fmt: skip
+            result = model.complete_visits(
+                cohort, -1 if visit is None else visit, sampling, seed, advance
+            )
         elif mode.startswith("modality:"):
             result = model.impute_modality(
                 cohort,
@@ -436,6 +437,71 @@ def _bar(label: str, total: int):
     ) as progress:
         task = progress.add_task(label, total=total)
         yield lambda k: progress.advance(task, k)
+
+
+@app.command("benchmark")
+def benchmark(
+    cohort: Annotated[Path, typer.Argument(help="A MEDS folder, .pkl or .jsonl file.")],
+    out: Annotated[Path, typer.Option("--out", help="Output folder.")],
+    models: Annotated[
+        str, typer.Option("--models", help="Comma-separated registry names.")
+    ] = "promptehr,promptehr-noprompt,lstm-mlp,gpt2",
+    preset: Annotated[Preset, typer.Option("--preset", help="Model size.")] = (
+        Preset.small
+    ),
+    epochs: Annotated[int, typer.Option("--epochs", help="Epochs per model.")] = 10,
+    time_budget: Annotated[
+        float | None,
+        typer.Option(
+            "--time-budget", help="Minutes of training per model (caps --epochs)."
+        ),
+    ] = None,
+    split: Annotated[
+        str, typer.Option("--split", help="train,validation,test fractions.")
+    ] = "0.8,0.1,0.1",
+    ordered: Annotated[
+        bool, typer.Option("--ordered", help="Split in file order, not at random.")
+    ] = False,
+    batch_size: BatchSize = 16,
+    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate.")] = 5e-4,
+    seed: Seed = 0,
+) -> None:
+    """Table 2 of the paper on a cohort: train each model under the same budget and
+    score lpl and mpl per modality on the test split."""
+    import numpy as np
+
+    from ehrgen.evaluation.benchmark import run_benchmark, table2_markdown
+    from ehrgen.training import TrainingConfig
+
+    data = _read(cohort, None)
+    fractions = _parse_fractions(split)
+    if ordered:
+        bounds = np.cumsum([0] + [round(f * len(data)) for f in fractions])
+        bounds[-1] = len(data)
+        train, val, test = (data[int(a) : int(b)] for a, b in zip(bounds, bounds[1:]))
+    else:
+        train, val, test = data.split(fractions, seed=seed)
+    training = TrainingConfig(
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=lr,
+        seed=seed,
+        time_budget_minutes=time_budget,
+        checkpoint_every_steps=None,
+    )
+    names = [m.strip() for m in models.split(",") if m.strip()]
+    results = run_benchmark(
+        train,
+        val if len(val) else None,
+        test,
+        names,
+        training,
+        preset.value,
+        out,
+        progress=True,
+    )
+    console.print(table2_markdown(results, list(test.schema.modalities)))
+    console.print(f"Wrote [bold]{out}[/bold]/table2.md, results.json, table2.png.")
 
 
 # --------------------------------------------------------------------------- quickstart

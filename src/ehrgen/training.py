@@ -65,6 +65,8 @@ class TrainingConfig(ConfigMixin):
     keep_checkpoints: int = 2
     # Stop after this many optimizer steps (None: run all epochs).
     max_steps: int | None = None
+    # Stop after this many minutes of training (None: no limit); for equal budgets.
+    time_budget_minutes: float | None = None
     seed: int = 0
     # "no", "fp16" or "bf16"; used on GPU only (ignored with a warning on CPU).
     mixed_precision: str = "no"
@@ -105,6 +107,9 @@ class TrainingConfig(ConfigMixin):
             self.mixed_precision,
         )
         check(self.num_workers >= 0, name, "num_workers", ">= 0", self.num_workers)
+        budget = self.time_budget_minutes
+        ok = budget is None or budget > 0
+        check(ok, name, "time_budget_minutes", "positive or None", budget)
 
 
 @dataclass
@@ -284,7 +289,11 @@ class _Run:
         return self._finish(val_loader is not None)
 
     def _done(self) -> bool:
-        return self.state.step >= self.total_steps or self.stopped_early
+        budget = self.config.time_budget_minutes
+        out_of_time = budget is not None and (
+            time.perf_counter() - self.started > 60 * budget
+        )
+        return self.state.step >= self.total_steps or self.stopped_early or out_of_time
 
     def _train_epoch(self, train_loader, steps_per_epoch: int, bar) -> None:
         loader = self.accelerator.prepare_data_loader(train_loader(self.state.epoch))
