@@ -36,7 +36,8 @@ def test_perfect_set_model_scores_the_visit_size():
     """Check that 1/l on each of a visit's l codes gives l; and the paper's visit
     averaging: a patient with visits of 2 and 8 codes scores exp(mean(log 2, log 8))."""
     rows = [(0, 1, 0, c, np.log(1 / 4)) for c in "abcd"]
-    assert patient_perplexities(_scores(rows))["diagnosis"].tolist() == pytest.approx([4])
+    per_patient = patient_perplexities(_scores(rows))
+    assert per_patient["diagnosis"].tolist() == pytest.approx([4])
     rows = [(1, 1, 1, c, np.log(1 / 2)) for c in "ab"] + [
         (1, 2, 1, c, np.log(1 / 8)) for c in "abcdefgh"
     ]

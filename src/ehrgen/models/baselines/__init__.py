@@ -1,0 +1,7 @@
+"""The baselines PromptEHR is compared with (METHOD.md, Baselines), each a
+:class:`ehrgen.models.base.Generator`."""
+
+from ehrgen.models.baselines.gpt2 import GPT2Baseline as GPT2Baseline
+from ehrgen.models.baselines.gpt2 import GPT2BaselineConfig as GPT2BaselineConfig
+from ehrgen.models.baselines.lstm_mlp import LSTMMLP as LSTMMLP
+from ehrgen.models.baselines.lstm_mlp import LSTMMLPConfig as LSTMMLPConfig
