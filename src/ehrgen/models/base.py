@@ -24,8 +24,9 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from ehrgen.data.cohort import Cohort
+from ehrgen.errors import NotFittedError
 
-__all__ = ["PROTOCOLS", "TASKS", "CodeScores", "Generator"]
+__all__ = ["PROTOCOLS", "TASKS", "CodeScores", "FittedState", "Generator"]
 
 PROTOCOLS = ("chain", "set")
 TASKS = ("longitudinal", "cross_modal")
@@ -151,3 +152,32 @@ class Generator(Protocol):
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike[str]) -> Generator: ...
+
+
+class FittedState:
+    """The scikit-learn-style access to learned state that every model shares.
+
+    A model keeps what ``fit`` (or ``from_pretrained``) learned in ``self._fitted``
+    (None before), an object with at least ``tokenizer`` and ``info``.
+    """
+
+    _fitted: Any = None
+
+    def _check_fitted(self) -> Any:
+        if self._fitted is None:
+            name = type(self).__name__
+            raise NotFittedError(
+                f"This {name} instance is not fitted yet. Call 'fit' with a cohort, "
+                f"or load a trained model with {name}.from_pretrained(path)."
+            )
+        return self._fitted
+
+    @property
+    def tokenizer_(self) -> Any:
+        """The code vocabulary learned from the training cohort."""
+        return self._check_fitted().tokenizer
+
+    @property
+    def info_(self) -> dict[str, Any]:
+        """Training facts: cohort sizes, settings, steps, best validation figure."""
+        return self._check_fitted().info

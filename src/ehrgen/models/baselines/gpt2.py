@@ -40,9 +40,9 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from ehrgen._config import ConfigMixin, check, check_positive_ints
 from ehrgen._io import OutputExistsError, atomic_file
 from ehrgen.data.cohort import Cohort, CohortSchema, Patient, Visit
-from ehrgen.errors import ConfigError, NotFittedError, SchemaError
+from ehrgen.errors import ConfigError, SchemaError
 from ehrgen.generation import _DONE, GenerationConfig, VisitSampler
-from ehrgen.models.base import CodeScores
+from ehrgen.models.base import CodeScores, FittedState
 from ehrgen.models.promptehr.modeling import allowed_tokens
 from ehrgen.models.promptehr.population import Population
 from ehrgen.tokenizer import CodeTokenizer
@@ -294,7 +294,7 @@ class _Fitted:
     info: dict[str, Any]
 
 
-class GPT2Baseline:
+class GPT2Baseline(FittedState):
     """GPT-2 over serialised patients, demographics as prefix tokens (see the module
     docstring); a :class:`~ehrgen.models.base.Generator`.
 
@@ -316,19 +316,6 @@ class GPT2Baseline:
         self.config = config or GPT2BaselineConfig.small()
         self._fitted: _Fitted | None = None
 
-    def _check_fitted(self) -> _Fitted:
-        if self._fitted is None:
-            raise NotFittedError(
-                "This GPT2Baseline instance is not fitted yet. Call 'fit' with a "
-                "cohort, or load one with GPT2Baseline.from_pretrained(path)."
-            )
-        return self._fitted
-
-    @property
-    def tokenizer_(self) -> CodeTokenizer:
-        """The code vocabulary learned from the training cohort."""
-        return self._check_fitted().tokenizer
-
     @property
     def schema_(self) -> CohortSchema:
         """The training cohort's schema."""
@@ -338,11 +325,6 @@ class GPT2Baseline:
     def model_(self) -> GPT2LMHeadModel:
         """The trained network."""
         return self._check_fitted().lm
-
-    @property
-    def info_(self) -> dict[str, Any]:
-        """Training facts: cohort sizes, settings, best validation perplexity."""
-        return self._check_fitted().info
 
     def __repr__(self) -> str:
         state = "fitted" if self._fitted else "not fitted"

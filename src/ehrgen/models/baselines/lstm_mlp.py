@@ -47,9 +47,9 @@ from torch import nn
 from ehrgen._config import ConfigMixin, check, check_positive_ints
 from ehrgen._io import OutputExistsError, atomic_file
 from ehrgen.data.cohort import Cohort, CohortBuilder, CohortSchema
-from ehrgen.errors import ConfigError, NotFittedError, SchemaError
+from ehrgen.errors import ConfigError, SchemaError
 from ehrgen.generation import GenerationConfig
-from ehrgen.models.base import PROTOCOLS, CodeScores
+from ehrgen.models.base import PROTOCOLS, CodeScores, FittedState
 from ehrgen.models.promptehr.population import Population
 from ehrgen.tokenizer import CodeTokenizer
 from ehrgen.training import TrainingConfig
@@ -388,7 +388,7 @@ class _Fitted:
     info: dict[str, Any]
 
 
-class LSTMMLP:
+class LSTMMLP(FittedState):
     """The LSTM+MLP baseline (see the module docstring).
 
     Args:
@@ -412,28 +412,10 @@ class LSTMMLP:
         self.config = config or LSTMMLPConfig()
         self._fitted: _Fitted | None = None
 
-    def _check_fitted(self) -> _Fitted:
-        if self._fitted is None:
-            raise NotFittedError(
-                "This LSTMMLP instance is not fitted yet. Call 'fit' with a cohort, "
-                "or load a trained model with LSTMMLP.from_pretrained(path)."
-            )
-        return self._fitted
-
-    @property
-    def tokenizer_(self) -> CodeTokenizer:
-        """The code vocabulary learned from the training cohort."""
-        return self._check_fitted().tokenizer
-
     @property
     def schema_(self) -> CohortSchema:
         """The training cohort's schema."""
         return self._check_fitted().schema
-
-    @property
-    def info_(self) -> dict[str, Any]:
-        """Training facts: cohort sizes, settings, steps, best validation figure."""
-        return self._check_fitted().info
 
     # ---- training
 

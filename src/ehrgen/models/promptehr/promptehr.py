@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ehrgen.data.cohort import Cohort, CohortSchema
-from ehrgen.errors import NotFittedError, SchemaError
+from ehrgen.errors import SchemaError
 from ehrgen.generation import GenerationConfig
+from ehrgen.models.base import FittedState
 from ehrgen.models.promptehr import fitting
 from ehrgen.models.promptehr.config import PromptEHRConfig
 from ehrgen.models.promptehr.persistence import (
@@ -48,7 +49,7 @@ __all__ = ["PromptEHR"]
 logger = logging.getLogger(__name__)
 
 
-class PromptEHR:
+class PromptEHR(FittedState):
     """Prompt-conditioned BART for longitudinal, multimodal patient records.
 
     Args:
@@ -70,19 +71,6 @@ class PromptEHR:
 
     # ---- learned state (sklearn-style names ending in _)
 
-    def _check_fitted(self) -> Fitted:
-        if self._fitted is None:
-            raise NotFittedError(
-                "This PromptEHR instance is not fitted yet. Call 'fit' with a cohort, "
-                "or load a trained model with PromptEHR.from_pretrained(path)."
-            )
-        return self._fitted
-
-    @property
-    def tokenizer_(self) -> CodeTokenizer:
-        """The code vocabulary learned from the training cohort."""
-        return self._check_fitted().tokenizer
-
     @property
     def schema_(self) -> CohortSchema:
         """The training cohort's schema (modalities, baseline features)."""
@@ -92,11 +80,6 @@ class PromptEHR:
     def model_(self) -> PromptBart:
         """The trained network."""
         return self._check_fitted().model
-
-    @property
-    def info_(self) -> dict[str, Any]:
-        """Training facts: cohort sizes, settings, best validation perplexity."""
-        return self._check_fitted().info
 
     # ---- training
 
