@@ -44,6 +44,14 @@ def test_help_is_light():
     assert "quickstart" in result.stdout
 
 
+def test_version(monkeypatch, capsys):
+    """Check that `ehrgen --version` prints the version alone."""
+    from ehrgen import __version__
+
+    code, out, _ = run(monkeypatch, capsys, "--version")
+    assert code == 0 and out.strip() == f"ehrgen {__version__}"
+
+
 def test_demo_stats_export_import(monkeypatch, capsys, tmp_path):
     """Check the data commands chain: demo -> stats -> export JSONL -> import JSONL."""
     code, out, _ = run(

@@ -1,0 +1,300 @@
+"""``ehrgen train``, ``generate``, ``impute`` and ``benchmark``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from ehrgen.cli import app
+from ehrgen.cli._common import (
+    BatchSize,
+    Format,
+    MaxVisits,
+    OutputFormat,
+    Overwrite,
+    Preset,
+    Seed,
+    Temperature,
+    TopK,
+    TopP,
+    _bar,
+    _parse_fractions,
+    _read,
+    _sampling,
+    _write,
+    console,
+)
+from ehrgen.errors import ConfigError
+
+if TYPE_CHECKING:
+    from ehrgen.data.cohort import Cohort
+
+
+@app.command("train")
+def train(
+    cohort_dir: Annotated[Path, typer.Argument(help="A MEDS cohort folder.")],
+    out: Annotated[Path, typer.Option("--out", help="Output model folder.")],
+    preset: Annotated[Preset, typer.Option("--preset", help="Model size.")] = (
+        Preset.small
+    ),
+    epochs: Annotated[int, typer.Option("--epochs", help="Training epochs.")] = 20,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Batch size.")] = 16,
+    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate.")] = 5e-4,
+    val_fraction: Annotated[
+        float,
+        typer.Option(
+            "--val-fraction",
+            help="Validation share of the train split, used when the cohort has no "
+            "tuning split.",
+        ),
+    ] = 0.1,
+    resume: Annotated[
+        Path | None,
+        typer.Option("--resume", help="A checkpoints/step-N folder to continue from."),
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+    overwrite: Overwrite = False,
+) -> None:
+    """Train PromptEHR on a MEDS cohort (its train split, validated on its tuning
+    split). Checkpoints and metrics.jsonl go to OUT/training/."""
+    from ehrgen.models.promptehr import PromptEHR, PromptEHRConfig
+    from ehrgen.training import TrainingConfig
+
+    if (out / "ehrgen.json").exists() and not overwrite:
+        raise ConfigError(
+            f"{out} already holds a model; pass --overwrite to replace it, or choose "
+            f"another --out."
+        )
+    train_cohort, val_cohort = _train_and_validation(cohort_dir, val_fraction, seed)
+    training = TrainingConfig(
+        epochs=epochs, batch_size=batch_size, learning_rate=lr, seed=seed
+    )
+    console.print(
+        f"Training PromptEHR ({preset.value}) on {len(train_cohort):,} patients, "
+        f"validating on {len(val_cohort) if val_cohort else 0:,}."
+    )
+    model = PromptEHR(PromptEHRConfig.preset(preset.value)).fit(
+        train_cohort,
+        val_cohort,
+        training,
+        output_dir=out / "training",
+        resume_from=resume,
+        progress=True,
+    )
+    if not _is_main_process():
+        return  # under `accelerate launch`, rank 0 alone writes the model
+    model.save_pretrained(out, overwrite=True)
+    ppl = model.info_["best_val_perplexity"]
+    best = f", best validation perplexity {ppl:.2f}" if ppl is not None else ""
+    console.print(f"[green]Saved[/green] the model to [bold]{out}[/bold]{best}.")
+
+
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _train_and_validation(
+    cohort_dir: Path, val_fraction: float, seed: int
+) -> tuple[Cohort, Cohort | None]:
+    import pyarrow.parquet as pq
+
+    splits_file = cohort_dir / "metadata" / "subject_splits.parquet"
+    names = set()
+    if splits_file.exists():
+        names = set(pq.read_table(splits_file, columns=["split"]).column(0).to_pylist())
+    if "train" in names and "tuning" in names:
+        return _read(cohort_dir, "meds", "train"), _read(cohort_dir, "meds", "tuning")
+    cohort = _read(cohort_dir, "meds", "train" if "train" in names else None)
+    if not 0 <= val_fraction < 1:
+        raise ConfigError(f"--val-fraction must be in [0, 1). Got {val_fraction}.")
+    if val_fraction == 0 or len(cohort) < 2:
+        return cohort, None
+    train_part, val_part = cohort.split([1 - val_fraction, val_fraction], seed=seed)
+    return train_part, (val_part if len(val_part) else None)
+
+
+@app.command("generate")
+def generate(
+    model_dir: Annotated[Path, typer.Argument(help="A trained model folder.")],
+    n: Annotated[int, typer.Option("--n", help="Synthetic patients to generate.")],
+    out: Annotated[Path, typer.Option("--out", help="Output folder (or .jsonl).")],
+    condition: Annotated[
+        list[str] | None,
+        typer.Option("--condition", help="A baseline feature, NAME=VALUE; repeatable."),
+    ] = None,
+    temperature: Temperature = 1.0,
+    top_k: TopK = None,
+    top_p: TopP = None,
+    max_visits: MaxVisits = 20,
+    batch_size: BatchSize = 64,
+    seed: Seed = 0,
+    fmt: Format = OutputFormat.meds,
+    overwrite: Overwrite = False,
+) -> None:
+    """Generate synthetic patients from scratch, optionally under conditions."""
+    from ehrgen.models.promptehr import PromptEHR
+
+    conditions = _parse_conditions(condition or [])
+    model = PromptEHR.from_pretrained(model_dir)
+    sampling = _sampling(temperature, top_k, top_p, max_visits, batch_size)
+    with _bar("Generating", n) as advance:
+        cohort = model.generate(n, conditions, sampling, seed=seed, progress=advance)
+    _write(cohort, out, fmt, overwrite)
+
+
+@app.command("impute")
+def impute(
+    model_dir: Annotated[Path, typer.Argument(help="A trained model folder.")],
+    cohort_dir: Annotated[
+        Path, typer.Argument(help="A MEDS cohort (partial records).")
+    ],
+    mode: Annotated[
+        str,
+        typer.Option(
+            "--mode", help="next-visit, modality:NAME (e.g. modality:drug) or complete."
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Output folder (or .jsonl).")],
+    visit: Annotated[
+        int | None,
+        typer.Option(
+            "--visit",
+            help="Visit index (0-based; negative from the end). "
+            "next-visit: keep visits before it and decode it; default: after "
+            "the last.",
+        ),
+    ] = None,
+    split: Annotated[str | None, typer.Option("--split", help="MEDS split.")] = None,
+    temperature: Temperature = 1.0,
+    top_k: TopK = None,
+    top_p: TopP = None,
+    batch_size: BatchSize = 64,
+    seed: Seed = 0,
+    fmt: Format = OutputFormat.meds,
+    overwrite: Overwrite = False,
+) -> None:
+    """Fill in partial records: the next visit, a missing modality, or the rest of a
+    visit."""
+    from ehrgen.models.promptehr import PromptEHR
+
+    model = PromptEHR.from_pretrained(model_dir)
+    cohort = _read(cohort_dir, "meds", split)
+    sampling = _sampling(temperature, top_k, top_p, 20, batch_size)
+    with _bar("Imputing", len(cohort)) as advance:
+        if mode == "next-visit":
+            if visit is not None:
+                cohort = _truncate(cohort, visit)
+            result = model.continue_patients(cohort, 1, sampling, seed, advance)
+        elif mode == "complete":
+            result = model.complete_visits(
+                cohort, -1 if visit is None else visit, sampling, seed, advance
+            )
+        elif mode.startswith("modality:"):
+            result = model.impute_modality(
+                cohort,
+                -1 if visit is None else visit,
+                mode.split(":", 1)[1],
+                sampling,
+                seed,
+                advance,
+            )
+        else:
+            raise ConfigError(
+                f"--mode must be next-visit, modality:NAME or complete. Got {mode!r}."
+            )
+    _write(result, out, fmt, overwrite)
+
+
+def _parse_conditions(items: list[str]) -> dict[str, str]:
+    conditions = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name or not value:
+            raise ConfigError(
+                f"--condition must be NAME=VALUE (e.g. gender=F). Got {item!r}."
+            )
+        conditions[name.strip()] = value.strip()
+    return conditions
+
+
+def _truncate(cohort: Cohort, visit: int) -> Cohort:
+    """Each patient's visits before index ``visit`` (patients without them dropped)."""
+    from ehrgen.data.cohort import Cohort as CohortType
+    from ehrgen.data.cohort import Patient
+
+    kept = []
+    for p in cohort:
+        stop = visit if visit >= 0 else len(p.visits) + visit
+        if 0 < stop <= len(p.visits):
+            kept.append(Patient(p.patient_id, p.static, p.visits[:stop]))
+    if not kept:
+        raise ConfigError(f"No patient has visits before index {visit}.")
+    return CohortType.from_patients(kept, cohort.schema, metadata=cohort.metadata)
+
+
+@app.command("benchmark")
+def benchmark(
+    cohort: Annotated[Path, typer.Argument(help="A MEDS folder, .pkl or .jsonl file.")],
+    out: Annotated[Path, typer.Option("--out", help="Output folder.")],
+    models: Annotated[
+        str, typer.Option("--models", help="Comma-separated registry names.")
+    ] = "promptehr,promptehr-noprompt,lstm-mlp,gpt2",
+    preset: Annotated[Preset, typer.Option("--preset", help="Model size.")] = (
+        Preset.small
+    ),
+    epochs: Annotated[int, typer.Option("--epochs", help="Epochs per model.")] = 10,
+    time_budget: Annotated[
+        float | None,
+        typer.Option(
+            "--time-budget", help="Minutes of training per model (caps --epochs)."
+        ),
+    ] = None,
+    split: Annotated[
+        str, typer.Option("--split", help="train,validation,test fractions.")
+    ] = "0.8,0.1,0.1",
+    ordered: Annotated[
+        bool, typer.Option("--ordered", help="Split in file order, not at random.")
+    ] = False,
+    batch_size: BatchSize = 16,
+    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate.")] = 5e-4,
+    seed: Seed = 0,
+) -> None:
+    """Table 2 of the paper on a cohort: train each model under the same budget and
+    score lpl and mpl per modality on the test split."""
+    import numpy as np
+
+    from ehrgen.evaluation.benchmark import run_benchmark, table2_markdown
+    from ehrgen.training import TrainingConfig
+
+    data = _read(cohort, None)
+    fractions = _parse_fractions(split)
+    if ordered:
+        bounds = np.cumsum([0] + [round(f * len(data)) for f in fractions])
+        bounds[-1] = len(data)
+        train, val, test = (data[int(a) : int(b)] for a, b in zip(bounds, bounds[1:]))
+    else:
+        train, val, test = data.split(fractions, seed=seed)
+    training = TrainingConfig(
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=lr,
+        seed=seed,
+        time_budget_minutes=time_budget,
+        checkpoint_every_steps=None,
+    )
+    names = [m.strip() for m in models.split(",") if m.strip()]
+    results = run_benchmark(
+        train,
+        val if len(val) else None,
+        test,
+        names,
+        training,
+        preset.value,
+        out,
+        progress=True,
+    )
+    console.print(table2_markdown(results, list(test.schema.modalities)))
+    console.print(f"Wrote [bold]{out}[/bold]/table2.md, results.json, table2.png.")
