@@ -7,6 +7,7 @@ final rename stays on one file system) and is renamed into place only once compl
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import uuid
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from ehrgen.errors import EhrgenError
 
-__all__ = ["OutputExistsError", "atomic_directory", "atomic_file"]
+__all__ = ["OutputExistsError", "atomic_directory", "atomic_file", "write_json"]
 
 
 class OutputExistsError(EhrgenError, FileExistsError):
@@ -93,3 +94,9 @@ def atomic_file(
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_json(path: str | os.PathLike[str], data: object) -> None:
+    """Write ``data`` as indented UTF-8 JSON, atomically, replacing ``path``."""
+    with atomic_file(path, overwrite=True) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")

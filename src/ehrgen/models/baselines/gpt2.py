@@ -38,13 +38,13 @@ from torch.nn.utils.rnn import pad_sequence
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from ehrgen._config import ConfigMixin, check, check_positive_ints
-from ehrgen._io import OutputExistsError, atomic_file
+from ehrgen._io import OutputExistsError, atomic_file, write_json
 from ehrgen.data.cohort import Cohort, CohortSchema, Patient, Visit
 from ehrgen.errors import ConfigError, SchemaError
 from ehrgen.generation import _DONE, GenerationConfig, VisitSampler
 from ehrgen.models.base import CodeScores, FittedState
 from ehrgen.models.promptehr.modeling import allowed_tokens
-from ehrgen.models.promptehr.population import Population
+from ehrgen.models.promptehr.population import Population, per_patient
 from ehrgen.tokenizer import CodeTokenizer
 from ehrgen.training import TrainingConfig
 
@@ -474,7 +474,7 @@ class GPT2Baseline(FittedState):
         rng = np.random.default_rng(seed)
         generator = torch.Generator().manual_seed(seed)
         population = Population.from_dict(fitted.population)
-        statics = population.sample_static(_per_patient(conditions, n), rng)
+        statics = population.sample_static(per_patient(conditions, n), rng)
         sampler = _CausalSampler(fitted.lm, fitted.tokenizer, generation, generator)
         # The context leaves room for the longest visit the sampler may write.
         limit = self.config.n_positions - sampler._max_steps()
@@ -679,18 +679,6 @@ def _synthetic_cohort(tok, population, statics, histories, rng) -> Cohort:
     return Cohort.from_patients(patients, population.schema, metadata=metadata)
 
 
-def _per_patient(conditions, n: int) -> list[Mapping[str, Any]]:
-    if conditions is None or isinstance(conditions, Mapping):
-        return [conditions or {}] * n
-    conditions = list(conditions)
-    if len(conditions) != n:
-        raise ConfigError(
-            f"The 'conditions' parameter of generate must be one mapping, or one per "
-            f"patient ({n}). Got {len(conditions)} mappings instead."
-        )
-    return conditions
-
-
 def _check_cohort(cohort: Cohort, schema: CohortSchema, role: str) -> None:
     if len(cohort) == 0 or cohort.schema != schema:
         raise SchemaError(
@@ -711,9 +699,9 @@ def _write_folder(path: Path, config: GPT2BaselineConfig, fitted: _Fitted) -> No
 
     path.mkdir(parents=True, exist_ok=True)
     (path / "ehrgen.json").unlink(missing_ok=True)
-    _write_json(path / "config.json", config.to_dict())
+    write_json(path / "config.json", config.to_dict())
     fitted.tokenizer.save(path / "tokenizer.json")
-    _write_json(path / "schema.json", fitted.prefix.schema.to_dict())
+    write_json(path / "schema.json", fitted.prefix.schema.to_dict())
     with atomic_file(path / "model.safetensors", overwrite=True) as tmp:
         save_model(fitted.lm, str(tmp))  # keeps GPT-2's tied embeddings once
     versions = {"ehrgen_version": __version__, "torch_version": torch.__version__,
@@ -721,12 +709,7 @@ def _write_folder(path: Path, config: GPT2BaselineConfig, fitted: _Fitted) -> No
     info = {"format_version": FORMAT_VERSION, "model": "gpt2", **versions,
             "decile_edges": fitted.prefix.edges, "population": fitted.population,
             "training_info": fitted.info}  # fmt: skip
-    _write_json(path / "ehrgen.json", info)
-
-
-def _write_json(path: Path, data: Any) -> None:
-    with atomic_file(path, overwrite=True) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
+    write_json(path / "ehrgen.json", info)
 
 
 def _read_folder(path: Path):

@@ -45,12 +45,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ehrgen._config import ConfigMixin, check, check_positive_ints
-from ehrgen._io import OutputExistsError, atomic_file
+from ehrgen._io import OutputExistsError, atomic_file, write_json
 from ehrgen.data.cohort import Cohort, CohortBuilder, CohortSchema
 from ehrgen.errors import ConfigError, SchemaError
 from ehrgen.generation import GenerationConfig
 from ehrgen.models.base import PROTOCOLS, CodeScores, FittedState
-from ehrgen.models.promptehr.population import Population
+from ehrgen.models.promptehr.population import Population, per_patient
 from ehrgen.tokenizer import CodeTokenizer
 from ehrgen.training import TrainingConfig
 
@@ -585,7 +585,9 @@ class LSTMMLP(FittedState):
         rng = np.random.default_rng(seed)
         generator = torch.Generator().manual_seed(int(seed) % 2**63)
         population = Population.from_dict(fitted.population)
-        statics = population.sample_static(_per_patient(conditions, n), rng)
+        statics = population.sample_static(
+            per_patient(conditions, n, "LSTMMLP.generate"), rng
+        )
         categorical, numerical = _static_arrays(statics, fitted.schema)
         histories: list[np.ndarray] = []
         network = fitted.network.eval()
@@ -696,17 +698,6 @@ def _synthetic_cohort(fitted: _Fitted, statics, histories, times) -> Cohort:
     return builder.build(metadata={"source": MODEL_NAME})
 
 
-def _per_patient(conditions, n: int) -> list[Mapping[str, Any]]:
-    if conditions is None or isinstance(conditions, Mapping):
-        return [conditions or {}] * n
-    if len(conditions := list(conditions)) != n:
-        raise ConfigError(
-            f"The 'conditions' parameter of LSTMMLP.generate must be one mapping, or "
-            f"one per patient ({n}). Got {len(conditions)} mappings instead."
-        )
-    return conditions
-
-
 def _check_schema(cohort: Cohort, schema: CohortSchema, what: str) -> None:
     if cohort.schema != schema:
         raise SchemaError(
@@ -723,9 +714,9 @@ def _write_folder(fitted: _Fitted, config: LSTMMLPConfig, path: Path) -> None:
 
     path.mkdir(parents=True, exist_ok=True)
     (path / "ehrgen.json").unlink(missing_ok=True)  # the completion marker goes last
-    _write_json(path / "config.json", config.to_dict())
+    write_json(path / "config.json", config.to_dict())
     fitted.tokenizer.save(path / "tokenizer.json")
-    _write_json(path / "schema.json", fitted.schema.to_dict())
+    write_json(path / "schema.json", fitted.schema.to_dict())
     with atomic_file(path / "model.safetensors", overwrite=True) as tmp:
         save_model(fitted.network, str(tmp))
     mean, std = fitted.network.mean.tolist(), fitted.network.std.tolist()
@@ -733,12 +724,7 @@ def _write_folder(fitted: _Fitted, config: LSTMMLPConfig, path: Path) -> None:
     info.update(ehrgen_version=__version__, torch_version=torch.__version__)
     info["standardisation"] = {"mean": mean, "std": std}
     info.update(population=fitted.population, training_info=fitted.info)
-    _write_json(path / "ehrgen.json", info)
-
-
-def _write_json(path: Path, data: Any) -> None:
-    with atomic_file(path, overwrite=True) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
+    write_json(path / "ehrgen.json", info)
 
 
 def _read_json(path: Path, build=dict) -> Any:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ehrgen._io import atomic_file
+from ehrgen._io import atomic_file, write_json
 from ehrgen.data.cohort import CohortSchema
 from ehrgen.errors import SchemaError
 from ehrgen.models.promptehr.config import PromptEHRConfig
@@ -60,14 +60,14 @@ def write_model_files(fitted: Fitted, config: PromptEHRConfig, path: Path) -> No
 
     path.mkdir(parents=True, exist_ok=True)
     (path / "ehrgen.json").unlink(missing_ok=True)  # the completion marker goes last
-    _write_json(path / "config.json", config.to_dict())
+    write_json(path / "config.json", config.to_dict())
     fitted.tokenizer.save(path / "tokenizer.json")
-    _write_json(path / "schema.json", fitted.schema.to_dict())
+    write_json(path / "schema.json", fitted.schema.to_dict())
     with atomic_file(path / "model.safetensors", overwrite=True) as tmp:
         save_model(fitted.model, str(tmp))
     with atomic_file(path / "model_card.md", overwrite=True) as tmp:
         tmp.write_text(_model_card(fitted, config), encoding="utf-8")
-    _write_json(
+    write_json(
         path / "ehrgen.json",
         {
             "format_version": FORMAT_VERSION,
@@ -78,11 +78,6 @@ def write_model_files(fitted: Fitted, config: PromptEHRConfig, path: Path) -> No
             "training_info": fitted.info,
         },
     )
-
-
-def _write_json(path: Path, data: Any) -> None:
-    with atomic_file(path, overwrite=True) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
 
 
 def read_json(path: Path) -> dict[str, Any]:

@@ -21,7 +21,7 @@ import numpy as np
 from ehrgen.data.cohort import Cohort, CohortSchema
 from ehrgen.errors import ConfigError, did_you_mean
 
-__all__ = ["Population"]
+__all__ = ["Population", "per_patient"]
 
 _LEVELS = np.linspace(0.01, 0.99, 99)
 _MAX_GAP_INDEX = 10
@@ -197,3 +197,19 @@ def _inverse_cdf(quantiles: Sequence[float], u: np.ndarray) -> np.ndarray:
 
 def _as_datetime(seconds: float) -> datetime:
     return datetime(1970, 1, 1) + timedelta(seconds=round(seconds))
+
+
+def per_patient(
+    conditions: Any, n: int, owner: str = "generate"
+) -> list[Mapping[str, Any]]:
+    """Conditions as one mapping per patient: ``None``, one mapping for all, or one
+    per patient (checked to be ``n``)."""
+    if conditions is None or isinstance(conditions, Mapping):
+        return [conditions or {}] * n
+    conditions = list(conditions)
+    if len(conditions) != n:
+        raise ConfigError(
+            f"The 'conditions' parameter of {owner} must be one mapping, or one per "
+            f"patient ({n}). Got {len(conditions)} mappings instead."
+        )
+    return conditions

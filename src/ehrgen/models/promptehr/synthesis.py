@@ -30,7 +30,7 @@ import torch
 from ehrgen.data.cohort import Cohort, Patient, Visit
 from ehrgen.errors import ConfigError, SchemaError
 from ehrgen.generation import GenerationConfig, VisitSampler
-from ehrgen.models.promptehr.population import Population
+from ehrgen.models.promptehr.population import Population, per_patient
 from ehrgen.tokenizer import CodeTokenizer
 
 __all__ = [
@@ -74,9 +74,9 @@ def generate(
         raise ConfigError(
             f"The 'n' parameter of generate must be an int >= 1. Got {n!r}."
         )
-    per_patient = _per_patient(conditions, n)
+    wanted = per_patient(conditions, n)
     rng, generator = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
-    statics = ctx.population.sample_static(per_patient, rng)
+    statics = ctx.population.sample_static(wanted, rng)
     visits: list[list[list[int]]] = []
     for start in range(0, n, generation.batch_size):
         chunk = statics[start : start + generation.batch_size]
@@ -96,20 +96,6 @@ def generate(
     width = len(str(n - 1))
     ids = [f"synthetic-{i:0{width}d}" for i in range(n)]
     return _cohort(ctx, ids, statics, visits, rng)
-
-
-def _per_patient(conditions, n: int) -> list[Mapping[str, Any]]:
-    if conditions is None:
-        return [{}] * n
-    if isinstance(conditions, Mapping):
-        return [conditions] * n
-    conditions = list(conditions)
-    if len(conditions) != n:
-        raise ConfigError(
-            f"The 'conditions' parameter of generate must be one mapping, or one per "
-            f"patient ({n}). Got {len(conditions)} mappings instead."
-        )
-    return conditions
 
 
 def _extend(
