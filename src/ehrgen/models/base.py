@@ -24,9 +24,17 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from ehrgen.data.cohort import Cohort
-from ehrgen.errors import NotFittedError
+from ehrgen.errors import NotFittedError, SchemaError
 
-__all__ = ["PROTOCOLS", "TASKS", "CodeScores", "FittedState", "Generator"]
+__all__ = [
+    "PROTOCOLS",
+    "TASKS",
+    "CodeScores",
+    "FittedState",
+    "Generator",
+    "check_model_folder_free",
+    "load_weights",
+]
 
 PROTOCOLS = ("chain", "set")
 TASKS = ("longitudinal", "cross_modal")
@@ -181,3 +189,25 @@ class FittedState:
     def info_(self) -> dict[str, Any]:
         """Training facts: cohort sizes, settings, steps, best validation figure."""
         return self._check_fitted().info
+
+
+def check_model_folder_free(path: Path, overwrite: bool) -> None:
+    """Refuse to write a model over one already there, unless asked to."""
+    if (path / "ehrgen.json").exists() and not overwrite:
+        from ehrgen._io import OutputExistsError
+
+        raise OutputExistsError(
+            f"{path} already holds a model; pass overwrite=True (--overwrite) to "
+            f"replace it."
+        )
+
+
+def load_weights(module: Any, folder: Path) -> None:
+    """Load ``folder/model.safetensors`` into ``module``, naming the file on failure."""
+    from safetensors.torch import load_model
+
+    file = Path(folder) / "model.safetensors"
+    try:
+        load_model(module, str(file))
+    except Exception as error:  # safetensors raises several types; name the file
+        raise SchemaError(f"{file}: cannot load the weights ({error}).") from None

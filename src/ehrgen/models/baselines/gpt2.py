@@ -38,11 +38,16 @@ from torch.nn.utils.rnn import pad_sequence
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from ehrgen._config import ConfigMixin, check, check_positive_ints
-from ehrgen._io import OutputExistsError, atomic_file, write_json
+from ehrgen._io import atomic_file, write_json
 from ehrgen.data.cohort import Cohort, CohortSchema, Patient, Visit
 from ehrgen.errors import ConfigError, SchemaError
 from ehrgen.generation import _DONE, GenerationConfig, VisitSampler
-from ehrgen.models.base import CodeScores, FittedState
+from ehrgen.models.base import (
+    CodeScores,
+    FittedState,
+    check_model_folder_free,
+    load_weights,
+)
 from ehrgen.models.promptehr.modeling import allowed_tokens
 from ehrgen.models.promptehr.population import Population, per_patient
 from ehrgen.tokenizer import CodeTokenizer
@@ -386,7 +391,6 @@ class GPT2Baseline(FittedState):
         return self
 
     def _trainer(self, fitted: _Fitted, training, output_dir: Path, progress: bool):
-        from safetensors.torch import load_model
 
         from ehrgen.training import Trainer
 
@@ -394,10 +398,10 @@ class GPT2Baseline(FittedState):
             # A checkpoint is a whole model folder: any of them loads.
             _write_folder(folder, self.config, replace(fitted, lm=module.lm, info={}))
 
-        def load_weights(module: _LossModule, folder: Path) -> None:
-            load_model(module.lm, str(folder / "model.safetensors"))
+        def load_trained(module: _LossModule, folder: Path) -> None:
+            load_weights(module.lm, folder)
 
-        return Trainer(training, output_dir, save_model, load_weights, progress)
+        return Trainer(training, output_dir, save_model, load_trained, progress)
 
     # ---- scoring
 
@@ -497,27 +501,18 @@ class GPT2Baseline(FittedState):
         ``model.safetensors`` and, last, ``ehrgen.json`` (``"model": "gpt2"``, the
         decile edges, the population summary); no pickle."""
         fitted, path = self._check_fitted(), Path(path)
-        if (path / "ehrgen.json").exists() and not overwrite:
-            raise OutputExistsError(
-                f"{path} already holds a model; pass overwrite=True to replace it."
-            )
+        check_model_folder_free(path, overwrite)
         _write_folder(path, self.config, fitted)
         return path
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> GPT2Baseline:
         """Load a folder written by :meth:`save_pretrained` (or a checkpoint)."""
-        from safetensors.torch import load_model
 
         path = Path(path)
         config, tokenizer, prefix, info = _read_folder(path)
         lm = GPT2LMHeadModel(config.gpt2_config(prefix.vocab_size, tokenizer))
-        try:
-            load_model(lm, str(path / "model.safetensors"))
-        except Exception as error:  # safetensors raises several types; name the file
-            raise SchemaError(
-                f"{path / 'model.safetensors'}: cannot load the weights ({error})."
-            ) from None
+        load_weights(lm, path)
         self = cls(config)
         population, info = info["population"], info.get("training_info", {})
         self._fitted = _Fitted(tokenizer, prefix, lm.eval(), population, info)

@@ -45,11 +45,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from ehrgen._config import ConfigMixin, check, check_positive_ints
-from ehrgen._io import OutputExistsError, atomic_file, write_json
+from ehrgen._io import atomic_file, write_json
 from ehrgen.data.cohort import Cohort, CohortBuilder, CohortSchema
 from ehrgen.errors import ConfigError, SchemaError
 from ehrgen.generation import GenerationConfig
-from ehrgen.models.base import PROTOCOLS, CodeScores, FittedState
+from ehrgen.models.base import (
+    PROTOCOLS,
+    CodeScores,
+    FittedState,
+    check_model_folder_free,
+    load_weights,
+)
 from ehrgen.models.promptehr.population import Population, per_patient
 from ehrgen.tokenizer import CodeTokenizer
 from ehrgen.training import TrainingConfig
@@ -476,16 +482,12 @@ class LSTMMLP(FittedState):
         return self
 
     def _trainer(self, fitted: _Fitted, training, output_dir: Path, progress: bool):
-        from safetensors.torch import load_model
 
         from ehrgen.training import Trainer
 
         def save_model(network: _Network, folder: Path) -> None:
             checkpoint = _Fitted(**{**vars(fitted), "network": network, "info": {}})
             _write_folder(checkpoint, self.config, folder)
-
-        def load_weights(network: _Network, folder: Path) -> None:
-            load_model(network, str(folder / "model.safetensors"))
 
         return Trainer(training, output_dir, save_model, load_weights, progress)
 
@@ -605,27 +607,18 @@ class LSTMMLP(FittedState):
         """Write ``config.json``, ``tokenizer.json``, ``schema.json``,
         ``model.safetensors`` and, last, ``ehrgen.json`` (no pickle)."""
         fitted, path = self._check_fitted(), Path(path)
-        if (path / "ehrgen.json").exists() and not overwrite:
-            raise OutputExistsError(
-                f"{path} already holds a model; pass overwrite=True to replace it."
-            )
+        check_model_folder_free(path, overwrite)
         _write_folder(fitted, self.config, path)
         return path
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> LSTMMLP:
         """Load a folder written by :meth:`save_pretrained` (or a checkpoint)."""
-        from safetensors.torch import load_model
 
         path = Path(path)
         tokenizer, schema, config, info = _read_folder(path)
         network = _Network(config, tokenizer, schema)
-        try:
-            load_model(network, str(path / "model.safetensors"))
-        except Exception as error:  # safetensors raises several types; name the file
-            raise SchemaError(
-                f"{path / 'model.safetensors'}: cannot load the weights ({error})."
-            ) from None
+        load_weights(network, path)
         network.mean.copy_(torch.tensor(info["standardisation"]["mean"]))
         network.std.copy_(torch.tensor(info["standardisation"]["std"]))
         self = cls(config)

@@ -11,6 +11,7 @@ import numpy as np
 
 from ehrgen.data.cohort import Cohort, CohortSchema
 from ehrgen.errors import SchemaError
+from ehrgen.models.base import load_weights
 from ehrgen.models.promptehr.config import PromptEHRConfig
 from ehrgen.models.promptehr.persistence import Fitted, write_model_files
 from ehrgen.models.promptehr.population import Population
@@ -34,7 +35,6 @@ def train(
     progress: bool,
 ) -> TrainingResult:
     import torch
-    from safetensors.torch import load_model
     from torch.utils.data import DataLoader
 
     from ehrgen.models.promptehr import tasks as task_lib
@@ -89,9 +89,6 @@ def train(
     def save_model(model, folder: Path) -> None:
         checkpoint = Fitted(fitted.tokenizer, fitted.schema, model, partial_info)
         write_model_files(checkpoint, config, folder)
-
-    def load_weights(model, folder: Path) -> None:
-        load_model(model, str(folder / "model.safetensors"))
 
     trainer = Trainer(training, output_dir, save_model, load_weights, progress)
     with torch.random.fork_rng(devices=[]):

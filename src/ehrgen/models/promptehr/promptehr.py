@@ -25,7 +25,7 @@ import numpy as np
 from ehrgen.data.cohort import Cohort, CohortSchema
 from ehrgen.errors import SchemaError
 from ehrgen.generation import GenerationConfig
-from ehrgen.models.base import FittedState
+from ehrgen.models.base import FittedState, check_model_folder_free, load_weights
 from ehrgen.models.promptehr import fitting
 from ehrgen.models.promptehr.config import PromptEHRConfig
 from ehrgen.models.promptehr.persistence import (
@@ -379,20 +379,13 @@ class PromptEHR(FittedState):
         """
         fitted = self._check_fitted()
         path = Path(path)
-        if (path / "ehrgen.json").exists() and not overwrite:
-            from ehrgen._io import OutputExistsError
-
-            raise OutputExistsError(
-                f"{path} already holds a model; pass overwrite=True (--overwrite) to "
-                f"replace it."
-            )
+        check_model_folder_free(path, overwrite)
         write_model_files(fitted, self.config, path)
         return path
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> PromptEHR:
         """Load a folder written by :meth:`save_pretrained` (or a checkpoint)."""
-        from safetensors.torch import load_model
 
         path = Path(path)
         tokenizer, schema, config = read_model_files(path)
@@ -400,12 +393,7 @@ class PromptEHR(FittedState):
         check_versions(info, path)
         self = cls(config)
         model = self._empty_network(tokenizer, schema)
-        try:
-            load_model(model, str(path / "model.safetensors"))
-        except Exception as error:  # safetensors raises several types; name the file
-            raise SchemaError(
-                f"{path / 'model.safetensors'}: cannot load the weights ({error})."
-            ) from None
+        load_weights(model, path)
         model.eval()
         self._fitted = Fitted(tokenizer, schema, model, info.get("training_info", {}))
         return self
