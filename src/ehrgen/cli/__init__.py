@@ -70,4 +70,4 @@ def main() -> None:
 
 
 # The commands register themselves on `app` and `data_app` when imported.
-from ehrgen.cli import data, models, quickstart  # noqa: E402, F401
+from ehrgen.cli import data, evaluate, models, quickstart  # noqa: E402, F401

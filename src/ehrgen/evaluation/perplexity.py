@@ -47,6 +47,7 @@ __all__ = [
     "ModalityPerplexity",
     "PerplexityResult",
     "bootstrap_median",
+    "patient_log_perplexities",
     "patient_perplexities",
     "perplexity",
     "reference_statistic",
@@ -100,11 +101,29 @@ def patient_perplexities(scores: CodeScores) -> dict[str, np.ndarray]:
         >>> patient_perplexities(s)["diagnosis"].tolist()
         [2.0]
     """
-    out = {}
-    for index, name in enumerate(scores.modalities):
+    n_patients = int(scores.patient.max()) + 1 if len(scores.patient) else 0
+    table = patient_log_perplexities(scores, n_patients)
+    return {
+        name: np.exp(column[~np.isnan(column)])
+        for name, column in zip(scores.modalities, table.T)
+    }
+
+
+def patient_log_perplexities(scores: CodeScores, n_patients: int) -> np.ndarray:
+    """(n_patients, modalities) log-perplexity of each patient in each modality: the
+    mean over its scored visits of the visit's mean negative log-probability; NaN
+    where the patient has no scored code in the modality.
+
+    Example:
+        >>> rows = [(1, 1, 0, "a", np.log(0.5)), (1, 2, 0, "b", np.log(0.25))]
+        >>> s = CodeScores.from_rows(rows, ["diagnosis"], "set", "longitudinal")
+        >>> np.exp(patient_log_perplexities(s, 2)).round(3).tolist()
+        [[nan], [2.828]]
+    """
+    out = np.full((n_patients, len(scores.modalities)), np.nan)
+    for index in range(len(scores.modalities)):
         rows = scores.modality == index
         if not rows.any():
-            out[name] = np.zeros(0)
             continue
         patient, visit = scores.patient[rows], scores.visit[rows]
         nll = -scores.log_prob[rows]
@@ -113,9 +132,10 @@ def patient_perplexities(scores: CodeScores) -> dict[str, np.ndarray]:
             np.stack([patient, visit]), axis=1, return_inverse=True
         )
         visit_nll = np.bincount(inverse, nll) / np.bincount(inverse)
-        _, owner_index = np.unique(keys[0], return_inverse=True)
-        patient_nll = np.bincount(owner_index, visit_nll) / np.bincount(owner_index)
-        out[name] = np.exp(patient_nll)
+        owners, owner_index = np.unique(keys[0], return_inverse=True)
+        out[owners, index] = np.bincount(owner_index, visit_nll) / np.bincount(
+            owner_index
+        )
     return out
 
 

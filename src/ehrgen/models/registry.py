@@ -6,12 +6,14 @@ model implementing :class:`ehrgen.models.base.Generator`.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from ehrgen.errors import ConfigError, did_you_mean
 
-__all__ = ["MODELS", "build_model"]
+__all__ = ["MODELS", "build_model", "load_model"]
 
 
 def _promptehr(preset: str, prompts: bool = True) -> Any:
@@ -60,3 +62,41 @@ def build_model(name: str, preset: str = "small") -> Any:
     if preset not in ("tiny", "small", "paper"):
         raise ConfigError(f"Unknown preset {preset!r}; use tiny, small or paper.")
     return MODELS[name](preset)
+
+
+def _loader(name: str) -> Callable[[Path], Any]:
+    if name == "promptehr":
+        from ehrgen.models.promptehr import PromptEHR
+
+        return PromptEHR.from_pretrained
+    if name == "lstm-mlp":
+        from ehrgen.models.baselines.lstm_mlp import LSTMMLP
+
+        return LSTMMLP.from_pretrained
+    from ehrgen.models.baselines.gpt2 import GPT2Baseline
+
+    return GPT2Baseline.from_pretrained
+
+
+def load_model(path: str | Path) -> Any:
+    """A fitted model from its folder, whichever model wrote it (its ``ehrgen.json``
+    names it)."""
+    path = Path(path)
+    info_path = path / "ehrgen.json"
+    if not info_path.is_file():
+        raise ConfigError(
+            f"{path} is not a model folder: it has no ehrgen.json. Train one with "
+            f"`ehrgen train` or save one with save_pretrained."
+        )
+    try:
+        name = json.loads(info_path.read_text(encoding="utf-8")).get("model")
+    except (ValueError, AttributeError) as error:
+        raise ConfigError(
+            f"{info_path}: not a valid model description ({error})."
+        ) from None
+    if name not in ("promptehr", "lstm-mlp", "gpt2"):
+        raise ConfigError(
+            f"{info_path}: unknown model {name!r}; this version of ehrgen loads "
+            f"promptehr, lstm-mlp and gpt2 folders."
+        )
+    return _loader(name)(path)
