@@ -1,0 +1,88 @@
+"""Tests of `ehrgen evaluate`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ehrgen.data.demo import demo_cohort
+from ehrgen.data.meds import write_meds
+from tests.test_cli import run
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny PromptEHR model and the MEDS cohort (train / held_out) it saw."""
+    from ehrgen.models.promptehr import PromptEHR, PromptEHRConfig
+    from ehrgen.training import TrainingConfig
+
+    root = tmp_path_factory.mktemp("evaluate")
+    cohort = demo_cohort(60, seed=0)
+    train, holdout = cohort[:40], cohort[40:]
+    write_meds({"train": train, "held_out": holdout}, root / "cohort")
+    model = PromptEHR(PromptEHRConfig.tiny()).fit(
+        train, training=TrainingConfig(epochs=1)
+    )
+    model.save_pretrained(root / "model")
+    return root
+
+
+@pytest.mark.slow
+def test_evaluate_privacy_from_scratch_and_from_seeds(monkeypatch, capsys, trained):
+    """Check that evaluate generates when no --synthetic is given, assesses both
+    generation modes, writes privacy.json and the ROC curves, and prints a table."""
+    out = trained / "eval"
+    code, text, err = run(
+        monkeypatch,
+        capsys,
+        "evaluate",
+        str(trained / "model"),
+        "--cohort",
+        str(trained / "cohort"),
+        "--suite",
+        "privacy",
+        "--resamples",
+        "10",
+        "--out",
+        str(out),
+    )
+    assert code == 0, err
+    privacy = json.loads((out / "privacy.json").read_text())
+    assert set(privacy) == {"from_scratch", "from_seeds"}
+    for mode in privacy.values():
+        assert mode["sizes"] == {"train": 40, "holdout": 20, "synthetic": 40}
+        assert "likelihood_membership" in mode["attacks"]
+    assert (out / "privacy" / "from_seeds" / "roc" / "shadow_model.png").exists()
+    assert "nnaar" in text and "from seeds" in text
+    code, _, err = run(
+        monkeypatch,
+        capsys,
+        "evaluate",
+        str(trained / "model"),
+        "--cohort",
+        str(trained / "cohort"),
+        "--out",
+        str(out),
+    )
+    assert code == 2 and "--overwrite" in err
+
+
+def test_evaluate_errors(monkeypatch, capsys, trained):
+    """Check that a misspelt suite, missing real cohorts and a folder that is not a
+    model each fail with one line naming the fix."""
+    model, cohort = str(trained / "model"), str(trained / "cohort")
+    out = str(trained / "bad")
+    code, _, err = run(
+        monkeypatch, capsys, "evaluate", model, "--cohort", cohort, "--out", out,
+        "--suite", "privacyy",
+    )  # fmt: skip
+    assert code == 2 and "Did you mean 'privacy'?" in err
+    code, _, err = run(
+        monkeypatch, capsys, "evaluate", model, "--train", cohort, "--out", out
+    )
+    assert code == 2 and "give --train and --holdout" in err
+    code, _, err = run(
+        monkeypatch, capsys, "evaluate", cohort, "--cohort", cohort, "--out", out
+    )
+    assert code == 2 and "is not a model folder" in err
