@@ -154,34 +154,37 @@ def test_errors_are_one_line_with_status_2(monkeypatch, capsys, tmp_path):
         )
 
 
-def test_quickstart(monkeypatch, capsys, tmp_path):
-    """Check that quickstart writes the split MEDS cohort and a trained model."""
+@pytest.mark.slow
+def test_quickstart_fast_end_to_end(monkeypatch, capsys, tmp_path):
+    """Check that quickstart --fast writes the split MEDS cohort, a trained model,
+    the synthetic cohort as MEDS and JSONL, every suite's metrics and a report, and
+    prints the summary table."""
+    from html.parser import HTMLParser
+
     from ehrgen.models.promptehr import PromptEHR
 
     out_dir = tmp_path / "qs"
     code, out, err = run(
-        monkeypatch,
-        capsys,
-        "quickstart",
-        "--patients",
-        "60",
-        "--epochs",
-        "1",
-        "--synthetic",
-        "25",
-        "--out",
-        str(out_dir),
-    )
+        monkeypatch, capsys, "quickstart", "--fast", "--patients", "300",
+        "--out", str(out_dir),
+    )  # fmt: skip
     assert code == 0, err
-    assert "Done." in out and "held-out perplexity" in out
-    assert len(read_meds(out_dir / "cohort", split="held_out")) == 6
+    assert "Done." in out and "Evaluation summary" in out and "report.html" in out
+    assert len(read_meds(out_dir / "cohort", split="held_out")) == 30
     model = PromptEHR.from_pretrained(out_dir / "model")
-    assert model.info_["train_patients"] == 48
-    assert (out_dir / "model" / "training" / "metrics.jsonl").exists()
-    assert json.loads((out_dir / "stats.json").read_text())["n_patients"] == 60
-    assert len(read_meds(out_dir / "synthetic")) == 25
+    assert model.info_["train_patients"] == 240
+    assert json.loads((out_dir / "stats.json").read_text())["n_patients"] == 300
+    assert len(read_meds(out_dir / "synthetic")) == 240
+    assert len(read_jsonl(out_dir / "synthetic.jsonl")) == 240
+    metrics = json.loads((out_dir / "evaluation" / "metrics.json").read_text())
+    for suite in ("perplexity", "fidelity", "privacy", "utility", "summary"):
+        assert suite in metrics, suite
+    page = (out_dir / "evaluation" / "report.html").read_text()
+    HTMLParser().feed(page)  # parses
+    for section in ("summary", "fidelity", "perplexity", "privacy", "utility", "facts"):
+        assert f'<section id="{section}">' in page
     code, _, err = run(
-        monkeypatch, capsys, "quickstart", "--patients", "60", "--out", str(out_dir)
+        monkeypatch, capsys, "quickstart", "--fast", "--out", str(out_dir)
     )
     assert code == 2 and "--overwrite" in err
 

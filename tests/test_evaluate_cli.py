@@ -54,7 +54,10 @@ def test_evaluate_privacy_from_scratch_and_from_seeds(monkeypatch, capsys, train
         assert mode["sizes"] == {"train": 40, "holdout": 20, "synthetic": 40}
         assert "likelihood_membership" in mode["attacks"]
     assert (out / "privacy" / "from_seeds" / "roc" / "shadow_model.png").exists()
-    assert "nnaar" in text and "from seeds" in text
+    assert "NNAAR" in text and "from seeds" in text
+    assert (out / "report.html").exists() and (out / "metrics.json").exists()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "privacy" in metrics and "fidelity" not in metrics
     code, _, err = run(
         monkeypatch,
         capsys,
@@ -66,6 +69,32 @@ def test_evaluate_privacy_from_scratch_and_from_seeds(monkeypatch, capsys, train
         str(out),
     )
     assert code == 2 and "--overwrite" in err
+
+
+@pytest.mark.slow
+def test_evaluate_every_suite_with_given_synthetic(monkeypatch, capsys, trained):
+    """Check that by default every suite runs on the given synthetic cohort and the
+    report has a section for each."""
+    from ehrgen.models.promptehr import PromptEHR
+
+    model = PromptEHR.from_pretrained(trained / "model")
+    synthetic_dir = trained / "synthetic"
+    write_meds(model.generate(40, seed=3), synthetic_dir)
+    out = trained / "eval-all"
+    code, text, err = run(
+        monkeypatch, capsys, "evaluate", str(trained / "model"),
+        "--cohort", str(trained / "cohort"), "--synthetic", str(synthetic_dir),
+        "--no-from-seeds", "--resamples", "10", "--out", str(out),
+    )  # fmt: skip
+    assert code == 0, err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["fidelity"]) == {"from_scratch"}
+    assert metrics["utility"]["settings"]
+    page = (out / "report.html").read_text()
+    for section in ("summary", "fidelity", "perplexity", "privacy", "utility"):
+        assert f'<section id="{section}">' in page
+    assert "http://" not in page and "https://" not in page and "<script" not in page
+    assert "R² code prevalence per patient" in text
 
 
 def test_evaluate_errors(monkeypatch, capsys, trained):

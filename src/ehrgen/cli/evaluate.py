@@ -10,12 +10,12 @@ import typer
 
 from ehrgen.cli import app
 from ehrgen.cli._common import Overwrite, _read, console
-from ehrgen.errors import ConfigError, did_you_mean
+from ehrgen.errors import ConfigError
 
 if TYPE_CHECKING:
     from ehrgen.data.cohort import Cohort
 
-SUITES = ("privacy",)
+SUITES = ("perplexity", "privacy", "fidelity", "utility")
 
 
 @app.command("evaluate")
@@ -64,12 +64,14 @@ def evaluate(
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
     overwrite: Overwrite = False,
 ) -> None:
-    """Evaluate synthetic patients against the real ones: writes OUT/privacy.json
-    and the ROC curves (PNG and JSON points) under OUT/privacy/."""
+    """Evaluate a model's synthetic patients against the real ones (all suites by
+    default): writes OUT/report.html (self-contained), OUT/metrics.json,
+    OUT/privacy.json with the ROC curves under OUT/privacy/, and prints the summary."""
     from ehrgen._io import atomic_directory
+    from ehrgen.evaluation.suites import parse_suites
     from ehrgen.models.registry import load_model
 
-    suites = _parse_suites(suite)
+    suites = parse_suites(suite)
     train_cohort, holdout_cohort = _real_cohorts(train, holdout, cohort)
     model = load_model(model_dir)
     synthetic_sets = {"from_scratch": _synthetic(model, synthetic, train_cohort, seed)}
@@ -79,24 +81,54 @@ def evaluate(
                 train_cohort, seed=seed
             )
     with atomic_directory(out, overwrite=overwrite) as tmp:
-        if "privacy" in suites:
-            _privacy(
-                model, train_cohort, holdout_cohort, synthetic_sets, tmp, resamples
-            )
-    console.print(f"Wrote the evaluation to [bold]{out}[/bold].")
+        page = evaluate_and_report(
+            model, train_cohort, holdout_cohort, synthetic_sets, tmp, suites,
+            resamples=resamples, seed=seed,
+        )  # fmt: skip
+    console.print(f"Report: [bold]{out / page.name}[/bold]", soft_wrap=True)
 
 
-def _parse_suites(text: str) -> list[str]:
-    names = [s.strip() for s in text.split(",") if s.strip()]
-    for name in names:
-        if name not in SUITES:
-            raise ConfigError(
-                f"Unknown --suite {name!r}; expected some of {list(SUITES)}."
-                f"{did_you_mean(name, SUITES)}"
-            )
-    if not names:
-        raise ConfigError(f"--suite is empty; give some of {list(SUITES)}.")
-    return names
+def evaluate_and_report(
+    model: Any,
+    train: Cohort,
+    holdout: Cohort,
+    synthetic_sets: dict[str, Cohort],
+    out: Path,
+    suites: list[str],
+    *,
+    resamples: int,
+    seed: int,
+    privacy_config: Any = None,
+    utility_config: Any = None,
+) -> Path:
+    """Run the suites with a status line, write every output into ``out`` and print
+    the summary table; returns the report's path."""
+    from ehrgen._io import write_json
+    from ehrgen.evaluation.report import write_report
+    from ehrgen.evaluation.suites import run_suites
+
+    with console.status("Evaluating...") as status:
+        evaluation = run_suites(
+            model,
+            train,
+            holdout,
+            synthetic_sets,
+            suites=suites,
+            seed=seed,
+            n_resamples=resamples,
+            privacy_config=privacy_config,
+            utility_config=utility_config,
+            progress=lambda what: status.update(f"Evaluating: {what}..."),
+        )
+    if evaluation.privacy:
+        for mode, result in evaluation.privacy.items():
+            result.save(out / "privacy" / mode)
+        privacy = {m: r.to_dict() for m, r in evaluation.privacy.items()}
+        write_json(out / "privacy.json", privacy)
+    with console.status("Writing the report..."):
+        page = write_report(evaluation, out)
+    print_summary(evaluation)
+    return page
 
 
 def _real_cohorts(
@@ -130,62 +162,21 @@ def _synthetic(model: Any, synthetic: Path | None, train: Cohort, seed: int) -> 
         return model.generate(len(train), seed=seed, progress=advance)
 
 
-def _privacy(
-    model: Any,
-    train: Cohort,
-    holdout: Cohort,
-    synthetic_sets: dict[str, Cohort],
-    out: Path,
-    resamples: int,
-) -> None:
-    from ehrgen._io import write_json
-    from ehrgen.evaluation.privacy import PrivacyConfig, evaluate_privacy
-
-    config = PrivacyConfig(n_resamples=resamples)
-    results = {}
-    for mode, synthetic in synthetic_sets.items():
-        with console.status(
-            f"Privacy attacks on the synthetic patients ({mode})..."
-        ) as s:
-            result = evaluate_privacy(
-                train,
-                holdout,
-                synthetic,
-                model=model,
-                config=config,
-                progress=lambda name, mode=mode: s.update(
-                    f"Privacy ({mode}): {name.replace('_', ' ')}..."
-                ),
-            )
-        result.save(out / "privacy" / mode)
-        results[mode] = result
-    write_json(out / "privacy.json", {m: r.to_dict() for m, r in results.items()})
-    print_privacy(results)
-
-
-def print_privacy(results: dict[str, Any]) -> None:
-    """The privacy figures of each generation mode side by side, attack by attack."""
+def print_summary(evaluation: Any) -> None:
+    """The summary table of an evaluation, one column per generation mode."""
     from rich.table import Table
 
-    table = Table(title="Privacy: value (95% bootstrap interval)")
-    table.add_column("attack / figure", no_wrap=True)
+    modes = evaluation.modes
+    table = Table(title="Evaluation summary: value (95% bootstrap interval)")
+    table.add_column("figure", no_wrap=True)
     table.add_column("better", no_wrap=True)
-    for mode in results:
+    for mode in modes:
         table.add_column(mode.replace("_", " "), justify="right", no_wrap=True)
-    first = next(iter(results.values()))
-    for attack_name, attack in first.attacks.items():
-        table.add_row(f"[bold]{attack_name.replace('_', ' ')}[/bold]")
-        for figure, estimate in attack.figures.items():
-            cells = []
-            for result in results.values():
-                other = result.attacks.get(attack_name)
-                found = other.figures.get(figure) if other else None
-                cells.append(_compact(found))
-            table.add_row(f"  {figure}", estimate.direction, *cells)
+    suite = None
+    for row in evaluation.summary():
+        if row.suite != suite:
+            suite = row.suite
+            table.add_row(f"[bold]{suite}[/bold]")
+        values = [row.values.get(m, row.values.get("model", "")) for m in modes]
+        table.add_row(f"  {row.metric}", row.direction, *values)
     console.print(table)
-
-
-def _compact(estimate: Any) -> str:
-    if estimate is None:
-        return "-"
-    return f"{estimate.value:.3f} ({estimate.ci_low:.2f}-{estimate.ci_high:.2f})"

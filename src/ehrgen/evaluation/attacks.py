@@ -532,8 +532,8 @@ def copies(
             f"distance to closest record ({name})",
             np.sort(closest[name]),
             np.arange(1, len(closest[name]) + 1) / max(len(closest[name]), 1),
-            x_label="visit-aware Jaccard distance to the nearest training patient",
-            y_label="share of patients",
+            x_label="visit-aware Jaccard distance",
+            y_label="share of patients (cumulative)",
         )
         for name in ("synthetic", "holdout")
     )

@@ -1,0 +1,155 @@
+"""The report's figures, drawn with matplotlib (Agg) and returned as PNG bytes."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+
+from ehrgen.data.cohort import Cohort
+
+REAL, SYNTHETIC = "#1f77b4", "#d62728"
+MODE_COLOURS = ("#d62728", "#2ca02c", "#9467bd", "#ff7f0e")
+
+
+@contextmanager
+def figure(n_plots: int = 1, width: float = 4.2, height: float = 3.6) -> Iterator:
+    """A row of axes; the caller draws, :func:`png` renders."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(
+        1, n_plots, figsize=(width * n_plots, height), dpi=90, squeeze=False
+    )
+    try:
+        yield fig, list(axes[0])
+    finally:
+        plt.close(fig)
+
+
+def png(fig: Any) -> bytes:
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def prevalence_scatter(results: Mapping[str, Any], kind: str) -> bytes:
+    """Real vs synthetic prevalence of each real code, one panel per mode, with the
+    diagonal (perfect agreement)."""
+    with figure(len(results)) as (fig, axes):
+        for ax, (mode, result) in zip(axes, results.items()):
+            points = result.prevalence_points(kind)
+            modalities = sorted(set(points.modalities))
+            for i, modality in enumerate(modalities):
+                keep = np.array([m == modality for m in points.modalities])
+                ax.scatter(
+                    points.real[keep],
+                    points.synthetic[keep],
+                    s=10,
+                    alpha=0.7,
+                    label=modality,
+                    color=f"C{i}",
+                )
+            top = max(points.real.max(initial=0), points.synthetic.max(initial=0))
+            ax.plot([0, top], [0, top], "--", color="grey", linewidth=1)
+            r2 = result.r2.get(kind, float("nan"))
+            ax.set(
+                xlabel=f"real {kind.replace('_', ' per ')} prevalence",
+                ylabel="synthetic",
+                title=f"{mode.replace('_', ' ')}: R² {r2:.3f}",
+            )
+            ax.legend(fontsize=7, loc="upper left")
+        return png(fig)
+
+
+def count_histograms(cohorts: Mapping[str, Cohort]) -> bytes:
+    """Visits per patient and codes per visit, real vs each synthetic mode."""
+    measures = {
+        "visits per patient": lambda c: np.diff(c.visit_offsets),
+        "codes per visit": lambda c: np.diff(c.event_offsets),
+    }
+    with figure(len(measures), width=4.6) as (fig, axes):
+        for ax, (title, measure) in zip(axes, measures.items()):
+            values = {name: measure(c) for name, c in cohorts.items()}
+            cap = int(np.percentile(np.concatenate(list(values.values())), 99)) + 1
+            bins = np.arange(0, cap + 2) - 0.5
+            for i, (name, v) in enumerate(values.items()):
+                colour = REAL if i == 0 else MODE_COLOURS[(i - 1) % 4]
+                ax.hist(
+                    np.minimum(v, cap),
+                    bins=bins,
+                    density=True,
+                    histtype="step",
+                    linewidth=1.6,
+                    color=colour,
+                    label=name.replace("_", " "),
+                )
+            ax.set(xlabel=f"{title} ({cap}+ pooled)", ylabel="share", title=title)
+            ax.legend(fontsize=7)
+        return png(fig)
+
+
+def demographics(cohorts: Mapping[str, Cohort]) -> bytes | None:
+    """Each baseline feature, real vs synthetic: histograms or category shares."""
+    first = next(iter(cohorts.values()))
+    features = list(first.schema.features)
+    if not features:
+        return None
+    with figure(len(features), width=3.6) as (fig, axes):
+        for ax, name in zip(axes, features):
+            categories = first.schema.categorical.get(name)
+            for i, (label, cohort) in enumerate(cohorts.items()):
+                colour = REAL if i == 0 else MODE_COLOURS[(i - 1) % 4]
+                values = cohort.static[name]
+                if categories is not None:
+                    shares = np.bincount(
+                        values[values >= 0], minlength=len(categories)
+                    ) / max(len(values), 1)
+                    width = 0.8 / len(cohorts)
+                    ax.bar(
+                        np.arange(len(categories)) + i * width,
+                        shares,
+                        width=width,
+                        color=colour,
+                        label=label.replace("_", " "),
+                    )
+                    ax.set_xticks(np.arange(len(categories)) + 0.4 - width / 2)
+                    ax.set_xticklabels(categories, rotation=30, fontsize=7)
+                else:
+                    ax.hist(
+                        values[~np.isnan(values)],
+                        bins=20,
+                        density=True,
+                        histtype="step",
+                        color=colour,
+                        label=label.replace("_", " "),
+                    )
+            ax.set(title=name, ylabel="share")
+            ax.legend(fontsize=7)
+        return png(fig)
+
+
+def curves(panels: Sequence[tuple[str, Sequence[Any]]]) -> bytes:
+    """One panel per title, with its curves; ROC panels get the chance diagonal."""
+    with figure(len(panels), width=3.6, height=3.6) as (fig, axes):
+        for ax, (title, items) in zip(axes, panels):
+            for curve in items:
+                label = curve.name
+                if np.isfinite(curve.auc):
+                    label = f"{label}: AUC {curve.auc:.3f}"
+                ax.plot(curve.x, curve.y, label=label)
+            if items and items[0].x_label == "false-positive rate":
+                ax.plot([0, 1], [0, 1], "--", color="grey", linewidth=1)
+            ax.set(
+                title=title,
+                xlabel=items[0].x_label if items else "",
+                ylabel=items[0].y_label if items else "",
+            )
+            ax.legend(fontsize=6, loc="lower right")
+        return png(fig)
