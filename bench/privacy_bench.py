@@ -28,6 +28,7 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=2000)
     parser.add_argument("--holdout", type=int, default=1000)
     parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--time-budget", type=float, default=None, help="Minutes.")
     parser.add_argument("--resamples", type=int, default=500)
     parser.add_argument("--out", type=Path, default=None, help="Save results here.")
     args = parser.parse_args()
@@ -38,11 +39,17 @@ def main() -> None:
     model = PromptEHR(PromptEHRConfig.preset(args.preset)).fit(
         train,
         val=holdout[: args.holdout // 4],
-        training=TrainingConfig(epochs=args.epochs, batch_size=16, learning_rate=5e-4),
+        training=TrainingConfig(
+            epochs=args.epochs,
+            batch_size=16,
+            learning_rate=5e-4,
+            time_budget_minutes=args.time_budget,
+        ),
     )
     print(
         f"PromptEHR ({args.preset}) trained on {len(train):,} demo patients for "
-        f"{args.epochs} epochs in {time.perf_counter() - start:.0f} s; held-out "
+        f"{model.info_['epochs_completed']} epochs ({model.info_['steps']} steps) in "
+        f"{time.perf_counter() - start:.0f} s; held-out "
         f"perplexity {model.perplexity(holdout):.2f}"
     )
     start = time.perf_counter()

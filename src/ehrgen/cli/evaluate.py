@@ -167,8 +167,11 @@ def print_summary(evaluation: Any) -> None:
     from rich.table import Table
 
     modes = evaluation.modes
-    table = Table(title="Evaluation summary: value (95% bootstrap interval)")
-    table.add_column("figure", no_wrap=True)
+    table = Table(
+        title="Evaluation summary: value (95% bootstrap interval)",
+        caption="better: ↑ higher, ↓ lower, ≈0.5 / ≈0 closer to it, ref: a reference",
+    )
+    table.add_column("figure", overflow="fold")
     table.add_column("better", no_wrap=True)
     for mode in modes:
         table.add_column(mode.replace("_", " "), justify="right", no_wrap=True)
@@ -178,5 +181,16 @@ def print_summary(evaluation: Any) -> None:
             suite = row.suite
             table.add_row(f"[bold]{suite}[/bold]")
         values = [row.values.get(m, row.values.get("model", "")) for m in modes]
-        table.add_row(f"  {row.metric}", row.direction, *values)
+        table.add_row(
+            f"  {row.metric}", _ARROWS.get(row.direction, row.direction), *values
+        )
     console.print(table)
+
+
+_ARROWS = {
+    "higher": "↑",
+    "lower": "↓",
+    "closer to 0.5": "≈0.5",
+    "closer to 0": "≈0",
+    "reference": "ref",
+}

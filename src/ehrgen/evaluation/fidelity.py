@@ -307,7 +307,7 @@ def fidelity(
         tables=tables,
         vocabulary=vocabulary,
     )
-    logger.info(
+    logger.debug(
         "fidelity: %d real vs %d synthetic patients in %.1f s",
         len(real),
         len(synthetic),

@@ -271,7 +271,7 @@ def evaluate_privacy(
             continue
         if progress is not None:
             progress(name)
-        logger.info("Running the %s attack.", name)
+        logger.debug("Running the %s attack.", name)
         results[name] = runners[name]()
     sizes = {"train": len(train), "holdout": len(holdout), "synthetic": len(synthetic)}
     return PrivacyResult(results, sizes, config, skipped)

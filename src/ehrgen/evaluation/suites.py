@@ -100,15 +100,25 @@ class Evaluation:
                     continue
                 for modality, f in result.modalities.items():
                     text = f"{f.median:.2f} ({f.ci_low:.2f}-{f.ci_high:.2f})"
-                    label = f"{metric} {modality} ({protocol} protocol), median"
+                    label = f"{metric} {modality}, median ({protocol})"
                     rows.append(
                         SummaryRow("perplexity", label, "lower", {"model": text})
                     )
         if self.utility is not None:
-            for metric, value, direction in self.utility.summary():
-                rows.append(
-                    SummaryRow("utility", metric, direction, {"model": _number(value)})
+            result = self.utility
+            for setting in (*result.settings, *result.baselines):
+                family, _, size = setting.name.partition(":")
+                trained_on = (
+                    f"{size} baseline" if family == "baseline" else (f"{family} {size}")
                 )
+                for k, estimate in setting.recall.items():
+                    label = f"recall@{k}, {trained_on}"
+                    values = {"model": _number(estimate)}
+                    rows.append(SummaryRow("utility", label, "higher", values))
+                if setting.label_auc is not None:
+                    label = f"AUC of {result.label}, {trained_on}"
+                    values = {"model": _number(setting.label_auc)}
+                    rows.append(SummaryRow("utility", label, "higher", values))
         return rows
 
 

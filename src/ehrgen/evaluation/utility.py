@@ -461,7 +461,7 @@ def utility(
                 seconds,
             )
         )
-        logger.info("utility: %s trained and tested in %.1f s", name, seconds)
+        logger.debug("utility: %s trained and tested in %.1f s", name, seconds)
     if progress is not None:
         progress("baselines")
     n = max(real_sizes)
