@@ -14,6 +14,9 @@ from ehrgen.cli._common import Overwrite, Preset, _bar, console, print_stats
 # (patients, preset, epochs, bootstrap resamples, shadow-model epochs) per mode.
 _FULL = (2000, Preset.small, 3, 300, 20)
 _FAST = (800, Preset.tiny, 3, 100, 10)
+# Unless --epochs is given, training also stops after this many minutes, so that the
+# whole job takes about five minutes on a 2-core CPU whatever the machine.
+_TRAINING_MINUTES = 3.0
 
 
 @app.command("quickstart")
@@ -67,6 +70,7 @@ def quickstart(
     defaults = _FAST if fast else _FULL
     patients = patients or defaults[0]
     preset = preset or defaults[1]
+    budget = None if epochs or fast else _TRAINING_MINUTES
     epochs = epochs or defaults[2]
     resamples, shadow_epochs = defaults[3], defaults[4]
     with atomic_directory(out, overwrite) as tmp:
@@ -78,11 +82,14 @@ def quickstart(
         )
         (tmp / "stats.json").write_text(json.dumps(cohort.stats().to_dict(), indent=2))
         print_stats(cohort, title="Demo cohort")
-        console.print(f"Training PromptEHR ({preset.value}) for {epochs} epochs...")
+        limit = f" (at most {budget:g} minutes)" if budget else ""
+        console.print(
+            f"Training PromptEHR ({preset.value}) for {epochs} epochs{limit}..."
+        )
         model = PromptEHR(PromptEHRConfig.preset(preset.value)).fit(
             train,
             tuning if len(tuning) else None,
-            TrainingConfig(epochs=epochs, seed=seed),
+            TrainingConfig(epochs=epochs, seed=seed, time_budget_minutes=budget),
             output_dir=tmp / "model" / "training",
             progress=True,
         )
