@@ -39,6 +39,7 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--top-p", type=float, default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-calibration", action="store_true")
     args = parser.parse_args()
     if not args.pickle.exists():
         print(f"{args.pickle} not found; nothing to do")
@@ -57,10 +58,15 @@ def main() -> None:
     model = PromptEHR(PromptEHRConfig.preset(args.preset)).fit(
         train, val, training=training
     )
+    training_seconds = time.perf_counter() - start
+    if not args.no_calibration:
+        start_calibration = time.perf_counter()
+        model.calibrate_length(train, n_samples=512, seed=args.seed)
+        print(f"length calibration in {time.perf_counter() - start_calibration:.0f} s")
     info = model.info_
     print(
         f"PromptEHR ({args.preset}) on patients 0-799: {info['steps']} steps, "
-        f"{info['epochs_completed']} epochs, {time.perf_counter() - start:.0f} s, "
+        f"{info['epochs_completed']} epochs, {training_seconds:.0f} s, "
         f"best validation perplexity {info['best_val_perplexity']:.2f}"
     )
     sampling = GenerationConfig(temperature=args.temperature, top_p=args.top_p)

@@ -46,6 +46,7 @@ def main() -> None:
             time_budget_minutes=args.time_budget,
         ),
     )
+    model.calibrate_length(train, n_samples=512)
     print(
         f"PromptEHR ({args.preset}) trained on {len(train):,} demo patients for "
         f"{model.info_['epochs_completed']} epochs ({model.info_['steps']} steps) in "

@@ -98,6 +98,26 @@ def test_visit_counts_track_the_training_cohort(model, real):
     assert abs(counts.mean() - real_mean) / real_mean < 0.25
 
 
+def test_length_calibration_follows_the_target_cohort(model, real, tmp_path):
+    """Check that calibrating the end of patients on one-visit patients makes most
+    generated patients end after one visit, that the calibration is saved with the
+    model, and that calibrated_length=False gives the model's own lengths back."""
+    one_visit = real.select(np.flatnonzero(np.diff(real.visit_offsets) == 1))
+    copy = PromptEHR.from_pretrained(model.save_pretrained(tmp_path / "model"))
+
+    def one_visit_share(m: PromptEHR, **sampling) -> float:
+        cohort = m.generate(200, generation=GenerationConfig(**sampling), seed=1)
+        return float(np.mean(np.diff(cohort.visit_offsets) == 1))
+
+    before = one_visit_share(copy)
+    copy.calibrate_length(one_visit, n_samples=200)
+    assert before < 0.6 and one_visit_share(copy) > 0.85
+    assert one_visit_share(copy, calibrated_length=False) == before
+    reloaded = PromptEHR.from_pretrained(copy.save_pretrained(tmp_path / "calibrated"))
+    assert reloaded.info_["end_bias"] == copy.info_["end_bias"]
+    assert one_visit_share(reloaded) == one_visit_share(copy)
+
+
 def test_conditions_hold():
     """Check gender conditions on the demo cohort: among young adults, women carry a
     female-only code in about 43% of first visits and men never; generated women

@@ -56,6 +56,9 @@ class GenerationConfig(ConfigMixin):
     batch_size: int = 64
     # The key/value cache; off only to measure what it saves.
     use_cache: bool = True
+    # Apply the model's end-of-patient calibration, when it has one (see
+    # PromptEHR.calibrate_length): visits per patient then follow the training cohort.
+    calibrated_length: bool = True
 
     def __post_init__(self) -> None:
         name = type(self).__name__
@@ -118,6 +121,7 @@ class VisitSampler:
         numerical: torch.Tensor,
         allow_end: np.ndarray,
         forced: Sequence[dict[int, list[int]]] | None = None,
+        end_bias: np.ndarray | None = None,
     ) -> list[list[int] | None]:
         """One visit per row (``None`` where the row chose ``<eos>``).
 
@@ -126,9 +130,12 @@ class VisitSampler:
             categorical, numerical: (B, ·) baseline features of each row.
             allow_end: (B,) whether ``<eos>`` (end of patient) may be chosen.
             forced: per row, modality index -> token ids that the visit must contain.
+            end_bias: (B,) added to the logit of ``<eos>`` (length calibration).
         """
         state = _State.start(len(sources), self.tok.vocab_size, self.n_modalities)
         state.allow_end = torch.as_tensor(np.asarray(allow_end, dtype=bool))
+        if end_bias is not None:
+            state.end_bias = torch.as_tensor(np.asarray(end_bias, dtype=np.float32))
         if forced is not None:
             state.set_forced(forced, self.n_modalities)
         prefix = torch.full((len(sources), 1), self.tok.bos_id, dtype=torch.long)
@@ -200,6 +207,8 @@ class VisitSampler:
     def _choose(self, logits: torch.Tensor, state: _State) -> torch.Tensor:
         """Forced token where one is due, else a sample from the allowed tokens."""
         allowed = self._allowed(state)
+        if state.end_bias is not None:
+            logits[:, self.tok.eos_id] += state.end_bias
         logits = logits.masked_fill(~allowed, float("-inf"))
         if self.config.greedy:
             token = logits.argmax(-1)
@@ -253,6 +262,7 @@ class _State:
     forced: torch.Tensor  # (B, M, K) forced token ids, -1 padded
     forced_next: torch.Tensor  # (B, M) how many forced codes were emitted
     single_block: bool = False
+    end_bias: torch.Tensor | None = None  # (B,) added to the <eos> logit
 
     @classmethod
     def start(cls, n: int, vocab: int, n_modalities: int) -> _State:

@@ -56,6 +56,14 @@ def train(
         typer.Option("--resume", help="A checkpoints/step-N folder to continue from."),
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+    calibrate: Annotated[
+        bool,
+        typer.Option(
+            "--calibrate-length/--no-calibrate-length",
+            help="After training, calibrate when generated patients end so that "
+            "their numbers of visits follow the training cohort's.",
+        ),
+    ] = True,
     overwrite: Overwrite = False,
 ) -> None:
     """Train PromptEHR on a MEDS cohort (its train split, validated on its tuning
@@ -86,6 +94,9 @@ def train(
     )
     if not _is_main_process():
         return  # under `accelerate launch`, rank 0 alone writes the model
+    if calibrate:
+        with console.status("Calibrating how many visits generated patients have..."):
+            model.calibrate_length(train_cohort, n_samples=min(512, len(train_cohort)))
     model.save_pretrained(out, overwrite=True)
     ppl = model.info_["best_val_perplexity"]
     best = f", best validation perplexity {ppl:.2f}" if ppl is not None else ""

@@ -93,6 +93,8 @@ def quickstart(
             output_dir=tmp / "model" / "training",
             progress=True,
         )
+        with console.status("Calibrating how many visits patients have..."):
+            model.calibrate_length(train, n_samples=min(256, len(train)), seed=seed)
         model.save_pretrained(tmp / "model")
         n_synthetic = synthetic or len(train)
         with _bar("Generating", n_synthetic) as advance:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ehrgen.data.cohort import Cohort, CohortSchema
-from ehrgen.errors import SchemaError
+from ehrgen.errors import ConfigError, SchemaError
 from ehrgen.generation import GenerationConfig
 from ehrgen.models.base import FittedState, check_model_folder_free, load_weights
 from ehrgen.models.promptehr import fitting
@@ -350,6 +350,37 @@ class PromptEHR(FittedState):
             self._context(), cohort, n_per_seed, generation, _seed(seed), progress
         )
 
+    def calibrate_length(
+        self,
+        cohort: Cohort,
+        n_samples: int = 512,
+        rounds: int = 2,
+        generation: GenerationConfig | None = None,
+        seed: int = 0,
+    ) -> PromptEHR:
+        """Calibrate when generated patients end, so that their numbers of visits
+        follow ``cohort``'s (usually the training cohort).
+
+        A model that has seen one end-of-patient decision per training patient
+        often ends patients too early or too late; this learns a bias on the
+        ``<eos>`` logit per number of visits so far from ``rounds`` batches of
+        ``n_samples`` generated patients. It is kept with the model (saved by
+        :meth:`save_pretrained`) and applied by every generation mode unless
+        ``GenerationConfig(calibrated_length=False)``. Returns self.
+        """
+        from ehrgen.models.promptehr import synthesis
+
+        if len(cohort) == 0:
+            raise ConfigError("calibrate_length needs a cohort with patients.")
+        generation = generation or GenerationConfig()
+        ctx = self._context()
+        ctx.end_bias = None
+        bias = synthesis.calibrate_end(
+            ctx, np.diff(cohort.visit_offsets), generation, n_samples, rounds, seed
+        )
+        self._check_fitted().info["end_bias"] = [round(float(b), 4) for b in bias]
+        return self
+
     def _context(self):
         from ehrgen.models.promptehr.synthesis import Context
         from ehrgen.models.promptehr.tasks import TaskConfig
@@ -364,8 +395,13 @@ class PromptEHR(FittedState):
         tasks = fitting.fit_positions(tasks, self.config, fitted.schema)
         fitted.model.eval()
         population = Population.from_dict(fitted.info["population"])
+        bias = fitted.info.get("end_bias")
         return Context(
-            fitted.model, fitted.tokenizer, population, tasks.max_source_length
+            fitted.model,
+            fitted.tokenizer,
+            population,
+            tasks.max_source_length,
+            None if bias is None else np.asarray(bias, dtype=float),
         )
 
     # ---- persistence

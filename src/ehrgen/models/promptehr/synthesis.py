@@ -34,6 +34,7 @@ from ehrgen.models.promptehr.population import Population, per_patient
 from ehrgen.tokenizer import CodeTokenizer
 
 __all__ = [
+    "calibrate_end",
     "complete_visits",
     "continue_patients",
     "generate",
@@ -52,6 +53,15 @@ class Context:
     tokenizer: CodeTokenizer
     population: Population
     max_source_length: int
+    # Added to the <eos> logit by the number of visits so far (the last entry for
+    # more); None: the model's own end-of-patient probabilities.
+    end_bias: np.ndarray | None = None
+
+    def end_biases(self, lengths: Sequence[int]) -> np.ndarray:
+        """(rows,) the calibration bias of rows with these numbers of visits."""
+        assert self.end_bias is not None
+        index = np.minimum(np.asarray(lengths, dtype=np.int64), len(self.end_bias) - 1)
+        return self.end_bias[index]
 
     @property
     def schema(self):
@@ -119,13 +129,63 @@ def _extend(
         allow_end = np.array(
             [step >= must_continue and len(histories[i]) > 0 for i in active]
         )
-        out = sampler.visits(sources, categorical[active], numerical[active], allow_end)
+        bias = None
+        if generation.calibrated_length and ctx.end_bias is not None:
+            bias = ctx.end_biases([len(histories[i]) for i in active])
+        out = sampler.visits(
+            sources, categorical[active], numerical[active], allow_end, end_bias=bias
+        )
         still = []
         for i, tokens in zip(active, out):
             if tokens is not None:
                 histories[i].append(tokens)
                 still.append(i)
         active = still
+
+
+# --------------------------------------------------------------------------- length
+
+
+def calibrate_end(
+    ctx: Context,
+    visit_counts: np.ndarray,
+    generation: GenerationConfig,
+    n_samples: int,
+    rounds: int,
+    seed: int,
+) -> np.ndarray:
+    """Per number of visits so far, a bias on the ``<eos>`` logit that makes the
+    visits per generated patient follow ``visit_counts`` (the training cohort's).
+
+    Each round generates ``n_samples`` patients with the current biases and moves
+    each position's bias by the logit difference between the real and the generated
+    hazard, P(T = t | T >= t), both smoothed by half a patient. Positions that fewer
+    than 20 real or generated patients reach keep the bias of the last position that
+    is estimated.
+    """
+    cap = generation.max_visits
+    real = np.minimum(np.asarray(visit_counts, dtype=np.int64), cap)
+    bias = np.zeros(cap + 1)
+    ctx.end_bias = bias
+    for round_ in range(rounds):
+        cohort = generate(ctx, n_samples, None, generation, seed + round_)
+        fake = np.diff(cohort.visit_offsets)
+        last = 0.0
+        for t in range(1, cap):
+            reach_real, reach_fake = (real >= t).sum(), (fake >= t).sum()
+            if min(reach_real, reach_fake) < 20:
+                bias[t:] = np.where(bias[t:] == 0, last, bias[t:])
+                break
+            h_real = ((real == t).sum() + 0.5) / (reach_real + 1)
+            h_fake = ((fake == t).sum() + 0.5) / (reach_fake + 1)
+            bias[t] = np.clip(bias[t] + _logit(h_real) - _logit(h_fake), -6, 6)
+            last = bias[t]
+        ctx.end_bias = bias
+    return bias
+
+
+def _logit(p: float) -> float:
+    return float(np.log(p) - np.log1p(-p))
 
 
 # --------------------------------------------------------------------------- partial
