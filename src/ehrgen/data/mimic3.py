@@ -184,24 +184,41 @@ def read_mimic3(
         query = _query(modality, table, tables, drug_code, assign_orphan_labs)
         events.append(read_events(table, query, visits, invalid_rows, dropped))
     static = static_features(visits, patients, age_at_first_admission())
-    metadata = {
-        "source": str(root),
-        "format": "MIMIC-III",
-        "options": {
+    cohort = build_mimic_cohort(
+        "MIMIC-III", root, visits, events, static, dropped,
+        options={
             "drug_code": drug_code,
             "lab_code": lab_code,
             "assign_orphan_labs": assign_orphan_labs,
             "invalid_rows": invalid_rows,
         },
+        missing=[TABLES[m] for m in modalities if m not in present],
+    )  # fmt: skip
+    return finish(cohort, preprocessing, str(root), started)
+
+
+def build_mimic_cohort(
+    fmt: str,
+    root: Path,
+    visits: Any,
+    events: list[Any],
+    static: Any,
+    dropped: dict[str, Any],
+    *,
+    options: dict[str, Any],
+    missing: list[str],
+) -> Any:
+    """The cohort of a MIMIC reader, with the metadata both readers record."""
+    metadata = {
+        "source": str(root),
+        "format": fmt,
+        "options": options,
         "age_cap": AGE_CAP,
         "ages_capped": int((static["age"] >= AGE_CAP).sum()),
-        "missing_tables": [TABLES[m] for m in modalities if m not in present],
+        "missing_tables": missing,
         "dropped": dropped,
     }
-    cohort = build_cohort(
-        visits, events, static, categorical_features(static), metadata
-    )
-    return finish(cohort, preprocessing, str(root), started)
+    return build_cohort(visits, events, static, categorical_features(static), metadata)
 
 
 def _tables(

@@ -36,11 +36,9 @@ from typing import Any, Literal
 import polars as pl
 
 from ehrgen.data._mimic_common import (
-    AGE_CAP,
     INVALID_ROWS,
     EventQuery,
     Table,
-    build_cohort,
     check_choice,
     check_codes,
     check_ids,
@@ -53,8 +51,8 @@ from ehrgen.data._mimic_common import (
 )
 from ehrgen.data.cohort import Cohort
 from ehrgen.data.mimic3 import (
+    build_mimic_cohort,
     capped_age,
-    categorical_features,
     clean_text,
     drug_query,
     gender,
@@ -159,23 +157,16 @@ def read_mimic4(
         pl.col("anchor_age") + pl.col("first_start").dt.year() - pl.col("anchor_year")
     )
     static = static_features(visits, patients, age)
-    metadata = {
-        "source": str(root),
-        "format": "MIMIC-IV",
-        "options": {
+    cohort = build_mimic_cohort(
+        "MIMIC-IV", root, visits, events, static, dropped,
+        options={
             "drug_code": drug_code,
             "lab_code": lab_code,
             "assign_orphan_labs": assign_orphan_labs,
             "invalid_rows": invalid_rows,
         },
-        "age_cap": AGE_CAP,
-        "ages_capped": int((static["age"] >= AGE_CAP).sum()),
-        "missing_tables": [TABLES[m] for m in modalities if m not in present],
-        "dropped": dropped,
-    }
-    cohort = build_cohort(
-        visits, events, static, categorical_features(static), metadata
-    )
+        missing=[TABLES[m] for m in modalities if m not in present],
+    )  # fmt: skip
     return finish(cohort, preprocessing, str(root), started)
 
 
