@@ -79,7 +79,8 @@ def test_visit_aware_distance_sees_the_order_of_visits():
     assert aware[0, 0] == 1.0  # no (position, code) pair in common
     keys_a, keys_b = sequence_keys(a, index), sequence_keys(b, index)
     assert keys_a[0] != keys_b[0]
-    assert sequence_keys(a, index)[0] == keys_a[0]
+    copy = _cohort([("x",), ("y",)], prefix="c")  # same record, another id
+    assert sequence_keys(copy, CodeIndex.of(a, b, copy))[0] == keys_a[0]
 
 
 def test_nearest_distances_leave_one_out():
@@ -210,7 +211,6 @@ def test_a_copying_generator_is_caught(scenarios):
     """Check that DS = D1 fails every test: distance AUC near 1, shadow AUC clearly
     above 0.5, copy rate 1, NNAAR clearly positive, attribute advantages positive."""
     result = scenarios["copy"]
-    tolerance = auc_null_tolerance(N, N, z=3)
     assert _figure(result, "distance_membership.code_set_auc") > 0.95
     assert _figure(result, "distance_membership.visit_aware_auc") > 0.95
     assert _figure(result, "shadow_membership.auc") > 0.5 + auc_null_tolerance(
@@ -220,7 +220,6 @@ def test_a_copying_generator_is_caught(scenarios):
     assert _figure(result, "nnaa.nnaar") > 0.2
     assert _figure(result, "rare_code_inference.f1_advantage") > 0.2
     assert result.attacks["attribute_inference"].figures["advantage_at_0"].ci_low > 0
-    assert tolerance < 0.15
 
 
 @pytest.mark.slow
