@@ -73,6 +73,15 @@ def _points(result, kind) -> dict[str, tuple[float, float]]:
     }
 
 
+def assert_points(result, kind, expected) -> None:
+    """Check (real, synthetic) prevalence pairs label by label (pytest.approx takes
+    no nested dictionaries since pytest 9)."""
+    points = _points(result, kind)
+    assert points.keys() == expected.keys()
+    for label, pair in expected.items():
+        assert points[label] == pytest.approx(pair), label
+
+
 def _r2(truth, prediction) -> float:
     truth, prediction = np.asarray(truth), np.asarray(prediction)
     return 1 - ((truth - prediction) ** 2).sum() / ((truth - truth.mean()) ** 2).sum()
@@ -105,15 +114,19 @@ def test_hand_checked_code_prevalences(hand):
     Real: a in p1, p3 (2/3); b in all (1); x in p1 (1/3). a in 4 of 7 visits, b in
     5, x in 1. Synthetic (P = 2, V = 3): a 1/2, b 1, x 0; a in 1 of 3 visits, b in 2.
     """
-    assert _points(hand, "patient_code") == pytest.approx(
-        {"diagnosis:a": (2 / 3, 1 / 2), "diagnosis:b": (1, 1), "drug:x": (1 / 3, 0)}
+    assert_points(
+        hand,
+        "patient_code",
+        {"diagnosis:a": (2 / 3, 1 / 2), "diagnosis:b": (1, 1), "drug:x": (1 / 3, 0)},
     )
-    assert _points(hand, "visit_code") == pytest.approx(
+    assert_points(
+        hand,
+        "visit_code",
         {
             "diagnosis:a": (4 / 7, 1 / 3),
             "diagnosis:b": (5 / 7, 2 / 3),
             "drug:x": (1 / 7, 0),
-        }
+        },
     )
     # R² = 1 - SS_res / SS_tot: (1/36 + 1/9) / (1/9 + 1/9) = 5/8, so R² = 3/8.
     assert hand.r2["patient_code"] == pytest.approx(3 / 8)
@@ -124,17 +137,21 @@ def test_hand_checked_pairs(hand):
     """Check co-occurrence: {a,b} in visits p1v1 and p3v1 (2/7, 2 of 3 patients),
     {a,x} in p1v2 (1/7, 1/3); synthetic {a,b} in q1v1 (1/3 of visits, 1/2 of
     patients). Visit R²: truth (2/7, 1/7), prediction (1/3, 0) gives -11/9."""
-    assert _points(hand, "visit_pair") == pytest.approx(
+    assert_points(
+        hand,
+        "visit_pair",
         {
             "diagnosis:a + diagnosis:b": (2 / 7, 1 / 3),
             "diagnosis:a + drug:x": (1 / 7, 0),
-        }
+        },
     )
-    assert _points(hand, "patient_pair") == pytest.approx(
+    assert_points(
+        hand,
+        "patient_pair",
         {
             "diagnosis:a + diagnosis:b": (2 / 3, 1 / 2),
             "diagnosis:a + drug:x": (1 / 3, 0),
-        }
+        },
     )
     assert hand.r2["visit_pair"] == pytest.approx(-11 / 9)
     assert hand.n_keys["visit_pair"] == 2
@@ -155,13 +172,9 @@ def test_hand_checked_transitions(hand):
         "diagnosis:b -> diagnosis:b": quarter,
         "diagnosis:b -> drug:x": quarter,
     }
-    assert _points(hand, "visit_transition") == pytest.approx(
-        {k: (v, 0) for k, v in visit.items()}
-    )
+    assert_points(hand, "visit_transition", {k: (v, 0) for k, v in visit.items()})
     patient = {k: third for k in visit} | {"diagnosis:b -> diagnosis:a": 2 * third}
-    assert _points(hand, "patient_transition") == pytest.approx(
-        {k: (v, 0) for k, v in patient.items()}
-    )
+    assert_points(hand, "patient_transition", {k: (v, 0) for k, v in patient.items()})
     assert hand.r2["visit_transition"] == pytest.approx(-8)
 
 

@@ -117,18 +117,13 @@ def _cell(figure: dict[str, Any]) -> str:
 def write_outputs(
     results: dict[str, Any], out_dir: Path, modalities: list[str]
 ) -> None:
-    """``table2.md``, ``results.json`` and ``table2.png`` (when matplotlib is there)."""
+    """``table2.md``, ``results.json`` and ``table2.png``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_file(out_dir / "table2.md", overwrite=True) as tmp:
         tmp.write_text(table2_markdown(results, modalities), encoding="utf-8")
     with atomic_file(out_dir / "results.json", overwrite=True) as tmp:
         tmp.write_text(json.dumps(results, indent=2), encoding="utf-8")
-    try:
-        _bar_chart(results, modalities, out_dir / "table2.png")
-    except ImportError:
-        logger.warning(
-            "matplotlib is not installed: no bar chart (pip install 'ehrgen[report]')."
-        )
+    _bar_chart(results, modalities, out_dir / "table2.png")
 
 
 def _bar_chart(results: dict[str, Any], modalities: list[str], path: Path) -> None:
