@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 from ehrgen.data.demo import demo_cohort
-from ehrgen.data.meds import read_meds, write_meds
-from ehrgen.tokenizer import CodeTokenizer
+from ehrgen.data.formats.meds import read_meds, write_meds
+from ehrgen.tokens.tokenizer import CodeTokenizer
 
 
 def peak_rss_mib() -> float:

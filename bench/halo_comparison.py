@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ehrgen.data.promptehr_pickle import read_promptehr_pickle
+from ehrgen.data.formats.promptehr_pickle import read_promptehr_pickle
 from ehrgen.evaluation.fidelity import KINDS, fidelity
 from ehrgen.generation import GenerationConfig
 from ehrgen.models.promptehr import PromptEHR, PromptEHRConfig

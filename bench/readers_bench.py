@@ -249,7 +249,7 @@ def compress(root: Path) -> None:
 
 def read_worker(root: str) -> None:
     """Read the tables with read_mimic3 and print one JSON line of figures."""
-    from ehrgen.data.mimic3 import read_mimic3
+    from ehrgen.data.formats.mimic3 import read_mimic3
 
     floor = peak_rss_mib()
     started = time.perf_counter()

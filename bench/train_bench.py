@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ehrgen.data.cohort import Cohort
+from ehrgen.data import Cohort
 from ehrgen.data.demo import demo_cohort
 from ehrgen.models.promptehr import PromptEHR, PromptEHRConfig
 from ehrgen.training import TrainingConfig
@@ -78,7 +78,7 @@ def main() -> None:
         if not args.pickle.exists():
             print(f"[pickle] {args.pickle} not found; skipped")
             return
-        from ehrgen.data.promptehr_pickle import read_promptehr_pickle
+        from ehrgen.data.formats.promptehr_pickle import read_promptehr_pickle
 
         cohort = read_promptehr_pickle(args.pickle)
         run("pickle", cohort[0:800], cohort[800:900], args)

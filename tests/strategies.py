@@ -6,7 +6,7 @@ from datetime import datetime, timedelta
 
 from hypothesis import strategies as st
 
-from ehrgen.data.cohort import Cohort, CohortSchema, Patient, Visit
+from ehrgen.data import Cohort, CohortSchema, Patient, Visit
 
 MODALITIES = ("diagnosis", "procedure", "drug", "lab")
 SCHEMA = CohortSchema(

@@ -10,8 +10,8 @@ import pytest
 
 from ehrgen.cli import main
 from ehrgen.data.demo import demo_cohort
-from ehrgen.data.jsonl import read_jsonl
-from ehrgen.data.meds import read_meds, write_meds
+from ehrgen.data.formats.jsonl import read_jsonl
+from ehrgen.data.formats.meds import read_meds, write_meds
 
 
 def run(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from ehrgen.data.demo import demo_cohort
-from ehrgen.data.meds import write_meds
+from ehrgen.data.formats.meds import write_meds
 from tests.test_cli import run
 
 

@@ -7,9 +7,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ehrgen.data.cohort import Cohort, Patient
+from ehrgen.data import Cohort, Patient
 from ehrgen.data.demo import demo_cohort, demo_truth
-from ehrgen.data.meds import read_meds, write_meds
+from ehrgen.data.formats.meds import read_meds, write_meds
 from ehrgen.errors import ConfigError
 from ehrgen.generation import GenerationConfig
 from ehrgen.models.promptehr import PromptEHR, PromptEHRConfig

@@ -19,20 +19,20 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "Cohort": "ehrgen.data.cohort",
-    "CohortBuilder": "ehrgen.data.cohort",
-    "CohortSchema": "ehrgen.data.cohort",
-    "CohortStats": "ehrgen.data.cohort",
-    "Patient": "ehrgen.data.cohort",
-    "Visit": "ehrgen.data.cohort",
-    "CodeTokenizer": "ehrgen.tokenizer",
+    "Cohort": "ehrgen.data",
+    "CohortBuilder": "ehrgen.data",
+    "CohortSchema": "ehrgen.data",
+    "CohortStats": "ehrgen.data",
+    "Patient": "ehrgen.data",
+    "Visit": "ehrgen.data",
+    "CodeTokenizer": "ehrgen.tokens.tokenizer",
     "demo_cohort": "ehrgen.data.demo",
     "demo_truth": "ehrgen.data.demo",
-    "read_jsonl": "ehrgen.data.jsonl",
-    "write_jsonl": "ehrgen.data.jsonl",
-    "read_meds": "ehrgen.data.meds",
-    "write_meds": "ehrgen.data.meds",
-    "read_promptehr_pickle": "ehrgen.data.promptehr_pickle",
+    "read_jsonl": "ehrgen.data.formats.jsonl",
+    "write_jsonl": "ehrgen.data.formats.jsonl",
+    "read_meds": "ehrgen.data.formats.meds",
+    "write_meds": "ehrgen.data.formats.meds",
+    "read_promptehr_pickle": "ehrgen.data.formats.promptehr_pickle",
     "ConfigError": "ehrgen.errors",
     "EhrgenError": "ehrgen.errors",
     "NotFittedError": "ehrgen.errors",
@@ -42,7 +42,7 @@ _EXPORTS = {
 __all__ = ["__version__", *sorted(_EXPORTS)]
 
 if TYPE_CHECKING:
-    from ehrgen.data.cohort import (
+    from ehrgen.data import (
         Cohort,
         CohortBuilder,
         CohortSchema,
@@ -51,11 +51,11 @@ if TYPE_CHECKING:
         Visit,
     )
     from ehrgen.data.demo import demo_cohort, demo_truth
-    from ehrgen.data.jsonl import read_jsonl, write_jsonl
-    from ehrgen.data.meds import read_meds, write_meds
-    from ehrgen.data.promptehr_pickle import read_promptehr_pickle
+    from ehrgen.data.formats.jsonl import read_jsonl, write_jsonl
+    from ehrgen.data.formats.meds import read_meds, write_meds
+    from ehrgen.data.formats.promptehr_pickle import read_promptehr_pickle
     from ehrgen.errors import ConfigError, EhrgenError, NotFittedError, SchemaError
-    from ehrgen.tokenizer import CodeTokenizer
+    from ehrgen.tokens.tokenizer import CodeTokenizer
 
 
 def __getattr__(name: str) -> Any:

@@ -29,7 +29,7 @@ from ehrgen._config import ConfigMixin, check, check_positive_ints
 
 if TYPE_CHECKING:
     from ehrgen.models.promptehr.modeling import PromptBart
-    from ehrgen.tokenizer import CodeTokenizer
+    from ehrgen.tokens.tokenizer import CodeTokenizer
 
 __all__ = ["GenerationConfig", "VisitSampler"]
 

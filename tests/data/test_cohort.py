@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 
-from ehrgen.data.cohort import Cohort, CohortBuilder, CohortSchema, Patient, Visit
+from ehrgen.data import Cohort, CohortBuilder, CohortSchema, Patient, Visit
 from ehrgen.errors import SchemaError
 from tests.strategies import SCHEMA, cohorts
 

@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 
-from ehrgen.data.cohort import Cohort
+from ehrgen.data import Cohort
 from ehrgen.data.demo import demo_cohort, demo_schema, demo_truth
 from ehrgen.errors import ConfigError
 

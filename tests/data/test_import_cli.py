@@ -11,9 +11,9 @@ from typer.testing import CliRunner
 
 from ehrgen.cli import app, main
 from ehrgen.data.demo import demo_cohort
-from ehrgen.data.jsonl import write_jsonl
-from ehrgen.data.meds import read_meds, write_meds
-from ehrgen.data.mimic3 import read_mimic3
+from ehrgen.data.formats.jsonl import write_jsonl
+from ehrgen.data.formats.meds import read_meds, write_meds
+from ehrgen.data.formats.mimic3 import read_mimic3
 from ehrgen.data.preprocess import Preprocessing, preprocess
 from tests.data.test_mimic3 import write_mimic3
 from tests.data.test_mimic4 import write_mimic4
@@ -109,9 +109,9 @@ def test_omop_import_passes_the_options(tmp_path, monkeypatch):
         calls.append((source, preprocessing))
         return demo_cohort(5, seed=0)
 
-    module = types.ModuleType("ehrgen.data.omop")
+    module = types.ModuleType("ehrgen.data.formats.omop")
     module.read_omop = read_omop
-    monkeypatch.setitem(sys.modules, "ehrgen.data.omop", module)
+    monkeypatch.setitem(sys.modules, "ehrgen.data.formats.omop", module)
     result = invoke(
         "data",
         "import",
@@ -167,7 +167,7 @@ def test_bad_options_are_one_line_errors(tmp_path, monkeypatch, capsys, args, me
 
 def test_missing_omop_module_is_a_clear_error(tmp_path, monkeypatch, capsys):
     """Check the error when the OMOP reader cannot be imported."""
-    monkeypatch.setitem(sys.modules, "ehrgen.data.omop", None)
+    monkeypatch.setitem(sys.modules, "ehrgen.data.formats.omop", None)
     code, err = run_main(
         monkeypatch,
         capsys,

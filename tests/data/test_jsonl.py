@@ -13,8 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ehrgen.data.cohort import Cohort, CohortSchema, Patient, Visit
-from ehrgen.data.jsonl import read_jsonl, schema_sidecar, write_jsonl
+from ehrgen.data import Cohort, CohortSchema, Patient, Visit
+from ehrgen.data.formats.jsonl import read_jsonl, schema_sidecar, write_jsonl
 from ehrgen.errors import EhrgenError, SchemaError
 from tests.strategies import SCHEMA, cohorts
 

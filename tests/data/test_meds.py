@@ -13,8 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from ehrgen._io import OutputExistsError
-from ehrgen.data.cohort import Cohort, Patient, Visit
-from ehrgen.data.meds import read_meds, write_meds
+from ehrgen.data import Cohort, Patient, Visit
+from ehrgen.data.formats.meds import read_meds, write_meds
 from ehrgen.errors import SchemaError
 from tests.strategies import cohorts
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from ehrgen.data.cohort import Patient, Visit
-from ehrgen.data.meds import read_meds, write_meds
-from ehrgen.data.mimic3 import read_mimic3
+from ehrgen.data import Patient, Visit
+from ehrgen.data.formats.meds import read_meds, write_meds
+from ehrgen.data.formats.mimic3 import read_mimic3
 from ehrgen.data.preprocess import Preprocessing
 from ehrgen.errors import ConfigError, SchemaError
 

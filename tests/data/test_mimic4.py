@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from ehrgen.data.cohort import Patient, Visit
-from ehrgen.data.meds import read_meds, write_meds
-from ehrgen.data.mimic4 import read_mimic4
+from ehrgen.data import Patient, Visit
+from ehrgen.data.formats.meds import read_meds, write_meds
+from ehrgen.data.formats.mimic4 import read_mimic4
 from ehrgen.data.preprocess import Preprocessing
 from ehrgen.errors import SchemaError
 

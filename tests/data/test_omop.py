@@ -11,9 +11,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from ehrgen.data.cohort import Visit
-from ehrgen.data.meds import read_meds, write_meds
-from ehrgen.data.omop import read_omop
+from ehrgen.data import Visit
+from ehrgen.data.formats.meds import read_meds, write_meds
+from ehrgen.data.formats.omop import read_omop
 from ehrgen.errors import ConfigError, SchemaError
 
 # --------------------------------------------------------------------------- fixture
@@ -356,7 +356,7 @@ def test_time_formats_may_mix_within_a_column(
     """Check that a text time column whose later values use another accepted format
     than its first ones reads."""
     # Formats are chosen from the first values: look at two only.
-    monkeypatch.setattr("ehrgen.data._omop_tables._SAMPLE", 2)
+    monkeypatch.setattr("ehrgen.data.formats._omop_tables._SAMPLE", 2)
     condition = CONDITION.replace("2020-03-05", "2020-03-05T10:30").replace(
         "2021-05-05", "20210505"
     )

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ehrgen.data.cohort import Cohort, Patient, Visit
+from ehrgen.data import Cohort, Patient, Visit
 from ehrgen.data.preprocess import (
     PAPER_TOP_K,
     Preprocessing,

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ehrgen.data.cohort import Visit
-from ehrgen.data.promptehr_pickle import read_promptehr_pickle
+from ehrgen.data import Visit
+from ehrgen.data.formats.promptehr_pickle import read_promptehr_pickle
 from ehrgen.errors import ConfigError, SchemaError
 
 REAL_PICKLE = (

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from ehrgen.data.cohort import Cohort, Patient, Visit
+from ehrgen.data import Cohort, Patient, Visit
 from ehrgen.data.demo import demo_cohort
 from ehrgen.errors import ConfigError
 from ehrgen.evaluation import _fidelity_stats

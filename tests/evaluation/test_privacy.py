@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import sparse
 
-from ehrgen.data.cohort import Cohort, Patient, Visit
+from ehrgen.data import Cohort, Patient, Visit
 from ehrgen.data.demo import demo_cohort
 from ehrgen.errors import ConfigError
 from ehrgen.evaluation import attacks

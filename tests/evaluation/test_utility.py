@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from ehrgen.data.cohort import Cohort, Patient, Visit
+from ehrgen.data import Cohort, Patient, Visit
 from ehrgen.data.demo import demo_cohort
 from ehrgen.errors import ConfigError
 from ehrgen.evaluation import _utility_model

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ehrgen.data.cohort import Cohort
+from ehrgen.data import Cohort
 from ehrgen.data.demo import demo_cohort
 from ehrgen.errors import ConfigError, NotFittedError
 from ehrgen.evaluation.perplexity import perplexity

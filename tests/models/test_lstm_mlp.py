@@ -8,9 +8,9 @@ from datetime import datetime
 import numpy as np
 import pytest
 
-from ehrgen.data.cohort import Cohort, Patient, Visit
+from ehrgen.data import Cohort, Patient, Visit
 from ehrgen.data.demo import demo_cohort
-from ehrgen.data.meds import read_meds, write_meds
+from ehrgen.data.formats.meds import read_meds, write_meds
 from ehrgen.errors import ConfigError, NotFittedError, SchemaError
 from ehrgen.generation import GenerationConfig
 from ehrgen.models.base import Generator

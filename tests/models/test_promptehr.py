@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from ehrgen.data.cohort import Cohort, CohortSchema, Patient, Visit
+from ehrgen.data import Cohort, CohortSchema, Patient, Visit
 from ehrgen.data.demo import demo_cohort, demo_truth
 from ehrgen.errors import ConfigError, NotFittedError, SchemaError
 from ehrgen.models.promptehr import PromptEHR, PromptEHRConfig

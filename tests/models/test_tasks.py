@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ehrgen.data.cohort import DEFAULT_MODALITIES, Cohort, CohortSchema, Patient, Visit
+from ehrgen.data import DEFAULT_MODALITIES, Cohort, CohortSchema, Patient, Visit
 from ehrgen.errors import ConfigError, SchemaError
 from ehrgen.models.promptehr.tasks import (
     CROSS_MODAL,
@@ -26,7 +26,7 @@ from ehrgen.models.promptehr.tasks import (
     longitudinal_example,
     validation_slots,
 )
-from ehrgen.tokenizer import CodeTokenizer
+from ehrgen.tokens.tokenizer import CodeTokenizer
 from tests.strategies import cohorts
 
 SCHEMA = CohortSchema(
@@ -606,7 +606,7 @@ def test_tokenized_cohort_schema_errors():
 def test_length_grouped_batches_are_a_permutation_with_less_padding():
     """Check that length grouping visits every slot once and cuts padding."""
     from ehrgen.data.demo import demo_cohort
-    from ehrgen.models.promptehr.batching import length_grouped_order, source_lengths
+    from ehrgen.tokens.batching import length_grouped_order, source_lengths
 
     cohort = demo_cohort(300, seed=0)
     data = TokenizedCohort.from_cohort(cohort, CodeTokenizer.fit(cohort))

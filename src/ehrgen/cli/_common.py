@@ -14,7 +14,7 @@ from rich.table import Table
 from ehrgen.errors import ConfigError
 
 if TYPE_CHECKING:
-    from ehrgen.data.cohort import Cohort
+    from ehrgen.data import Cohort
 
 console = Console()
 errors = Console(stderr=True)
@@ -62,11 +62,11 @@ Format = Annotated[OutputFormat, typer.Option("--format", help="Output format.")
 
 def _write(cohort: Cohort, out: Path, fmt: OutputFormat, overwrite: bool) -> None:
     if fmt is OutputFormat.jsonl:
-        from ehrgen.data.jsonl import write_jsonl
+        from ehrgen.data.formats.jsonl import write_jsonl
 
         write_jsonl(cohort, out, overwrite=overwrite)
     else:
-        from ehrgen.data.meds import write_meds
+        from ehrgen.data.formats.meds import write_meds
 
         write_meds(cohort, out, overwrite=overwrite)
     console.print(
@@ -102,16 +102,16 @@ def _read(src: Path, kind: str | None, split: str | None = None) -> Cohort:
     if not src.exists():
         raise ConfigError(f"{src}: no such file or folder.")
     if kind == "meds":
-        from ehrgen.data.meds import read_meds
+        from ehrgen.data.formats.meds import read_meds
 
         return read_meds(src, split=split)
     if split is not None:
         raise ConfigError("--split applies to MEDS folders only.")
     if kind == "jsonl":
-        from ehrgen.data.jsonl import read_jsonl
+        from ehrgen.data.formats.jsonl import read_jsonl
 
         return read_jsonl(src)
-    from ehrgen.data.promptehr_pickle import read_promptehr_pickle
+    from ehrgen.data.formats.promptehr_pickle import read_promptehr_pickle
 
     return read_promptehr_pickle(src)
 
@@ -133,7 +133,7 @@ def _parse_fractions(text: str) -> list[float]:
 def _write_splits(
     cohort: Cohort, out: Path, split: str, seed: int, overwrite: bool
 ) -> None:
-    from ehrgen.data.meds import write_meds
+    from ehrgen.data.formats.meds import write_meds
 
     parts = cohort.split(_parse_fractions(split), seed=seed)
     named = {

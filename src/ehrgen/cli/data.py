@@ -20,7 +20,7 @@ from ehrgen.cli._common import (
 from ehrgen.errors import ConfigError
 
 if TYPE_CHECKING:
-    from ehrgen.data.cohort import Cohort
+    from ehrgen.data import Cohort
     from ehrgen.data.preprocess import Preprocessing
 
 
@@ -207,13 +207,13 @@ def _import(
 ) -> Cohort:
     if kind in (ImportFormat.mimic3, ImportFormat.mimic4):
         if kind is ImportFormat.mimic3:
-            from ehrgen.data.mimic3 import read_mimic3 as reader
+            from ehrgen.data.formats.mimic3 import read_mimic3 as reader
         else:
-            from ehrgen.data.mimic4 import read_mimic4 as reader
+            from ehrgen.data.formats.mimic4 import read_mimic4 as reader
         return reader(src, preprocessing=options, **reader_options)
     if kind is ImportFormat.omop:
         try:
-            from ehrgen.data.omop import read_omop
+            from ehrgen.data.formats.omop import read_omop
         except ImportError as error:
             raise ConfigError(
                 f"The OMOP reader is not available in this installation ({error})."
@@ -280,11 +280,11 @@ def data_export(
     """Export a MEDS cohort (to JSONL: one patient per line)."""
     cohort = _read(src, "meds")
     if fmt is ExportFormat.jsonl:
-        from ehrgen.data.jsonl import write_jsonl
+        from ehrgen.data.formats.jsonl import write_jsonl
 
         write_jsonl(cohort, out, overwrite=overwrite)
     else:
-        from ehrgen.data.meds import write_meds
+        from ehrgen.data.formats.meds import write_meds
 
         write_meds(cohort, out, overwrite=overwrite)
     console.print(f"Wrote {len(cohort):,} patients to [bold]{out}[/bold].")

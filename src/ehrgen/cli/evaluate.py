@@ -13,7 +13,7 @@ from ehrgen.cli._common import Overwrite, _read, console
 from ehrgen.errors import ConfigError
 
 if TYPE_CHECKING:
-    from ehrgen.data.cohort import Cohort
+    from ehrgen.data import Cohort
 
 SUITES = ("perplexity", "privacy", "fidelity", "utility")
 

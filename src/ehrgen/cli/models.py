@@ -30,7 +30,7 @@ from ehrgen.cli._common import (
 from ehrgen.errors import ConfigError
 
 if TYPE_CHECKING:
-    from ehrgen.data.cohort import Cohort
+    from ehrgen.data import Cohort
 
 
 @app.command("train")
@@ -233,8 +233,8 @@ def _parse_conditions(items: list[str]) -> dict[str, str]:
 
 def _truncate(cohort: Cohort, visit: int) -> Cohort:
     """Each patient's visits before index ``visit`` (patients without them dropped)."""
-    from ehrgen.data.cohort import Cohort as CohortType
-    from ehrgen.data.cohort import Patient
+    from ehrgen.data import Cohort as CohortType
+    from ehrgen.data import Patient
 
     kept = []
     for p in cohort:

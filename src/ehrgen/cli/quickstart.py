@@ -59,8 +59,8 @@ def quickstart(
     from ehrgen._io import atomic_directory
     from ehrgen.cli.evaluate import evaluate_and_report
     from ehrgen.data.demo import demo_cohort
-    from ehrgen.data.jsonl import write_jsonl
-    from ehrgen.data.meds import write_meds
+    from ehrgen.data.formats.jsonl import write_jsonl
+    from ehrgen.data.formats.meds import write_meds
     from ehrgen.evaluation.privacy import PrivacyConfig
     from ehrgen.evaluation.suites import SUITES
     from ehrgen.evaluation.utility import UtilityConfig

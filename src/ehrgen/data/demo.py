@@ -50,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from ehrgen.data.cohort import Cohort, CohortBuilder, CohortSchema
+from ehrgen.data import Cohort, CohortBuilder, CohortSchema
 from ehrgen.errors import ConfigError
 
 __all__ = [

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from ehrgen._config import ConfigMixin, check
-from ehrgen.data.cohort import Cohort, CohortSchema
+from ehrgen.data import Cohort, CohortSchema
 from ehrgen.errors import ConfigError, did_you_mean
 
 __all__ = ["PAPER_TOP_K", "Preprocessing", "icd9_category", "preprocess"]

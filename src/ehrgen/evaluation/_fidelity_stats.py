@@ -21,7 +21,7 @@ import numpy as np
 from scipy import sparse, stats
 from sklearn.metrics import r2_score
 
-from ehrgen.data.cohort import Cohort
+from ehrgen.data import Cohort
 
 __all__ = [
     "KINDS",

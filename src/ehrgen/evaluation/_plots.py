@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ehrgen.data.cohort import Cohort
+from ehrgen.data import Cohort
 
 REAL, SYNTHETIC = "#1f77b4", "#d62728"
 MODE_COLOURS = ("#d62728", "#2ca02c", "#9467bd", "#ff7f0e")

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ehrgen.data.cohort import Cohort
+from ehrgen.data import Cohort
 
 __all__ = [
     "HeldOut",

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from scipy import sparse
 
-from ehrgen.data.cohort import Cohort
+from ehrgen.data import Cohort
 from ehrgen.evaluation._privacy_stats import (
     AttackResult,
     Curve,

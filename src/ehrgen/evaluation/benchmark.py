@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ehrgen._io import atomic_file
-from ehrgen.data.cohort import Cohort
+from ehrgen.data import Cohort
 from ehrgen.evaluation.perplexity import perplexity
 from ehrgen.models.base import PROTOCOLS
 from ehrgen.models.registry import build_model

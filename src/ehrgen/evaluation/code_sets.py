@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import sparse
 
-from ehrgen.data.cohort import Cohort
+from ehrgen.data import Cohort
 
 __all__ = [
     "CodeIndex",
@@ -45,7 +45,7 @@ class CodeIndex:
     """One column number for each ``(modality, code)`` seen in any of some cohorts.
 
     Example:
-        >>> from ehrgen.data.cohort import Patient, Visit
+        >>> from ehrgen.data import Patient, Visit
         >>> visit = Visit({"diagnosis": ("x",)})
         >>> a = Cohort.from_patients([Patient("1", {}, (visit,))])
         >>> CodeIndex.of(a).size

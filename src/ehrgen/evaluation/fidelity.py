@@ -64,7 +64,7 @@ from typing import Any
 
 import numpy as np
 
-from ehrgen.data.cohort import Cohort
+from ehrgen.data import Cohort
 from ehrgen.errors import ConfigError, did_you_mean
 from ehrgen.evaluation._fidelity_stats import (
     KINDS,

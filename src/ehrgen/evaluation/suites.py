@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ehrgen.data.cohort import Cohort
+from ehrgen.data import Cohort
 from ehrgen.errors import ConfigError, did_you_mean
 
 __all__ = ["SUITES", "Evaluation", "SummaryRow", "run_suites"]

@@ -55,7 +55,7 @@ import numpy as np
 
 from ehrgen._config import ConfigMixin, check, check_positive_ints
 from ehrgen._io import atomic_file
-from ehrgen.data.cohort import Cohort
+from ehrgen.data import Cohort
 from ehrgen.errors import ConfigError, did_you_mean
 from ehrgen.evaluation._privacy_stats import Estimate, bootstrap
 

@@ -23,7 +23,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from ehrgen.data.cohort import Cohort
+from ehrgen.data import Cohort
 from ehrgen.errors import NotFittedError, SchemaError
 
 __all__ = [

@@ -39,7 +39,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from ehrgen._config import ConfigMixin, check, check_positive_ints
 from ehrgen._io import atomic_file, write_json
-from ehrgen.data.cohort import Cohort, CohortSchema, Patient, Visit
+from ehrgen.data import Cohort, CohortSchema, Patient, Visit
 from ehrgen.errors import ConfigError, SchemaError
 from ehrgen.generation import _DONE, GenerationConfig, VisitSampler
 from ehrgen.models.base import (
@@ -48,9 +48,9 @@ from ehrgen.models.base import (
     check_model_folder_free,
     load_weights,
 )
+from ehrgen.models.population import Population, per_patient
 from ehrgen.models.promptehr.modeling import allowed_tokens
-from ehrgen.models.promptehr.population import Population, per_patient
-from ehrgen.tokenizer import CodeTokenizer
+from ehrgen.tokens.tokenizer import CodeTokenizer
 from ehrgen.training import TrainingConfig
 
 __all__ = ["GPT2Baseline", "GPT2BaselineConfig"]
@@ -535,7 +535,7 @@ def _loaders(fitted: _Fitted, train, val, training: TrainingConfig, config):
     shuffling follow from (seed, epoch), so a resumed run sees the same data."""
     from torch.utils.data import DataLoader
 
-    from ehrgen.models.promptehr.batching import length_grouped_order
+    from ehrgen.tokens.batching import length_grouped_order
 
     tok, first = fitted.tokenizer, len(fitted.prefix.schema.features)  # <bos> index
     lookup, limit = _structure(tok, fitted.prefix.vocab_size), config.n_positions

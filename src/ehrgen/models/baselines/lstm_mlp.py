@@ -46,7 +46,7 @@ from torch import nn
 
 from ehrgen._config import ConfigMixin, check, check_positive_ints
 from ehrgen._io import atomic_file, write_json
-from ehrgen.data.cohort import Cohort, CohortBuilder, CohortSchema
+from ehrgen.data import Cohort, CohortBuilder, CohortSchema
 from ehrgen.errors import ConfigError, SchemaError
 from ehrgen.generation import GenerationConfig
 from ehrgen.models.base import (
@@ -56,8 +56,8 @@ from ehrgen.models.base import (
     check_model_folder_free,
     load_weights,
 )
-from ehrgen.models.promptehr.population import Population, per_patient
-from ehrgen.tokenizer import CodeTokenizer
+from ehrgen.models.population import Population, per_patient
+from ehrgen.tokens.tokenizer import CodeTokenizer
 from ehrgen.training import TrainingConfig
 
 __all__ = ["LSTMMLP", "LSTMMLPConfig"]

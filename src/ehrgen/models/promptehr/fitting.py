@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ehrgen.data.cohort import Cohort, CohortSchema
+from ehrgen.data import Cohort, CohortSchema
 from ehrgen.errors import SchemaError
 from ehrgen.models.base import load_weights
+from ehrgen.models.population import Population
 from ehrgen.models.promptehr.config import PromptEHRConfig
 from ehrgen.models.promptehr.persistence import Fitted, write_model_files
-from ehrgen.models.promptehr.population import Population
 
 if TYPE_CHECKING:
     from ehrgen.models.promptehr.tasks import TaskConfig
@@ -38,7 +38,7 @@ def train(
     from torch.utils.data import DataLoader
 
     from ehrgen.models.promptehr import tasks as task_lib
-    from ehrgen.models.promptehr.batching import length_grouped_order, source_lengths
+    from ehrgen.tokens.batching import length_grouped_order, source_lengths
     from ehrgen.training import Trainer
 
     data = task_lib.TokenizedCohort.from_cohort(train, fitted.tokenizer)

@@ -25,7 +25,7 @@ from transformers import BartConfig, BartModel
 
 from ehrgen.models.promptehr.config import PromptEHRConfig
 from ehrgen.models.promptehr.featurizer import PromptFeaturizer
-from ehrgen.tokenizer import CodeTokenizer
+from ehrgen.tokens.tokenizer import CodeTokenizer
 
 __all__ = ["PromptBart", "PromptBartOutput", "allowed_tokens"]
 

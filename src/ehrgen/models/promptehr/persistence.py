@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from ehrgen._io import atomic_file, write_json
-from ehrgen.data.cohort import CohortSchema
+from ehrgen.data import CohortSchema
 from ehrgen.errors import SchemaError
 from ehrgen.models.promptehr.config import PromptEHRConfig
-from ehrgen.tokenizer import CodeTokenizer
+from ehrgen.tokens.tokenizer import CodeTokenizer
 
 __all__ = [
     "MODEL_FILES",

@@ -22,10 +22,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ehrgen.data.cohort import Cohort, CohortSchema
+from ehrgen.data import Cohort, CohortSchema
 from ehrgen.errors import ConfigError, SchemaError
 from ehrgen.generation import GenerationConfig
 from ehrgen.models.base import FittedState, check_model_folder_free, load_weights
+from ehrgen.models.population import Population
 from ehrgen.models.promptehr import fitting
 from ehrgen.models.promptehr.config import PromptEHRConfig
 from ehrgen.models.promptehr.persistence import (
@@ -35,8 +36,7 @@ from ehrgen.models.promptehr.persistence import (
     read_model_files,
     write_model_files,
 )
-from ehrgen.models.promptehr.population import Population
-from ehrgen.tokenizer import CodeTokenizer
+from ehrgen.tokens.tokenizer import CodeTokenizer
 
 if TYPE_CHECKING:
     from ehrgen.models.base import CodeScores

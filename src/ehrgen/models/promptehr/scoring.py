@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from ehrgen.data.cohort import Cohort
+from ehrgen.data import Cohort
 from ehrgen.errors import ConfigError, SchemaError
 from ehrgen.models.base import PROTOCOLS, CodeScores
 from ehrgen.models.promptehr import tasks as task_lib

@@ -27,11 +27,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ehrgen.data.cohort import Cohort, Patient, Visit
+from ehrgen.data import Cohort, Patient, Visit
 from ehrgen.errors import ConfigError, SchemaError
 from ehrgen.generation import GenerationConfig, VisitSampler
-from ehrgen.models.promptehr.population import Population, per_patient
-from ehrgen.tokenizer import CodeTokenizer
+from ehrgen.models.population import Population, per_patient
+from ehrgen.tokens.tokenizer import CodeTokenizer
 
 __all__ = [
     "calibrate_end",

@@ -25,9 +25,9 @@ import numpy as np
 import torch
 
 from ehrgen._config import ConfigMixin, check
-from ehrgen.data.cohort import Cohort
+from ehrgen.data import Cohort
 from ehrgen.errors import SchemaError
-from ehrgen.tokenizer import CodeTokenizer
+from ehrgen.tokens.tokenizer import CodeTokenizer
 
 __all__ = [
     "CROSS_MODAL",
@@ -122,7 +122,7 @@ class TokenizedCohort:
         block_modality: (B,) int8 modality index of each block.
 
     Example:
-        >>> from ehrgen.data.cohort import Patient, Visit
+        >>> from ehrgen.data import Patient, Visit
         >>> visit = Visit({"diagnosis": ["a"], "drug": ["x", "y"]})
         >>> cohort = Cohort.from_patients([Patient("1", {}, (visit,))])
         >>> data = TokenizedCohort.from_cohort(cohort, CodeTokenizer.fit(cohort))
@@ -255,7 +255,7 @@ def longitudinal_example(
     """Predict visit ``t`` from visits ``0..t-1`` (``<eos>`` when past the last one).
 
     Example:
-        >>> from ehrgen.data.cohort import Patient, Visit
+        >>> from ehrgen.data import Patient, Visit
         >>> cohort = Cohort.from_patients([Patient("1", {}, (Visit({"lab": ["hb"]}),))])
         >>> data = TokenizedCohort.from_cohort(cohort, CodeTokenizer.fit(cohort))
         >>> rng = np.random.default_rng(0)
@@ -292,7 +292,7 @@ def cross_modal_example(
     """Predict the codes of ``modality`` (name or index) in visit ``t`` from the rest.
 
     Example:
-        >>> from ehrgen.data.cohort import Patient, Visit
+        >>> from ehrgen.data import Patient, Visit
         >>> visit = Visit({"drug": ["x"], "lab": ["hb"]})
         >>> cohort = Cohort.from_patients([Patient("1", {}, (visit,))])
         >>> data = TokenizedCohort.from_cohort(cohort, CodeTokenizer.fit(cohort))
@@ -464,7 +464,7 @@ def example_slots(
     trained more often than "go on", and generated patients would end too early.
 
     Example:
-        >>> from ehrgen.data.cohort import Patient, Visit
+        >>> from ehrgen.data import Patient, Visit
         >>> visits = (Visit({"lab": ["hb"]}), Visit({"lab": ["na"]}))
         >>> cohort = Cohort.from_patients([Patient("1", {}, visits)])
         >>> data = TokenizedCohort.from_cohort(cohort, CodeTokenizer.fit(cohort))
@@ -499,7 +499,7 @@ def validation_slots(
     the examples with ``corrupt=False`` for a deterministic perplexity.
 
     Example:
-        >>> from ehrgen.data.cohort import Patient, Visit
+        >>> from ehrgen.data import Patient, Visit
         >>> visit = Visit({"diagnosis": ["a"], "drug": ["x"]})
         >>> cohort = Cohort.from_patients([Patient("1", {}, (visit,))])
         >>> data = TokenizedCohort.from_cohort(cohort, CodeTokenizer.fit(cohort))
@@ -538,7 +538,7 @@ class ExampleDataset(torch.utils.data.Dataset):
     the same whatever the worker or process that builds it.
 
     Example:
-        >>> from ehrgen.data.cohort import Patient, Visit
+        >>> from ehrgen.data import Patient, Visit
         >>> cohort = Cohort.from_patients([Patient("1", {}, (Visit({"lab": ["hb"]}),))])
         >>> data = TokenizedCohort.from_cohort(cohort, CodeTokenizer.fit(cohort))
         >>> slots, config = validation_slots(data), TaskConfig()

@@ -60,7 +60,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import polars as pl
 
-from ehrgen.data._omop_tables import (
+from ehrgen.data import DEFAULT_MODALITIES, Cohort, CohortSchema
+from ehrgen.data.formats._omop_tables import (
     CLINICAL_TABLES,
     CONCEPT_COLUMNS,
     PERSON_COLUMNS,
@@ -74,7 +75,6 @@ from ehrgen.data._omop_tables import (
     read_table,
     static_features,
 )
-from ehrgen.data.cohort import DEFAULT_MODALITIES, Cohort, CohortSchema
 from ehrgen.errors import ConfigError, SchemaError, did_you_mean
 
 if TYPE_CHECKING:

@@ -1,4 +1,4 @@
-"""The table machinery behind :func:`ehrgen.data.omop.read_omop`: the CDM tables and
+"""The table machinery behind :func:`ehrgen.data.formats.omop.read_omop`: the CDM tables and
 columns read, where they are read from, how their values are checked, and the
 patients' baseline features.
 

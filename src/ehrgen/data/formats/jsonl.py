@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, TextIO
 
 from ehrgen._io import atomic_file
-from ehrgen.data.cohort import Cohort, CohortBuilder, CohortSchema, Patient, Visit
+from ehrgen.data import Cohort, CohortBuilder, CohortSchema, Patient, Visit
 from ehrgen.errors import SchemaError, did_you_mean
 
 __all__ = ["read_jsonl", "schema_sidecar", "write_jsonl"]

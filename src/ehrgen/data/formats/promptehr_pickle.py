@@ -40,7 +40,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from ehrgen.data.cohort import Cohort, CohortBuilder, CohortSchema
+from ehrgen.data import Cohort, CohortBuilder, CohortSchema
 from ehrgen.errors import ConfigError, SchemaError
 
 __all__ = ["read_promptehr_pickle"]

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from ehrgen._io import atomic_file
-from ehrgen.data.cohort import Cohort, Patient, Visit
+from ehrgen.data import Cohort, Patient, Visit
 from ehrgen.errors import ConfigError, SchemaError
 
 __all__ = ["SPECIAL_TOKENS", "CodeTokenizer"]

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ehrgen.data.cohort import Cohort, CohortSchema
+from ehrgen.data import Cohort, CohortSchema
 from ehrgen.errors import ConfigError, did_you_mean
 
 __all__ = ["Population", "per_patient"]

@@ -59,7 +59,8 @@ from typing import Any, Literal
 
 import polars as pl
 
-from ehrgen.data._mimic_common import (
+from ehrgen.data import Cohort
+from ehrgen.data.formats._mimic_common import (
     AGE_CAP,
     GENDERS,
     INVALID_ROWS,
@@ -79,7 +80,6 @@ from ehrgen.data._mimic_common import (
     time_error,
     wanted_modalities,
 )
-from ehrgen.data.cohort import Cohort
 from ehrgen.data.preprocess import Preprocessing
 from ehrgen.errors import SchemaError
 

@@ -1,4 +1,4 @@
-"""The column machinery behind :func:`ehrgen.data.meds.read_meds`.
+"""The column machinery behind :func:`ehrgen.data.formats.meds.read_meds`.
 
 MEDS shards are read with the ``code`` column dictionary-encoded, so that all string
 work (splitting ``PREFIX//VALUE``, mapping prefixes to modalities) happens once per
@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ehrgen.data.cohort import CohortSchema
+from ehrgen.data import CohortSchema
 from ehrgen.errors import SchemaError
 
 logger = logging.getLogger(__name__)

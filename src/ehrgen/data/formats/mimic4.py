@@ -3,7 +3,7 @@
 
 ``root`` is the ``hosp`` folder or the folder that holds ``hosp/``; tables are
 ``.csv.gz`` or ``.csv`` as distributed, file and column names in any case. The reader
-follows :mod:`ehrgen.data.mimic3` (the same visits, drug and lab codes, orders within a
+follows :mod:`ehrgen.data.formats.mimic3` (the same visits, drug and lab codes, orders within a
 visit, dropped rows, errors and streaming), with MIMIC-IV's columns:
 
 * ``patients`` (required): ``gender``, ``anchor_age`` and ``anchor_year``;
@@ -35,7 +35,8 @@ from typing import Any, Literal
 
 import polars as pl
 
-from ehrgen.data._mimic_common import (
+from ehrgen.data import Cohort
+from ehrgen.data.formats._mimic_common import (
     INVALID_ROWS,
     EventQuery,
     Table,
@@ -49,8 +50,7 @@ from ehrgen.data._mimic_common import (
     read_visits,
     wanted_modalities,
 )
-from ehrgen.data.cohort import Cohort
-from ehrgen.data.mimic3 import (
+from ehrgen.data.formats.mimic3 import (
     build_mimic_cohort,
     capped_age,
     clean_text,

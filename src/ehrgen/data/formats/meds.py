@@ -46,7 +46,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ehrgen._io import atomic_directory
-from ehrgen.data._meds_columns import (
+from ehrgen.data import Cohort, CohortSchema
+from ehrgen.data.formats._meds_columns import (
     BIRTH_CODE,
     LABEL_PREFIX,
     SEP,
@@ -57,7 +58,6 @@ from ehrgen.data._meds_columns import (
     split_codes,
     static_columns,
 )
-from ehrgen.data.cohort import Cohort, CohortSchema
 from ehrgen.errors import SchemaError
 
 __all__ = [

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from ehrgen.data.cohort import DEFAULT_MODALITIES, Cohort, CohortSchema
+from ehrgen.data import DEFAULT_MODALITIES, Cohort, CohortSchema
 from ehrgen.data.preprocess import Preprocessing, preprocess
 from ehrgen.errors import ConfigError, SchemaError, did_you_mean
 
