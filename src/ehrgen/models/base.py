@@ -33,6 +33,7 @@ __all__ = [
     "FittedState",
     "Generator",
     "check_model_folder_free",
+    "length_calibration",
     "load_weights",
 ]
 
@@ -166,7 +167,7 @@ class FittedState:
     """The scikit-learn-style access to learned state that every model shares.
 
     A model keeps what ``fit`` (or ``from_pretrained``) learned in ``self._fitted``
-    (None before), an object with at least ``tokenizer`` and ``info``.
+    (None before): a :class:`ehrgen.models.folder.Fitted`.
     """
 
     _fitted: Any = None
@@ -185,10 +186,22 @@ class FittedState:
         """The code vocabulary learned from the training cohort."""
         return self._check_fitted().tokenizer
 
-    @property
-    def info_(self) -> dict[str, Any]:
-        """Training facts: cohort sizes, settings, steps, best validation figure."""
-        return self._check_fitted().info
+
+def length_calibration(model: Any) -> dict[str, Any] | None:
+    """How the model's number of visits per patient was calibrated, or None.
+
+    A calibrated model (see ``PromptEHR.calibrate_length``) was tuned so that its
+    visits per patient follow a cohort (usually the training cohort); figures that
+    compare visit counts with that cohort must say so.
+
+    Returns:
+        None for an uncalibrated model, else ``{"cohort": str, "n_patients": int}``.
+    """
+    fitted = getattr(model, "_fitted", None)
+    calibration = getattr(fitted, "length_calibration", None)
+    if calibration is None:
+        return None
+    return {"cohort": calibration.cohort, "n_patients": calibration.n_patients}
 
 
 def check_model_folder_free(path: Path, overwrite: bool) -> None:

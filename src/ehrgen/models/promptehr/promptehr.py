@@ -12,10 +12,8 @@ be generated from scratch with the model deciding their length.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,20 +21,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ehrgen.data import Cohort, CohortSchema
-from ehrgen.errors import ConfigError, SchemaError
+from ehrgen.errors import ConfigError
 from ehrgen.generation import GenerationConfig
-from ehrgen.models.base import FittedState, check_model_folder_free, load_weights
-from ehrgen.models.population import Population
+from ehrgen.models.folder import LengthCalibration
 from ehrgen.models.promptehr import fitting
 from ehrgen.models.promptehr.config import PromptEHRConfig
-from ehrgen.models.promptehr.persistence import (
-    Fitted,
-    check_versions,
-    read_json,
-    read_model_files,
-    write_model_files,
-)
-from ehrgen.tokens.tokenizer import CodeTokenizer
+from ehrgen.models.trained import TrainedGenerator, check_schema, new_seed
+from ehrgen.tokens import CodeTokenizer
 
 if TYPE_CHECKING:
     from ehrgen.models.base import CodeScores
@@ -49,7 +40,7 @@ __all__ = ["PromptEHR"]
 logger = logging.getLogger(__name__)
 
 
-class PromptEHR(FittedState):
+class PromptEHR(TrainedGenerator):
     """Prompt-conditioned BART for longitudinal, multimodal patient records.
 
     Args:
@@ -65,21 +56,23 @@ class PromptEHR(FittedState):
         True
     """
 
+    name = "promptehr"
+    config_class = PromptEHRConfig
+    summary = (
+        "A prompt-conditioned BART (ehrgen's PromptEHR) that generates synthetic "
+        "longitudinal patient records."
+    )
+    #: scoring protocols supported (see ``ehrgen.evaluation.perplexity``).
+    protocols = ("chain", "set")
+
     def __init__(self, config: PromptEHRConfig | None = None) -> None:
         self.config = config or PromptEHRConfig.small()
-        self._fitted: Fitted | None = None
-
-    # ---- learned state (sklearn-style names ending in _)
+        self._fitted = None
 
     @property
-    def schema_(self) -> CohortSchema:
-        """The training cohort's schema (modalities, baseline features)."""
-        return self._check_fitted().schema
-
-    @property
-    def model_(self) -> PromptBart:
-        """The trained network."""
-        return self._check_fitted().model
+    def tasks_(self) -> TaskConfig:
+        """The training examples' settings (sequence lengths, corruption rates)."""
+        return self._check_fitted().state
 
     # ---- training
 
@@ -118,59 +111,31 @@ class PromptEHR(FittedState):
         from ehrgen.models.promptehr.tasks import TaskConfig
         from ehrgen.training import TrainingConfig
 
-        training = training or TrainingConfig()
-        tasks = tasks or TaskConfig()
-        fitting.check_cohorts(train, val)
-        if resume_from is not None:
-            tokenizer, schema, config = read_model_files(Path(resume_from))
-            self.config = config
-            fitting.check_schema(train, schema, Path(resume_from))
-        else:
-            tokenizer = CodeTokenizer.fit(train, min_count, max_codes_per_modality)
-            schema = train.schema
-        tasks = fitting.fit_positions(tasks, self.config, schema)
-        with contextlib.ExitStack() as stack:
-            if output_dir is None:
-                output_dir = stack.enter_context(tempfile.TemporaryDirectory())
-            model = self._new_network(tokenizer, schema, train, training.seed)
-            fitted = Fitted(tokenizer, schema, model, {})
-            result = fitting.train(
-                fitted,
-                self.config,
-                train,
-                val,
-                training,
-                tasks,
-                Path(output_dir),
-                resume_from,
-                progress,
-            )
-        fitted.info = {
-            **fitting.training_info(train, val, training, tasks, result),
-            "population": Population.from_cohort(train).to_dict(),
-        }
-        self._fitted = fitted
-        return self
+        tasks = fitting.fit_positions(tasks or TaskConfig(), self.config, train.schema)
+        return self._fit(
+            train,
+            val,
+            training or TrainingConfig(),
+            output_dir=output_dir,
+            resume_from=resume_from,
+            progress=progress,
+            new_tokenizer=lambda cohort: CodeTokenizer.fit(
+                cohort, min_count, max_codes_per_modality
+            ),
+            state=tasks,
+        )
+
+    # ---- hooks of the shared layer (ehrgen.models.trained)
 
     def _new_network(
-        self, tokenizer: CodeTokenizer, schema: CohortSchema, train: Cohort, seed: int
-    ) -> PromptBart:
+        self, tokenizer: CodeTokenizer, schema: CohortSchema, train: Cohort, state: Any
+    ) -> tuple[PromptBart, TaskConfig]:
         import torch
 
-        from ehrgen.models.promptehr.modeling import PromptBart
-
-        # Weights are drawn from a seeded generator state that does not leak out.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = PromptBart(
-                self.config,
-                tokenizer,
-                [len(c) for c in schema.categorical.values()],
-                len(schema.numerical),
-            )
+        model = self._empty_network(tokenizer, schema, state)
         values = (
             np.stack([train.static[n] for n in schema.numerical], axis=1)
-            if (schema.numerical)
+            if schema.numerical
             else np.zeros((len(train), 0), np.float32)
         )
         for featurizer in (model.encoder_prompts, model.decoder_prompts):
@@ -178,7 +143,32 @@ class PromptEHR(FittedState):
                 torch.as_tensor(fitting.nan_stat(np.nanmean, values)),
                 torch.as_tensor(fitting.nan_stat(np.nanstd, values)),
             )
-        return model
+        return model, fitting.fit_positions(state, self.config, schema)
+
+    def _empty_network(
+        self, tokenizer: CodeTokenizer, schema: CohortSchema, state: Any
+    ) -> PromptBart:
+        from ehrgen.models.promptehr.modeling import PromptBart
+
+        return PromptBart(
+            self.config,
+            tokenizer,
+            [len(c) for c in schema.categorical.values()],
+            len(schema.numerical),
+        )
+
+    def _loaders(self, fitted, train, val, training):
+        return fitting.loaders(fitted, train, val, training)
+
+    @classmethod
+    def _state_from_dict(cls, data, tokenizer, schema) -> TaskConfig:
+        from ehrgen.models.promptehr.tasks import TaskConfig
+
+        return TaskConfig.from_dict(data)
+
+    def _architecture(self) -> str:
+        c = self.config
+        return f"d_model {c.d_model}, {c.encoder_layers}+{c.decoder_layers} layers"
 
     # ---- scoring
 
@@ -194,10 +184,9 @@ class PromptEHR(FittedState):
         from ehrgen.models.promptehr import tasks as task_lib
 
         fitted = self._check_fitted()
-        fitting.check_schema(cohort, fitted.schema, Path("PromptEHR"))
+        check_schema(cohort, fitted.schema, "PromptEHR.perplexity")
         data = task_lib.TokenizedCohort.from_cohort(cohort, fitted.tokenizer)
-        tasks = task_lib.TaskConfig.from_dict(fitted.info.get("tasks", {}))
-        tasks = fitting.fit_positions(tasks, self.config, fitted.schema)
+        tasks = fitted.state
         dataset = task_lib.ExampleDataset(
             data, task_lib.validation_slots(data), tasks, 0, 0, corrupt=False
         )
@@ -207,17 +196,12 @@ class PromptEHR(FittedState):
             collate_fn=lambda batch: task_lib.collate(batch, fitted.tokenizer.pad_id),
         )
         loss, tokens = 0.0, 0
-        fitted.model.eval()
+        fitted.network.eval()
         with torch.no_grad():
             for batch in loader:
-                out = fitted.model(batch)
+                out = fitted.network(batch)
                 loss, tokens = loss + float(out.loss_sum), tokens + int(out.n_tokens)
         return math.exp(loss / max(tokens, 1))
-
-    # ---- scoring
-
-    #: scoring protocols supported (see ``ehrgen.evaluation.perplexity``).
-    protocols = ("chain", "set")
 
     def score_longitudinal(self, cohort: Cohort, protocol: str = "set") -> CodeScores:
         """Log-probability of each true code of visit t >= 2 given visits 1..t-1 and
@@ -270,7 +254,7 @@ class PromptEHR(FittedState):
             n,
             conditions,
             generation or GenerationConfig(),
-            _seed(seed),
+            new_seed(seed),
             progress,
         )
 
@@ -288,7 +272,7 @@ class PromptEHR(FittedState):
 
         generation = generation or GenerationConfig()
         return synthesis.continue_patients(
-            self._context(), cohort, n_visits, generation, _seed(seed), progress
+            self._context(), cohort, n_visits, generation, new_seed(seed), progress
         )
 
     def impute_modality(
@@ -311,7 +295,7 @@ class PromptEHR(FittedState):
             visit_index,
             modality,
             generation,
-            _seed(seed),
+            new_seed(seed),
             progress,
         )
 
@@ -329,7 +313,7 @@ class PromptEHR(FittedState):
 
         generation = generation or GenerationConfig()
         return synthesis.complete_visits(
-            self._context(), cohort, visit_index, generation, _seed(seed), progress
+            self._context(), cohort, visit_index, generation, new_seed(seed), progress
         )
 
     def generate_from_seeds(
@@ -347,7 +331,7 @@ class PromptEHR(FittedState):
 
         generation = generation or GenerationConfig()
         return synthesis.generate_from_seeds(
-            self._context(), cohort, n_per_seed, generation, _seed(seed), progress
+            self._context(), cohort, n_per_seed, generation, new_seed(seed), progress
         )
 
     def calibrate_length(
@@ -357,9 +341,11 @@ class PromptEHR(FittedState):
         rounds: int = 2,
         generation: GenerationConfig | None = None,
         seed: int = 0,
+        cohort_name: str = "training cohort",
     ) -> PromptEHR:
         """Calibrate when generated patients end, so that their numbers of visits
-        follow ``cohort``'s (usually the training cohort).
+        follow ``cohort``'s (usually the training cohort, named by ``cohort_name``
+        in the model card, ``ehrgen.json`` and evaluation reports).
 
         A model that has seen one end-of-patient decision per training patient
         often ends patients too early or too late; this learns a bias on the
@@ -378,79 +364,21 @@ class PromptEHR(FittedState):
         bias = synthesis.calibrate_end(
             ctx, np.diff(cohort.visit_offsets), generation, n_samples, rounds, seed
         )
-        self._check_fitted().info["end_bias"] = [round(float(b), 4) for b in bias]
+        self._check_fitted().length_calibration = LengthCalibration(
+            tuple(round(float(b), 4) for b in bias), cohort_name, len(cohort)
+        )
         return self
 
     def _context(self):
         from ehrgen.models.promptehr.synthesis import Context
-        from ehrgen.models.promptehr.tasks import TaskConfig
 
         fitted = self._check_fitted()
-        if "population" not in fitted.info:
-            raise SchemaError(
-                "This model has no summary of its training population, which "
-                "generation needs; retrain it with this version of ehrgen."
-            )
-        tasks = TaskConfig.from_dict(fitted.info.get("tasks", {}))
-        tasks = fitting.fit_positions(tasks, self.config, fitted.schema)
-        fitted.model.eval()
-        population = Population.from_dict(fitted.info["population"])
-        bias = fitted.info.get("end_bias")
+        fitted.network.eval()
+        calibration = fitted.length_calibration
         return Context(
-            fitted.model,
+            fitted.network,
             fitted.tokenizer,
-            population,
-            tasks.max_source_length,
-            None if bias is None else np.asarray(bias, dtype=float),
+            fitted.population,
+            fitted.state.max_source_length,
+            None if calibration is None else np.asarray(calibration.end_bias, float),
         )
-
-    # ---- persistence
-
-    def save_pretrained(self, path: str | Path, overwrite: bool = False) -> Path:
-        """Write the model folder: ``config.json``, ``tokenizer.json``,
-        ``schema.json``, ``model.safetensors``, ``ehrgen.json`` and ``model_card.md``.
-
-        Each file is written atomically and ``ehrgen.json`` last, so a folder without
-        it is incomplete and :meth:`from_pretrained` refuses it. No pickle is used.
-        """
-        fitted = self._check_fitted()
-        path = Path(path)
-        check_model_folder_free(path, overwrite)
-        write_model_files(fitted, self.config, path)
-        return path
-
-    @classmethod
-    def from_pretrained(cls, path: str | Path) -> PromptEHR:
-        """Load a folder written by :meth:`save_pretrained` (or a checkpoint)."""
-
-        path = Path(path)
-        tokenizer, schema, config = read_model_files(path)
-        info = read_json(path / "ehrgen.json")
-        check_versions(info, path)
-        self = cls(config)
-        model = self._empty_network(tokenizer, schema)
-        load_weights(model, path)
-        model.eval()
-        self._fitted = Fitted(tokenizer, schema, model, info.get("training_info", {}))
-        return self
-
-    def _empty_network(
-        self, tokenizer: CodeTokenizer, schema: CohortSchema
-    ) -> PromptBart:
-        from ehrgen.models.promptehr.modeling import PromptBart
-
-        return PromptBart(
-            self.config,
-            tokenizer,
-            [len(c) for c in schema.categorical.values()],
-            len(schema.numerical),
-        )
-
-    def __repr__(self) -> str:
-        state = "fitted" if self._fitted else "not fitted"
-        return f"PromptEHR({state}, d_model={self.config.d_model})"
-
-
-def _seed(seed: int | None) -> int:
-    """A given seed, or a fresh one from the operating system."""
-    return int(np.random.SeedSequence().entropy % 2**63) if seed is None else int(seed)

@@ -31,6 +31,7 @@ from ehrgen.data import Cohort, Patient, Visit
 from ehrgen.errors import ConfigError, SchemaError
 from ehrgen.generation import GenerationConfig, VisitSampler
 from ehrgen.models.population import Population, per_patient
+from ehrgen.models.trained import SYNTHETIC_ID_BASE, synthetic_ids
 from ehrgen.tokens.tokenizer import CodeTokenizer
 
 __all__ = [
@@ -103,9 +104,7 @@ def generate(
         visits.extend(histories)
         if progress:
             progress(len(chunk))
-    width = len(str(n - 1))
-    ids = [f"synthetic-{i:0{width}d}" for i in range(n)]
-    return _cohort(ctx, ids, statics, visits, rng)
+    return _cohort(ctx, synthetic_ids(n), statics, visits, rng)
 
 
 def _extend(
@@ -387,9 +386,7 @@ def generate_from_seeds(
         visits += histories
         if progress:
             progress(len(chunk))
-    width = len(str(len(seeds) - 1))
-    ids = [f"synthetic-{i:0{width}d}" for i in range(len(seeds))]
-    synthetic = _cohort(ctx, ids, statics, visits, rng)
+    synthetic = _cohort(ctx, synthetic_ids(len(seeds)), statics, visits, rng)
     synthetic.metadata["leaks_seed_patients"] = True
     return synthetic
 
@@ -476,7 +473,11 @@ def _cohort(ctx, ids, statics, visits, rng) -> Cohort:
         if times is not None:
             decoded = [Visit(v.events, t) for v, t in zip(decoded, times[p])]
         patients.append(Patient(pid, static, tuple(decoded)))
-    return Cohort.from_patients(patients, ctx.schema, metadata={"source": "PromptEHR"})
+    metadata = {
+        "source": "PromptEHR",
+        "synthetic_subject_ids": [SYNTHETIC_ID_BASE, SYNTHETIC_ID_BASE + len(ids)],
+    }
+    return Cohort.from_patients(patients, ctx.schema, metadata=metadata)
 
 
 def _with_visits(

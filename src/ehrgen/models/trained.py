@@ -1,0 +1,345 @@
+"""What every neural generator shares: fitting, learned state, folders, synthetic ids.
+
+:class:`TrainedGenerator` is written once, so that a model file holds only what is
+specific to the model. A subclass names itself (``name``, ``config_class``) and
+implements a few hooks:
+
+* ``_new_network(tokenizer, schema, train, state)``: an untrained network and the
+  model's own typed state (drawn under the training seed, so weights are reproducible);
+* ``_empty_network(tokenizer, schema, state)``: the network to load weights into;
+* ``_loaders(fitted, train, val, training)``: the trainer's ``train_loader(epoch)`` and
+  validation loader;
+* ``_state_from_dict(data, tokenizer, schema)``: the typed state back from JSON;
+* optionally ``_training_module(network)`` (what the trainer optimises, when it wraps
+  the network) and ``_architecture()`` (one line for the model card).
+
+The base class does the rest: the cohort checks, the tokenizer (or the one of the
+checkpoint resumed from), the population summary (once), the temporary output folder,
+the shared :class:`~ehrgen.training.Trainer` with whole-folder checkpoints, the typed
+:class:`~ehrgen.models.folder.Fitted` state and the model folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from ehrgen.data import Cohort, CohortSchema, Patient
+from ehrgen.errors import ConfigError, SchemaError
+from ehrgen.models.base import FittedState, check_model_folder_free, load_weights
+from ehrgen.models.folder import (
+    Fitted,
+    TrainingFacts,
+    model_card,
+    read_model_folder,
+    write_model_folder,
+)
+from ehrgen.models.population import Population
+from ehrgen.tokens import CodeTokenizer
+
+if TYPE_CHECKING:
+    from ehrgen.training import TrainingConfig, TrainingResult
+
+__all__ = [
+    "SYNTHETIC_ID_BASE",
+    "TrainedGenerator",
+    "check_patient_ids",
+    "new_seed",
+    "synthetic_ids",
+]
+
+#: Synthetic patients get the integer ids ``SYNTHETIC_ID_BASE + i``: far above the
+#: ids of real cohorts (MIMIC's are below 10^8, OMOP person ids below 10^12), below
+#: 2^53 so that no float conversion changes them, and refused in training cohorts,
+#: so that a synthetic ``subject_id`` never equals a real patient's.
+SYNTHETIC_ID_BASE = 10**15
+
+
+def synthetic_ids(n: int) -> list[str]:
+    """Ids of ``n`` synthetic patients, in the reserved range."""
+    return [str(SYNTHETIC_ID_BASE + i) for i in range(n)]
+
+
+def check_patient_ids(cohort: Cohort) -> None:
+    """Refuse a training cohort holding an id of the reserved synthetic range."""
+    for patient_id in cohort.patient_ids.tolist():
+        if patient_id.isdigit() and int(patient_id) >= SYNTHETIC_ID_BASE:
+            raise SchemaError(
+                f"Patient {patient_id!r}, field 'patient_id': ids from "
+                f"{SYNTHETIC_ID_BASE} up are reserved for synthetic patients, so that "
+                f"they never equal a real patient's. Renumber the cohort's patients."
+            )
+
+
+def new_seed(seed: int | None) -> int:
+    """A given seed, or a fresh one from the operating system."""
+    return int(np.random.SeedSequence().entropy % 2**63) if seed is None else int(seed)
+
+
+def check_count(n: Any, owner: str) -> None:
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ConfigError(
+            f"The 'n' parameter of {owner} must be an int >= 1. Got {n!r} instead."
+        )
+
+
+class TrainedGenerator(FittedState):
+    """The base of every neural generator (see the module docstring)."""
+
+    #: the registry name, written in ``ehrgen.json``.
+    name: ClassVar[str]
+    #: the architecture config class (``from_dict`` reads ``config.json``).
+    config_class: ClassVar[type]
+    #: one sentence for the model card.
+    summary: ClassVar[str] = ""
+    protocols: tuple[str, ...] = ("set",)
+
+    config: Any
+    _fitted: Fitted | None = None
+
+    # ---- learned state (scikit-learn style: names ending in _)
+
+    @property
+    def schema_(self) -> CohortSchema:
+        """The training cohort's schema (modalities, baseline features)."""
+        return self._check_fitted().schema
+
+    @property
+    def model_(self) -> Any:
+        """The trained network."""
+        return self._check_fitted().network
+
+    @property
+    def population_(self) -> Population:
+        """The training population in aggregate (what generation draws from)."""
+        return self._check_fitted().population
+
+    @property
+    def training_(self) -> TrainingFacts | None:
+        """Training facts (sizes, settings, steps, best validation perplexity);
+        None for a model loaded from a mid-training checkpoint."""
+        return self._check_fitted().facts
+
+    def __repr__(self) -> str:
+        state = "fitted" if self._fitted else "not fitted"
+        return f"{type(self).__name__}({state})"
+
+    # ---- hooks
+
+    def _new_network(
+        self, tokenizer: CodeTokenizer, schema: CohortSchema, train: Cohort, state: Any
+    ) -> tuple[Any, Any]:
+        raise NotImplementedError
+
+    def _empty_network(
+        self, tokenizer: CodeTokenizer, schema: CohortSchema, state: Any
+    ) -> Any:
+        raise NotImplementedError
+
+    def _loaders(
+        self, fitted: Fitted, train: Cohort, val: Cohort | None, training: Any
+    ) -> tuple[Callable[[int], Any], Any]:
+        raise NotImplementedError
+
+    @classmethod
+    def _state_from_dict(
+        cls, data: Mapping[str, Any], tokenizer: CodeTokenizer, schema: CohortSchema
+    ) -> Any:
+        return dict(data)
+
+    def _training_module(self, network: Any) -> Any:
+        """What the trainer optimises (the network, or a module wrapping it)."""
+        return network
+
+    def _network_of(self, module: Any) -> Any:
+        """The network inside what :meth:`_training_module` returned."""
+        return module
+
+    def _architecture(self) -> str:
+        return ", ".join(f"{k} {v}" for k, v in self.config.to_dict().items())
+
+    # ---- fitting
+
+    def _fit(
+        self,
+        train: Cohort,
+        val: Cohort | None,
+        training: TrainingConfig,
+        *,
+        output_dir: str | Path | None,
+        resume_from: str | Path | None,
+        progress: bool,
+        new_tokenizer: Callable[[Cohort], CodeTokenizer] = CodeTokenizer.fit,
+        state: Any = None,
+    ) -> Any:
+        """Fit on ``train`` (the body of every model's ``fit``); returns self."""
+        import torch
+
+        from ehrgen.training import Trainer
+
+        check_cohorts(train, val, type(self).__name__)
+        check_patient_ids(train)
+        if resume_from is not None:
+            folder = read_model_folder(
+                resume_from, self.name, self.config_class.from_dict
+            )
+            self.config, tokenizer, schema = (
+                folder.config,
+                folder.tokenizer,
+                folder.schema,
+            )
+            check_schema(train, schema, f"{resume_from}")
+            state = self._state_from_dict(folder.state, tokenizer, schema)
+        else:
+            tokenizer, schema = new_tokenizer(train), train.schema
+        with torch.random.fork_rng(devices=[]):  # seeded weights, global state kept
+            torch.manual_seed(training.seed)
+            network, state = self._new_network(tokenizer, schema, train, state)
+        population = Population.from_cohort(train)
+        fitted = Fitted(tokenizer, schema, network, population, state=state)
+
+        def save_checkpoint(module: Any, folder: Path) -> None:
+            checkpoint = replace(fitted, network=self._network_of(module))
+            write_model_folder(
+                folder, self.name, self.config, checkpoint, self._card(checkpoint)
+            )
+
+        def load_checkpoint(module: Any, folder: Path) -> None:
+            load_weights(self._network_of(module), folder)
+
+        with contextlib.ExitStack() as stack:
+            if output_dir is None:
+                output_dir = stack.enter_context(tempfile.TemporaryDirectory())
+            trainer = Trainer(
+                training, Path(output_dir), save_checkpoint, load_checkpoint, progress
+            )
+            loaders = self._loaders(fitted, train, val, training)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(training.seed)  # dropout and other draws
+                module = self._training_module(network)
+                result = trainer.fit(module, *loaders, resume_from=resume_from)
+        network.eval()
+        fitted.facts = training_facts(train, val, training, result)
+        self._fitted = fitted
+        return self
+
+    # ---- persistence
+
+    def save_pretrained(self, path: str | Path, overwrite: bool = False) -> Path:
+        """Write the model folder (see :mod:`ehrgen.models.folder`): no pickle,
+        every file atomic, ``ehrgen.json`` last."""
+        fitted, path = self._check_fitted(), Path(path)
+        check_model_folder_free(path, overwrite)
+        write_model_folder(path, self.name, self.config, fitted, self._card(fitted))
+        return path
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> Any:
+        """Load a folder written by :meth:`save_pretrained` (or a checkpoint)."""
+        folder = read_model_folder(path, cls.name, cls.config_class.from_dict)
+        self = cls(folder.config)
+        state = cls._state_from_dict(folder.state, folder.tokenizer, folder.schema)
+        network = self._empty_network(folder.tokenizer, folder.schema, state)
+        load_weights(network, folder.path)
+        self._fitted = Fitted(
+            folder.tokenizer,
+            folder.schema,
+            network.eval(),
+            folder.population,
+            folder.facts,
+            folder.length_calibration,
+            state,
+        )
+        return self
+
+    def _card(self, fitted: Fitted) -> str:
+        return model_card(
+            type(self).__name__, self.summary, fitted, self._architecture()
+        )
+
+    # ---- generation helpers
+
+    def _statics(
+        self, n: int, conditions: Any, rng: np.random.Generator, owner: str
+    ) -> list[dict[str, Any]]:
+        """Baseline features of ``n`` patients: the conditions, then the training
+        population's marginals for the rest."""
+        from ehrgen.models.population import per_patient
+
+        check_count(n, owner)
+        population = self._check_fitted().population
+        return population.sample_static(per_patient(conditions, n, owner), rng)
+
+    def _synthetic_cohort(
+        self,
+        statics: Sequence[Mapping[str, Any]],
+        visits: Sequence[Sequence[Any]],
+        rng: np.random.Generator,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Cohort:
+        """A cohort of new patients: ids in the reserved synthetic range, visit
+        times from the population's gaps. ``visits`` holds each patient's
+        :class:`~ehrgen.data.Visit` objects (their times are replaced)."""
+        from ehrgen.data import Visit
+
+        fitted = self._check_fitted()
+        times = fitted.population.sample_times([len(v) for v in visits], rng)
+        ids = synthetic_ids(len(visits))
+        patients = []
+        for p, (static, history) in enumerate(zip(statics, visits)):
+            if times is not None:
+                history = [Visit(v.events, t) for v, t in zip(history, times[p])]
+            patients.append(Patient(ids[p], dict(static), tuple(history)))
+        metadata = {
+            "source": type(self).__name__,
+            "synthetic_subject_ids": [SYNTHETIC_ID_BASE, SYNTHETIC_ID_BASE + len(ids)],
+            **(metadata or {}),
+        }
+        return Cohort.from_patients(patients, fitted.schema, metadata=metadata)
+
+
+def check_cohorts(train: Cohort, val: Cohort | None, owner: str) -> None:
+    """A non-empty training cohort, and a validation cohort of the same schema."""
+    if len(train) == 0:
+        raise SchemaError(
+            f"The training cohort is empty: {owner} needs patients to fit."
+        )
+    if val is not None:
+        if len(val) == 0:
+            raise SchemaError("The validation cohort is empty; pass val=None instead.")
+        check_schema(val, train.schema, "The validation cohort")
+
+
+def check_schema(cohort: Cohort, schema: CohortSchema, where: str) -> None:
+    """The cohort must have the schema the model was trained on."""
+    if cohort.schema != schema:
+        raise SchemaError(
+            f"{where}: the model was trained on a cohort with schema {schema}; the "
+            f"cohort given has {cohort.schema}. Use a cohort of the same modalities "
+            f"and baseline features."
+        )
+
+
+def training_facts(
+    train: Cohort, val: Cohort | None, training: TrainingConfig, result: TrainingResult
+) -> TrainingFacts:
+    return TrainingFacts(
+        train_patients=len(train),
+        train_visits=train.n_visits,
+        train_events=train.n_events,
+        val_patients=len(val) if val is not None else 0,
+        training=training.to_dict(),
+        steps=result.steps,
+        epochs_completed=result.epochs_completed,
+        best_epoch=result.best_epoch,
+        best_val_perplexity=result.best_val_perplexity,
+        stopped_early=result.stopped_early,
+        train_tokens=result.train_tokens,
+        seconds=round(result.seconds, 2),
+    )
