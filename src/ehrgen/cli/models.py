@@ -37,10 +37,25 @@ if TYPE_CHECKING:
 def train(
     cohort_dir: Annotated[Path, typer.Argument(help="A MEDS cohort folder.")],
     out: Annotated[Path, typer.Option("--out", help="Output model folder.")],
+    model_name: Annotated[
+        str,
+        typer.Option(
+            "--model",
+            help="A registered model: promptehr, promptehr-noprompt, lstm-mlp, gpt2.",
+        ),
+    ] = "promptehr",
     preset: Annotated[Preset, typer.Option("--preset", help="Model size.")] = (
         Preset.small
     ),
     epochs: Annotated[int, typer.Option("--epochs", help="Training epochs.")] = 20,
+    time_budget: Annotated[
+        float | None,
+        typer.Option("--time-budget", help="Stop training after this many minutes."),
+    ] = None,
+    max_steps: Annotated[
+        int | None,
+        typer.Option("--max-steps", help="Stop training after this many steps."),
+    ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Batch size.")] = 16,
     lr: Annotated[float, typer.Option("--lr", help="Peak learning rate.")] = 5e-4,
     val_fraction: Annotated[
@@ -66,10 +81,13 @@ def train(
     ] = True,
     overwrite: Overwrite = False,
 ) -> None:
-    """Train PromptEHR on a MEDS cohort (its train split, validated on its tuning
-    split). Checkpoints and metrics.jsonl go to OUT/training/."""
-    from ehrgen.models.promptehr import PromptEHR, PromptEHRConfig
+    """Train a model (PromptEHR by default) on a MEDS cohort: its train split,
+    validated on its tuning split. Checkpoints and metrics.jsonl go to
+    OUT/training/."""
+    from ehrgen.models.registry import build_model
     from ehrgen.training import TrainingConfig
+
+    model = build_model(model_name, preset.value)
 
     if (out / "ehrgen.json").exists() and not overwrite:
         raise ConfigError(
@@ -78,13 +96,18 @@ def train(
         )
     train_cohort, val_cohort = _train_and_validation(cohort_dir, val_fraction, seed)
     training = TrainingConfig(
-        epochs=epochs, batch_size=batch_size, learning_rate=lr, seed=seed
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=lr,
+        seed=seed,
+        time_budget_minutes=time_budget,
+        max_steps=max_steps,
     )
     console.print(
-        f"Training PromptEHR ({preset.value}) on {len(train_cohort):,} patients, "
+        f"Training {model_name} ({preset.value}) on {len(train_cohort):,} patients, "
         f"validating on {len(val_cohort) if val_cohort else 0:,}."
     )
-    model = PromptEHR(PromptEHRConfig.preset(preset.value)).fit(
+    model = model.fit(
         train_cohort,
         val_cohort,
         training,
@@ -94,11 +117,11 @@ def train(
     )
     if not _is_main_process():
         return  # under `accelerate launch`, rank 0 alone writes the model
-    if calibrate:
+    if calibrate and hasattr(model, "calibrate_length"):
         with console.status("Calibrating how many visits generated patients have..."):
             model.calibrate_length(train_cohort, n_samples=min(512, len(train_cohort)))
     model.save_pretrained(out, overwrite=True)
-    ppl = model.info_["best_val_perplexity"]
+    ppl = model.training_.best_val_perplexity
     best = f", best validation perplexity {ppl:.2f}" if ppl is not None else ""
     console.print(f"[green]Saved[/green] the model to [bold]{out}[/bold]{best}.")
 
@@ -145,11 +168,13 @@ def generate(
     fmt: Format = OutputFormat.meds,
     overwrite: Overwrite = False,
 ) -> None:
-    """Generate synthetic patients from scratch, optionally under conditions."""
-    from ehrgen.models.promptehr import PromptEHR
+    """Generate synthetic patients from scratch, optionally under conditions, with
+    any trained model. Their subject ids lie in a reserved range that no real
+    patient's id can take."""
+    from ehrgen.models.registry import load_model
 
     conditions = _parse_conditions(condition or [])
-    model = PromptEHR.from_pretrained(model_dir)
+    model = load_model(model_dir)
     sampling = _sampling(temperature, top_k, top_p, max_visits, batch_size)
     with _bar("Generating", n) as advance:
         cohort = model.generate(n, conditions, sampling, seed=seed, progress=advance)
@@ -188,10 +213,15 @@ def impute(
     overwrite: Overwrite = False,
 ) -> None:
     """Fill in partial records: the next visit, a missing modality, or the rest of a
-    visit."""
-    from ehrgen.models.promptehr import PromptEHR
+    visit (PromptEHR)."""
+    from ehrgen.models.registry import load_model
 
-    model = PromptEHR.from_pretrained(model_dir)
+    model = load_model(model_dir)
+    if not hasattr(model, "continue_patients"):
+        raise ConfigError(
+            f"{model_dir} holds a {type(model).__name__}, which generates whole "
+            f"patients only; imputation needs a PromptEHR model."
+        )
     cohort = _read(cohort_dir, "meds", split)
     sampling = _sampling(temperature, top_k, top_p, 20, batch_size)
     with _bar("Imputing", len(cohort)) as advance:

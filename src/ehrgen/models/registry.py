@@ -1,50 +1,89 @@
-"""Every model behind one name: what ``ehrgen benchmark`` and evaluation build.
+"""Every model behind one name: what ``ehrgen train --model``, ``ehrgen benchmark``
+and :func:`load_model` build.
 
-A registry entry turns a size preset (``tiny``, ``small``, ``paper``) into an unfitted
-model implementing :class:`ehrgen.models.base.Generator`.
+A registry entry names the module and class of a model (imported on first use, so that
+``import ehrgen`` stays free of torch) and how a size preset (``tiny``, ``small``,
+``paper``) becomes its config.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
+import importlib
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ehrgen.errors import ConfigError, did_you_mean
 
-__all__ = ["MODELS", "build_model", "load_model"]
+__all__ = [
+    "MODELS",
+    "PRESETS",
+    "ModelEntry",
+    "build_model",
+    "load_model",
+    "model_class",
+]
+
+PRESETS = ("tiny", "small", "paper")
 
 
-def _promptehr(preset: str, prompts: bool = True) -> Any:
-    from ehrgen.models.promptehr import PromptEHR, PromptEHRConfig
+@dataclass(frozen=True)
+class ModelEntry:
+    """Where a registered model lives and how its presets are made.
 
-    return PromptEHR(PromptEHRConfig.preset(preset, use_prompts=prompts))
+    Attributes:
+        module, cls: the model's module and class name.
+        config: the name of its config class (in the same module).
+        changes: config fields set on top of the preset (a variant of a model).
+    """
+
+    module: str
+    cls: str
+    config: str
+    changes: dict[str, Any] = field(default_factory=dict)
+
+    def model_class(self) -> type:
+        return getattr(importlib.import_module(self.module), self.cls)
+
+    def build(self, preset: str) -> Any:
+        module = importlib.import_module(self.module)
+        config_class = getattr(module, self.config)
+        # A model without its own preset of that name uses its default sizes.
+        make = getattr(config_class, preset, None) or config_class
+        return getattr(module, self.cls)(make().replace(**self.changes))
 
 
-def _lstm_mlp(preset: str) -> Any:
-    from ehrgen.models.baselines.lstm_mlp import LSTMMLP, LSTMMLPConfig
-
-    return LSTMMLP(LSTMMLPConfig.tiny() if preset == "tiny" else LSTMMLPConfig())
-
-
-def _gpt2(preset: str) -> Any:
-    from ehrgen.models.baselines.gpt2 import GPT2Baseline, GPT2BaselineConfig
-
-    presets = {
-        "tiny": GPT2BaselineConfig.tiny,
-        "small": GPT2BaselineConfig.small,
-        "paper": GPT2BaselineConfig.paper,
-    }
-    return GPT2Baseline(presets[preset]())
-
-
-MODELS: dict[str, Callable[[str], Any]] = {
-    "promptehr": _promptehr,
-    "promptehr-noprompt": lambda preset: _promptehr(preset, prompts=False),
-    "lstm-mlp": _lstm_mlp,
-    "gpt2": _gpt2,
+MODELS: dict[str, ModelEntry] = {
+    "promptehr": ModelEntry(
+        "ehrgen.models.promptehr.promptehr", "PromptEHR", "PromptEHRConfig"
+    ),
+    "promptehr-noprompt": ModelEntry(
+        "ehrgen.models.promptehr.promptehr",
+        "PromptEHR",
+        "PromptEHRConfig",
+        {"use_prompts": False},
+    ),
+    "lstm-mlp": ModelEntry(
+        "ehrgen.models.baselines.lstm_mlp", "LSTMMLP", "LSTMMLPConfig"
+    ),
+    "gpt2": ModelEntry(
+        "ehrgen.models.baselines.gpt2", "GPT2Baseline", "GPT2BaselineConfig"
+    ),
 }
+
+
+def _entry(name: str) -> ModelEntry:
+    if name not in MODELS:
+        raise ConfigError(
+            f"Unknown model {name!r}; known models are {list(MODELS)}."
+            f"{did_you_mean(name, MODELS)}"
+        )
+    return MODELS[name]
+
+
+def model_class(name: str) -> type:
+    """The class of a registered model."""
+    return _entry(name).model_class()
 
 
 def build_model(name: str, preset: str = "small") -> Any:
@@ -54,49 +93,36 @@ def build_model(name: str, preset: str = "small") -> Any:
         >>> build_model("promptehr", "tiny").config.d_model
         32
     """
-    if name not in MODELS:
+    entry = _entry(name)
+    if preset not in PRESETS:
         raise ConfigError(
-            f"Unknown model {name!r}; known models are {list(MODELS)}."
-            f"{did_you_mean(name, MODELS)}"
+            f"Unknown preset {preset!r}; use one of {list(PRESETS)}."
+            f"{did_you_mean(preset, PRESETS)}"
         )
-    if preset not in ("tiny", "small", "paper"):
-        raise ConfigError(f"Unknown preset {preset!r}; use tiny, small or paper.")
-    return MODELS[name](preset)
-
-
-def _loader(name: str) -> Callable[[Path], Any]:
-    if name == "promptehr":
-        from ehrgen.models.promptehr import PromptEHR
-
-        return PromptEHR.from_pretrained
-    if name == "lstm-mlp":
-        from ehrgen.models.baselines.lstm_mlp import LSTMMLP
-
-        return LSTMMLP.from_pretrained
-    from ehrgen.models.baselines.gpt2 import GPT2Baseline
-
-    return GPT2Baseline.from_pretrained
+    return entry.build(preset)
 
 
 def load_model(path: str | Path) -> Any:
     """A fitted model from its folder, whichever model wrote it (its ``ehrgen.json``
-    names it)."""
-    path = Path(path)
-    info_path = path / "ehrgen.json"
-    if not info_path.is_file():
+    names it).
+
+    Example:
+        >>> import tempfile
+        >>> from ehrgen.data.demo import demo_cohort
+        >>> from ehrgen.training import TrainingConfig
+        >>> model = build_model("lstm-mlp", "tiny").fit(
+        ...     demo_cohort(8, seed=0), training=TrainingConfig(epochs=1)
+        ... )
+        >>> folder = model.save_pretrained(tempfile.mkdtemp() + "/model")
+        >>> type(load_model(folder)).__name__
+        'LSTMMLP'
+    """
+    from ehrgen.models.folder import model_name_of
+
+    name = model_name_of(path)
+    if name not in MODELS:
         raise ConfigError(
-            f"{path} is not a model folder: it has no ehrgen.json. Train one with "
-            f"`ehrgen train` or save one with save_pretrained."
+            f"{Path(path) / 'ehrgen.json'}: unknown model {name!r}; this version of "
+            f"ehrgen loads {list(MODELS)}."
         )
-    try:
-        name = json.loads(info_path.read_text(encoding="utf-8")).get("model")
-    except (ValueError, AttributeError) as error:
-        raise ConfigError(
-            f"{info_path}: not a valid model description ({error})."
-        ) from None
-    if name not in ("promptehr", "lstm-mlp", "gpt2"):
-        raise ConfigError(
-            f"{info_path}: unknown model {name!r}; this version of ehrgen loads "
-            f"promptehr, lstm-mlp and gpt2 folders."
-        )
-    return _loader(name)(path)
+    return model_class(name).from_pretrained(path)

@@ -10,7 +10,7 @@ implements a few hooks:
 * ``_loaders(fitted, train, val, training)``: the trainer's ``train_loader(epoch)`` and
   validation loader;
 * ``_state_from_dict(data, tokenizer, schema)``: the typed state back from JSON;
-* optionally ``_training_module(network)`` (what the trainer optimises, when it wraps
+* optionally ``_training_module(fitted)`` (what the trainer optimises, when it wraps
   the network) and ``_architecture()`` (one line for the model card).
 
 The base class does the rest: the cohort checks, the tokenizer (or the one of the
@@ -51,6 +51,7 @@ __all__ = [
     "TrainedGenerator",
     "check_patient_ids",
     "new_seed",
+    "static_arrays",
     "synthetic_ids",
 ]
 
@@ -153,9 +154,9 @@ class TrainedGenerator(FittedState):
     ) -> Any:
         return dict(data)
 
-    def _training_module(self, network: Any) -> Any:
+    def _training_module(self, fitted: Fitted) -> Any:
         """What the trainer optimises (the network, or a module wrapping it)."""
-        return network
+        return fitted.network
 
     def _network_of(self, module: Any) -> Any:
         """The network inside what :meth:`_training_module` returned."""
@@ -163,6 +164,24 @@ class TrainedGenerator(FittedState):
 
     def _architecture(self) -> str:
         return ", ".join(f"{k} {v}" for k, v in self.config.to_dict().items())
+
+    def _check_protocol(self, protocol: str, task: str, why: str = "") -> None:
+        """A scoring protocol this model supports (NotImplementedError for a known
+        one it does not, saying ``why``)."""
+        from ehrgen.models.base import PROTOCOLS
+
+        owner = f"{type(self).__name__}.score_{task}"
+        if protocol not in PROTOCOLS:
+            raise ConfigError(
+                f"The 'protocol' parameter of {owner} must be one of "
+                f"{list(PROTOCOLS)}. Got {protocol!r} instead."
+            )
+        if protocol not in self.protocols:
+            raise NotImplementedError(
+                f"The {protocol!r} protocol is not supported by {type(self).__name__} "
+                f"({self.name}){': ' + why if why else ''}. Use one of "
+                f"{list(self.protocols)}."
+            )
 
     # ---- fitting
 
@@ -222,7 +241,7 @@ class TrainedGenerator(FittedState):
             loaders = self._loaders(fitted, train, val, training)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(training.seed)  # dropout and other draws
-                module = self._training_module(network)
+                module = self._training_module(fitted)
                 result = trainer.fit(module, *loaders, resume_from=resume_from)
         network.eval()
         fitted.facts = training_facts(train, val, training, result)
@@ -302,6 +321,24 @@ class TrainedGenerator(FittedState):
             **(metadata or {}),
         }
         return Cohort.from_patients(patients, fitted.schema, metadata=metadata)
+
+
+def static_arrays(
+    statics: Sequence[Mapping[str, Any]], schema: CohortSchema
+) -> tuple[Any, Any]:
+    """Baseline features as the (n, ·) tensors a cohort stores: category indices
+    (-1: missing) and raw numbers (NaN: missing)."""
+    import torch
+
+    categorical = np.full((len(statics), len(schema.categorical)), -1, np.int64)
+    numerical = np.full((len(statics), len(schema.numerical)), np.nan, np.float32)
+    for i, static in enumerate(statics):
+        for j, (name, categories) in enumerate(schema.categorical.items()):
+            if name in static:
+                categorical[i, j] = categories.index(static[name])
+        for j, name in enumerate(schema.numerical):
+            numerical[i, j] = float(static.get(name, np.nan))
+    return torch.from_numpy(categorical), torch.from_numpy(numerical)
 
 
 def check_cohorts(train: Cohort, val: Cohort | None, owner: str) -> None:

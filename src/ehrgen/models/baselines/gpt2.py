@@ -22,12 +22,9 @@ alone overflows: its beginning is kept).
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
-import tempfile
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,18 +35,13 @@ from torch.nn.utils.rnn import pad_sequence
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from ehrgen._config import ConfigMixin, check, check_positive_ints
-from ehrgen._io import atomic_file, write_json
 from ehrgen.data import Cohort, CohortSchema, Patient, Visit
 from ehrgen.errors import ConfigError, SchemaError
 from ehrgen.generation import _DONE, GenerationConfig, VisitSampler
-from ehrgen.models.base import (
-    CodeScores,
-    FittedState,
-    check_model_folder_free,
-    load_weights,
-)
-from ehrgen.models.population import Population, per_patient
+from ehrgen.models.base import CodeScores
+from ehrgen.models.folder import Fitted
 from ehrgen.models.promptehr.modeling import allowed_tokens
+from ehrgen.models.trained import TrainedGenerator, new_seed
 from ehrgen.tokens.tokenizer import CodeTokenizer
 from ehrgen.training import TrainingConfig
 
@@ -147,6 +139,10 @@ class _Prefix:
             known = cohort.static[name][~np.isnan(cohort.static[name])]
             edges[name] = np.quantile(known, levels).tolist() if known.size else []
         return cls(cohort.schema, edges, offset)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The model folder's state: the decile edges (aggregate quantiles)."""
+        return {"decile_edges": self.edges}
 
     def ids(self, static: Mapping[str, Any]) -> list[int]:
         """One token per feature, in the schema's order."""
@@ -290,18 +286,10 @@ class _CausalSampler(VisitSampler):
 # --------------------------------------------------------------------------- the model
 
 
-@dataclass
-class _Fitted:
-    tokenizer: CodeTokenizer
-    prefix: _Prefix
-    lm: GPT2LMHeadModel
-    population: dict[str, Any]
-    info: dict[str, Any]
-
-
-class GPT2Baseline(FittedState):
+class GPT2Baseline(TrainedGenerator):
     """GPT-2 over serialised patients, demographics as prefix tokens (see the module
-    docstring); a :class:`~ehrgen.models.base.Generator`.
+    docstring); a :class:`~ehrgen.models.base.Generator`. Its fitted state holds the
+    prefix (:class:`_Prefix`) as the model's own state.
 
     Args:
         config: the architecture (default :meth:`GPT2BaselineConfig.small`).
@@ -315,25 +303,17 @@ class GPT2Baseline(FittedState):
         2
     """
 
+    name = "gpt2"
+    config_class = GPT2BaselineConfig
+    summary = (
+        "The paper's GPT-2 baseline: a causal language model over the serialised "
+        "patients, with the demographics as prefix tokens."
+    )
     protocols: tuple[str, ...] = ("chain", "set")
 
     def __init__(self, config: GPT2BaselineConfig | None = None) -> None:
         self.config = config or GPT2BaselineConfig.small()
-        self._fitted: _Fitted | None = None
-
-    @property
-    def schema_(self) -> CohortSchema:
-        """The training cohort's schema."""
-        return self._check_fitted().prefix.schema
-
-    @property
-    def model_(self) -> GPT2LMHeadModel:
-        """The trained network."""
-        return self._check_fitted().lm
-
-    def __repr__(self) -> str:
-        state = "fitted" if self._fitted else "not fitted"
-        return f"GPT2Baseline({state}, n_layer={self.config.n_layer})"
+        self._fitted = None
 
     def fit(
         self,
@@ -359,49 +339,46 @@ class GPT2Baseline(FittedState):
         Returns:
             self, fitted.
         """
-        training = training or TrainingConfig()
-        _check_cohort(train, train.schema, "training")
-        if val is not None:
-            _check_cohort(val, train.schema, "validation")
-        if resume_from is not None:
-            self.config, tokenizer, prefix, _ = _read_folder(Path(resume_from))
-            _check_cohort(train, prefix.schema, "training")
-        else:
-            tokenizer = CodeTokenizer.fit(train)
-            prefix = _Prefix.fit(train, tokenizer.vocab_size)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(training.seed)  # the initial weights follow the seed
-            lm = GPT2LMHeadModel(self.config.gpt2_config(prefix.vocab_size, tokenizer))
-        population = Population.from_cohort(train).to_dict()
-        fitted = _Fitted(tokenizer, prefix, lm, population, {})
-        with contextlib.ExitStack() as stack:
-            if output_dir is None:
-                output_dir = stack.enter_context(tempfile.TemporaryDirectory())
-            trainer = self._trainer(fitted, training, Path(output_dir), progress)
-            loaders = _loaders(fitted, train, val, training, self.config)
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(training.seed)
-                module = _LossModule(lm, tokenizer)
-                result = trainer.fit(module, *loaders, resume_from=resume_from)
-        lm.eval()
-        result = {k: v for k, v in result.to_dict().items() if k != "history"}
-        fitted.info = {"train_patients": len(train), "val_patients": len(val or ()),
-                       "training": training.to_dict(), **result}  # fmt: skip
-        self._fitted = fitted
-        return self
+        return self._fit(
+            train,
+            val,
+            training or TrainingConfig(),
+            output_dir=output_dir,
+            resume_from=resume_from,
+            progress=progress,
+        )
 
-    def _trainer(self, fitted: _Fitted, training, output_dir: Path, progress: bool):
+    def _new_network(self, tokenizer, schema, train, state):
+        prefix = (
+            state if state is not None else _Prefix.fit(train, tokenizer.vocab_size)
+        )
+        return self._empty_network(tokenizer, schema, prefix), prefix
 
-        from ehrgen.training import Trainer
+    def _empty_network(self, tokenizer, schema, state) -> GPT2LMHeadModel:
+        return GPT2LMHeadModel(self.config.gpt2_config(state.vocab_size, tokenizer))
 
-        def save_model(module: _LossModule, folder: Path) -> None:
-            # A checkpoint is a whole model folder: any of them loads.
-            _write_folder(folder, self.config, replace(fitted, lm=module.lm, info={}))
+    @classmethod
+    def _state_from_dict(cls, data, tokenizer, schema) -> _Prefix:
+        edges = data["decile_edges"]
+        if set(edges) != set(schema.numerical):
+            raise ValueError(
+                f"decile edges for {sorted(edges)}; the schema's numerical features "
+                f"are {list(schema.numerical)}"
+            )
+        return _Prefix(schema, edges, tokenizer.vocab_size)
 
-        def load_trained(module: _LossModule, folder: Path) -> None:
-            load_weights(module.lm, folder)
+    def _training_module(self, fitted: Fitted) -> _LossModule:
+        return _LossModule(fitted.network, fitted.tokenizer)
 
-        return Trainer(training, output_dir, save_model, load_trained, progress)
+    def _network_of(self, module: Any) -> GPT2LMHeadModel:
+        return module.lm if isinstance(module, _LossModule) else module
+
+    def _loaders(self, fitted, train, val, training):
+        return _loaders(fitted, train, val, training, self.config)
+
+    def _architecture(self) -> str:
+        c = self.config
+        return f"{c.n_layer} layers, width {c.n_embd}, {c.n_head} heads"
 
     # ---- scoring
 
@@ -439,7 +416,7 @@ class GPT2Baseline(FittedState):
         expected = f"one of {list(self.protocols)}"
         ok = protocol in self.protocols
         check(ok, "GPT2Baseline", "protocol", expected, protocol)
-        _check_cohort(cohort, fitted.prefix.schema, "scored")
+        _check_cohort(cohort, fitted.state.schema, "scored")
         queries: list = []
         rows: list[tuple[int, int, int, str]] = []
         n_oov, limit = 0, self.config.n_positions
@@ -462,8 +439,11 @@ class GPT2Baseline(FittedState):
         conditions: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
         generation: GenerationConfig | None = None,
         seed: int | None = None,
+        progress: Callable[[int], None] | None = None,
     ) -> Cohort:
-        """``n`` synthetic patients from scratch, ids ``synthetic-N``.
+        """``n`` synthetic patients from scratch (ids in the reserved synthetic
+        range, see :data:`ehrgen.models.trained.SYNTHETIC_ID_BASE`); ``progress`` is
+        called with the number of patients finished after each batch.
 
         Baseline features come from ``conditions`` (one mapping for all, or one per
         patient) and the training population for the rest; visits are sampled one at
@@ -471,18 +451,17 @@ class GPT2Baseline(FittedState):
         (capped by ``max_visits``); visit times come from the population.
         """
         fitted = self._check_fitted()
-        ok = isinstance(n, int) and not isinstance(n, bool) and n >= 1
-        check(ok, "GPT2Baseline.generate", "n", "an int >= 1", n)
         generation = generation or GenerationConfig()
-        seed = int(np.random.SeedSequence().entropy % 2**63) if seed is None else seed
+        seed = new_seed(seed)
         rng = np.random.default_rng(seed)
         generator = torch.Generator().manual_seed(seed)
-        population = Population.from_dict(fitted.population)
-        statics = population.sample_static(per_patient(conditions, n), rng)
-        sampler = _CausalSampler(fitted.lm, fitted.tokenizer, generation, generator)
+        statics = self._statics(n, conditions, rng, "GPT2Baseline.generate")
+        sampler = _CausalSampler(
+            fitted.network, fitted.tokenizer, generation, generator
+        )
         # The context leaves room for the longest visit the sampler may write.
         limit = self.config.n_positions - sampler._max_steps()
-        if limit <= len(population.schema.features) + 1:
+        if limit <= len(fitted.schema.features) + 1:
             raise ConfigError(
                 f"n_positions ({self.config.n_positions}) leaves no room for a history "
                 f"before a visit of up to {sampler._max_steps()} tokens; lower "
@@ -492,53 +471,33 @@ class GPT2Baseline(FittedState):
         for start in range(0, n, generation.batch_size):
             chunk = statics[start : start + generation.batch_size]
             histories += _sample(fitted, sampler, chunk, generation.max_visits, limit)
-        return _synthetic_cohort(fitted.tokenizer, population, statics, histories, rng)
-
-    # ---- persistence
-
-    def save_pretrained(self, path: str | Path, overwrite: bool = False) -> Path:
-        """Write ``config.json``, ``tokenizer.json``, ``schema.json``,
-        ``model.safetensors`` and, last, ``ehrgen.json`` (``"model": "gpt2"``, the
-        decile edges, the population summary); no pickle."""
-        fitted, path = self._check_fitted(), Path(path)
-        check_model_folder_free(path, overwrite)
-        _write_folder(path, self.config, fitted)
-        return path
-
-    @classmethod
-    def from_pretrained(cls, path: str | Path) -> GPT2Baseline:
-        """Load a folder written by :meth:`save_pretrained` (or a checkpoint)."""
-
-        path = Path(path)
-        config, tokenizer, prefix, info = _read_folder(path)
-        lm = GPT2LMHeadModel(config.gpt2_config(prefix.vocab_size, tokenizer))
-        load_weights(lm, path)
-        self = cls(config)
-        population, info = info["population"], info.get("training_info", {})
-        self._fitted = _Fitted(tokenizer, prefix, lm.eval(), population, info)
-        return self
+            if progress:
+                progress(len(chunk))
+        tok = fitted.tokenizer
+        visits = [[tok.decode(t).visits[0] for t in h] for h in histories]
+        return self._synthetic_cohort(statics, visits, rng)
 
 
 # --------------------------------------------------------------------------- helpers
 
 
-def _encode(fitted: _Fitted, patient: Patient, limit: int) -> np.ndarray:
+def _encode(fitted: Fitted, patient: Patient, limit: int) -> np.ndarray:
     """prefix ``<bos>`` visits ``<eos>``, cut to ``limit`` from the oldest visit."""
     tok = fitted.tokenizer
-    head = [*fitted.prefix.ids(patient.static), tok.bos_id]
+    head = [*fitted.state.ids(patient.static), tok.bos_id]
     visits = [tok.encode_visit(v) for v in patient.visits]
     return np.array(_fit_context(head, visits, [tok.eos_id], limit)[0], dtype=np.int64)
 
 
-def _loaders(fitted: _Fitted, train, val, training: TrainingConfig, config):
+def _loaders(fitted: Fitted, train, val, training: TrainingConfig, config):
     """``train_loader(epoch)`` and the validation loader. Each epoch's order and code
     shuffling follow from (seed, epoch), so a resumed run sees the same data."""
     from torch.utils.data import DataLoader
 
     from ehrgen.tokens.batching import length_grouped_order
 
-    tok, first = fitted.tokenizer, len(fitted.prefix.schema.features)  # <bos> index
-    lookup, limit = _structure(tok, fitted.prefix.vocab_size), config.n_positions
+    tok, first = fitted.tokenizer, len(fitted.state.schema.features)  # <bos> index
+    lookup, limit = _structure(tok, fitted.state.vocab_size), config.n_positions
     data = [_encode(fitted, patient, limit) for patient in train]
     rows = [_grammar_rows(ids, lookup) for ids in data]  # shuffling keeps them
     lengths = np.array([len(ids) for ids in data])
@@ -570,9 +529,9 @@ class _Slots:
     """The scoring contexts of one patient (see ``score_longitudinal`` and
     ``score_cross_modal``)."""
 
-    def __init__(self, fitted: _Fitted, patient: Patient, limit: int) -> None:
+    def __init__(self, fitted: Fitted, patient: Patient, limit: int) -> None:
         self.tok, self.patient, self.limit = fitted.tokenizer, patient, limit
-        self.head = [*fitted.prefix.ids(patient.static), self.tok.bos_id]
+        self.head = [*fitted.state.ids(patient.static), self.tok.bos_id]
         self.visits = [self.tok.encode_visit(v) for v in patient.visits]
 
     def add(self, p: int, task: str, protocol: str, queries: list, rows: list) -> int:
@@ -615,9 +574,9 @@ class _Slots:
 
 
 @torch.no_grad()
-def _run_queries(fitted: _Fitted, queries, n_rows: int, batch_size: int) -> np.ndarray:
+def _run_queries(fitted: Fitted, queries, n_rows: int, batch_size: int) -> np.ndarray:
     """(n_rows,) the log-probability of every query item, by row index."""
-    lm, tok = fitted.lm.eval(), fitted.tokenizer
+    lm, tok = fitted.network.eval(), fitted.tokenizer
     device = next(lm.parameters()).device
     out = np.full(n_rows, np.nan)
     order = sorted(range(len(queries)), key=lambda i: len(queries[i][0]))  # less pad
@@ -641,10 +600,10 @@ def _run_queries(fitted: _Fitted, queries, n_rows: int, batch_size: int) -> np.n
     return out
 
 
-def _sample(fitted: _Fitted, sampler, statics, max_visits: int, limit: int):
+def _sample(fitted: Fitted, sampler, statics, max_visits: int, limit: int):
     """Visits (token lists) of a batch of patients, sampled one visit at a time."""
     tok = fitted.tokenizer
-    heads = [[*fitted.prefix.ids(s), tok.bos_id] for s in statics]
+    heads = [[*fitted.state.ids(s), tok.bos_id] for s in statics]
     histories: list[list[list[int]]] = [[] for _ in statics]
     active = list(range(len(statics)))
     empty = torch.zeros(len(statics), 0)  # the features live in the prefix tokens
@@ -661,88 +620,9 @@ def _sample(fitted: _Fitted, sampler, statics, max_visits: int, limit: int):
     return histories
 
 
-def _synthetic_cohort(tok, population, statics, histories, rng) -> Cohort:
-    times = population.sample_times([len(h) for h in histories], rng)
-    width = len(str(len(histories) - 1))
-    patients = []
-    for p, (static, history) in enumerate(zip(statics, histories)):
-        visits = [tok.decode(tokens).visits[0] for tokens in history]
-        if times is not None:
-            visits = [Visit(v.events, time) for v, time in zip(visits, times[p])]
-        patients.append(Patient(f"synthetic-{p:0{width}d}", static, tuple(visits)))
-    metadata = {"source": "GPT2Baseline"}
-    return Cohort.from_patients(patients, population.schema, metadata=metadata)
-
-
 def _check_cohort(cohort: Cohort, schema: CohortSchema, role: str) -> None:
     if len(cohort) == 0 or cohort.schema != schema:
         raise SchemaError(
             f"The {role} cohort must hold patients with schema {schema}. Got "
             f"{len(cohort)} patients with {cohort.schema}."
         )
-
-
-# --------------------------------------------------------------------------- files
-
-
-def _write_folder(path: Path, config: GPT2BaselineConfig, fitted: _Fitted) -> None:
-    """Every file atomically, ``ehrgen.json`` last: a folder without it is partial."""
-    import transformers
-    from safetensors.torch import save_model
-
-    from ehrgen import __version__
-
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "ehrgen.json").unlink(missing_ok=True)
-    write_json(path / "config.json", config.to_dict())
-    fitted.tokenizer.save(path / "tokenizer.json")
-    write_json(path / "schema.json", fitted.prefix.schema.to_dict())
-    with atomic_file(path / "model.safetensors", overwrite=True) as tmp:
-        save_model(fitted.lm, str(tmp))  # keeps GPT-2's tied embeddings once
-    versions = {"ehrgen_version": __version__, "torch_version": torch.__version__,
-                "transformers_version": transformers.__version__}  # fmt: skip
-    info = {"format_version": FORMAT_VERSION, "model": "gpt2", **versions,
-            "decile_edges": fitted.prefix.edges, "population": fitted.population,
-            "training_info": fitted.info}  # fmt: skip
-    write_json(path / "ehrgen.json", info)
-
-
-def _read_folder(path: Path):
-    """(config, tokenizer, prefix, ehrgen.json's contents) of a model folder."""
-    if not path.is_dir():
-        raise SchemaError(
-            f"{path}: not a folder; expected a GPT2Baseline model folder."
-        )
-    for name in (*_FILES, "ehrgen.json"):
-        if not (path / name).exists():
-            raise SchemaError(
-                f"{path / name}: missing; a GPT2Baseline folder holds "
-                f"{[*_FILES, 'ehrgen.json']} (written by save_pretrained)."
-            )
-    config = _read_json(path / "config.json", GPT2BaselineConfig.from_dict)
-    schema = _read_json(path / "schema.json", CohortSchema.from_dict)
-    info = _read_json(path / "ehrgen.json", lambda data: _check_info(data, schema))
-    tokenizer = CodeTokenizer.load(path / "tokenizer.json")
-    prefix = _Prefix(schema, info["decile_edges"], tokenizer.vocab_size)
-    return config, tokenizer, prefix, info
-
-
-def _read_json(path: Path, parse):
-    try:
-        return parse(json.loads(path.read_text(encoding="utf-8")))
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as error:
-        raise SchemaError(f"{path}: unreadable or corrupt ({error}).") from None
-
-
-def _check_info(info: dict[str, Any], schema: CohortSchema) -> dict[str, Any]:
-    if info.get("model") != "gpt2" or info.get("format_version") != FORMAT_VERSION:
-        raise ValueError(
-            f"expected model 'gpt2', format {FORMAT_VERSION}; got "
-            f"{info.get('model')!r}, format {info.get('format_version')!r}"
-        )
-    if set(info["decile_edges"]) != set(schema.numerical) or "population" not in info:
-        raise ValueError("its decile edges or population do not match the schema")
-    saved = info.get("torch_version")
-    if saved != torch.__version__:
-        logger.warning("Saved with torch %s; running %s.", saved, torch.__version__)
-    return info

@@ -29,12 +29,9 @@ concatenated (one-hot with an "unknown" slot; z-scores with a missing flag); one
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
-import tempfile
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,19 +42,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from ehrgen._config import ConfigMixin, check, check_positive_ints
-from ehrgen._io import atomic_file, write_json
-from ehrgen.data import Cohort, CohortBuilder, CohortSchema
-from ehrgen.errors import ConfigError, SchemaError
+from ehrgen.data import Cohort, CohortSchema, Visit
 from ehrgen.generation import GenerationConfig
-from ehrgen.models.base import (
-    PROTOCOLS,
-    CodeScores,
-    FittedState,
-    check_model_folder_free,
-    load_weights,
+from ehrgen.models.base import CodeScores
+from ehrgen.models.trained import (
+    TrainedGenerator,
+    check_schema,
+    new_seed,
+    static_arrays,
 )
-from ehrgen.models.population import Population, per_patient
-from ehrgen.tokens.tokenizer import CodeTokenizer
+from ehrgen.tokens import CodeTokenizer
 from ehrgen.training import TrainingConfig
 
 __all__ = ["LSTMMLP", "LSTMMLPConfig"]
@@ -65,10 +59,6 @@ __all__ = ["LSTMMLP", "LSTMMLPConfig"]
 logger = logging.getLogger(__name__)
 
 MODEL_NAME = "lstm-mlp"
-FORMAT_VERSION = 1
-# ehrgen.json is written last: a folder without it is incomplete.
-MODEL_FILES = ("config.json", "tokenizer.json", "schema.json", "model.safetensors")
-MODEL_FILES += ("ehrgen.json",)
 _REDRAWS = 8
 
 
@@ -205,9 +195,9 @@ class _Network(nn.Module):
         self.head_output = nn.Linear(config.mlp, n_codes)
         self.dropout = nn.Dropout(config.dropout)
         self.end = nn.Linear(width, 1)
-        # The standardisation is saved in ehrgen.json, not with the weights.
-        self.register_buffer("mean", torch.zeros(n_numerical), persistent=False)
-        self.register_buffer("std", torch.ones(n_numerical), persistent=False)
+        # The standardisation of numerical features, saved with the weights.
+        self.register_buffer("mean", torch.zeros(n_numerical))
+        self.register_buffer("std", torch.ones(n_numerical))
         sizes = torch.tensor([b - a for a, b in self.slices])
         modality = torch.repeat_interleave(torch.arange(len(sizes)), sizes)  # (C,)
         self.register_buffer("column_modality", modality, persistent=False)
@@ -385,16 +375,7 @@ def _log_odds(p):
     return np.log(p / (1 - p))
 
 
-@dataclass
-class _Fitted:
-    tokenizer: CodeTokenizer
-    schema: CohortSchema
-    network: _Network
-    population: dict[str, Any]
-    info: dict[str, Any]
-
-
-class LSTMMLP(FittedState):
+class LSTMMLP(TrainedGenerator):
     """The LSTM+MLP baseline (see the module docstring).
 
     Args:
@@ -412,16 +393,17 @@ class LSTMMLP(FittedState):
         3
     """
 
+    name = MODEL_NAME
+    config_class = LSTMMLPConfig
+    summary = (
+        "The paper's LSTM+MLP baseline: an LSTM over multi-hot visits and an MLP "
+        "head giving one independent probability per code."
+    )
     protocols: tuple[str, ...] = ("set",)
 
     def __init__(self, config: LSTMMLPConfig | None = None) -> None:
         self.config = config or LSTMMLPConfig()
-        self._fitted: _Fitted | None = None
-
-    @property
-    def schema_(self) -> CohortSchema:
-        """The training cohort's schema."""
-        return self._check_fitted().schema
+        self._fitted = None
 
     # ---- training
 
@@ -451,45 +433,31 @@ class LSTMMLP(FittedState):
             self, fitted.
         """
         training = training or TrainingConfig(learning_rate=1e-4, weight_decay=0.0)
-        if len(train) == 0:
-            raise SchemaError("The training cohort is empty: LSTMMLP needs patients.")
-        if resume_from is not None:
-            tokenizer, schema, self.config, _ = _read_folder(Path(resume_from))
-            _check_schema(train, schema, "The training cohort")
-        else:
-            tokenizer, schema = CodeTokenizer.fit(train), train.schema
-        if val is not None:
-            _check_schema(val, schema, "The validation cohort")
-        data = _Encoded(train, tokenizer)
-        with torch.random.fork_rng(devices=[]):  # seeded weights, global state kept
-            torch.manual_seed(training.seed)
-            network = _Network(self.config, tokenizer, schema)
-        network.calibrate(data)
-        population = Population.from_cohort(train).to_dict()
-        fitted = _Fitted(tokenizer, schema, network, population, {})
-        with contextlib.ExitStack() as stack:
-            if output_dir is None:
-                output_dir = stack.enter_context(tempfile.TemporaryDirectory())
-            trainer = self._trainer(fitted, training, Path(output_dir), progress)
-            loaders = _loaders(data, val, fitted.tokenizer, training)
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(training.seed)  # dropout draws
-                result = trainer.fit(network, *loaders, resume_from=resume_from)
-        fitted.info = {"train_patients": len(train), "training": training.to_dict()}
-        fitted.info.update((k, v) for k, v in vars(result).items() if k != "history")
-        self._fitted = fitted
-        network.eval()
-        return self
+        return self._fit(
+            train,
+            val,
+            training,
+            output_dir=output_dir,
+            resume_from=resume_from,
+            progress=progress,
+        )
 
-    def _trainer(self, fitted: _Fitted, training, output_dir: Path, progress: bool):
+    def _new_network(self, tokenizer, schema, train, state):
+        network = self._empty_network(tokenizer, schema, state)
+        network.calibrate(_Encoded(train, tokenizer))
+        return network, None
 
-        from ehrgen.training import Trainer
+    def _empty_network(self, tokenizer, schema, state) -> _Network:
+        return _Network(self.config, tokenizer, schema)
 
-        def save_model(network: _Network, folder: Path) -> None:
-            checkpoint = _Fitted(**{**vars(fitted), "network": network, "info": {}})
-            _write_folder(checkpoint, self.config, folder)
+    def _loaders(self, fitted, train, val, training):
+        return _loaders(
+            _Encoded(train, fitted.tokenizer), val, fitted.tokenizer, training
+        )
 
-        return Trainer(training, output_dir, save_model, load_weights, progress)
+    def _architecture(self) -> str:
+        c = self.config
+        return f"LSTM {c.layers} x {c.hidden}, MLP {c.mlp}"
 
     # ---- scoring
 
@@ -504,16 +472,7 @@ class LSTMMLP(FittedState):
         return self._score(cohort, "cross_modal", protocol)
 
     def _score(self, cohort: Cohort, task: str, protocol: str) -> CodeScores:
-        if protocol == "chain":
-            raise NotImplementedError(
-                f"The 'chain' protocol is not supported by LSTMMLP ({MODEL_NAME}): a "
-                f"multi-label model gives no order of codes. Use protocol='set'."
-            )
-        if protocol not in PROTOCOLS:
-            raise ConfigError(
-                f"The 'protocol' parameter of LSTMMLP.score_{task} must be one of "
-                f"{list(PROTOCOLS)}. Got {protocol!r} instead."
-            )
+        self._check_protocol(protocol, task, "a multi-label model gives no code order")
         data = self._encode(cohort)
         first = 1 if task == "longitudinal" else 0
         events, values, n_unknown = [np.zeros(0, np.int64)], [np.zeros(0)], 0
@@ -539,7 +498,7 @@ class LSTMMLP(FittedState):
 
     def _encode(self, cohort: Cohort) -> _Encoded:
         fitted = self._check_fitted()
-        _check_schema(cohort, fitted.schema, "The cohort")
+        check_schema(cohort, fitted.schema, "LSTMMLP")
         return _Encoded(cohort, fitted.tokenizer)
 
     def _log_probs(self, data: _Encoded, task: str) -> Iterator[tuple[int, np.ndarray]]:
@@ -565,8 +524,10 @@ class LSTMMLP(FittedState):
         conditions: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
         generation: GenerationConfig | None = None,
         seed: int | None = None,
+        progress: Callable[[int], None] | None = None,
     ) -> Cohort:
-        """``n`` synthetic patients from scratch (ids ``synthetic-N``).
+        """``n`` synthetic patients from scratch (ids in the reserved synthetic
+        range, see :data:`ehrgen.models.trained.SYNTHETIC_ID_BASE`).
 
         Args:
             n: how many patients.
@@ -576,21 +537,15 @@ class LSTMMLP(FittedState):
                 ``temperature`` (divides the logits), ``greedy`` (the codes above
                 probability 0.5) and ``batch_size``.
             seed: makes the output reproducible.
+            progress: called with the number of patients finished after each batch.
         """
         fitted = self._check_fitted()
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise ConfigError(
-                f"The 'n' parameter of LSTMMLP.generate must be an int >= 1. Got {n!r}."
-            )
         generation = generation or GenerationConfig()
-        seed = int(np.random.SeedSequence().entropy % 2**63) if seed is None else seed
+        seed = new_seed(seed)
         rng = np.random.default_rng(seed)
-        generator = torch.Generator().manual_seed(int(seed) % 2**63)
-        population = Population.from_dict(fitted.population)
-        statics = population.sample_static(
-            per_patient(conditions, n, "LSTMMLP.generate"), rng
-        )
-        categorical, numerical = _static_arrays(statics, fitted.schema)
+        generator = torch.Generator().manual_seed(seed % 2**63)
+        statics = self._statics(n, conditions, rng, "LSTMMLP.generate")
+        categorical, numerical = static_arrays(statics, fitted.schema)
         histories: list[np.ndarray] = []
         network = fitted.network.eval()
         for a in range(0, n, generation.batch_size):
@@ -598,40 +553,10 @@ class LSTMMLP(FittedState):
             histories += network.sample(
                 categorical[part], numerical[part], generation, generator
             )
-        times = population.sample_times([len(h) for h in histories], rng)
-        return _synthetic_cohort(fitted, statics, histories, times)
-
-    # ---- persistence
-
-    def save_pretrained(self, path: str | Path, overwrite: bool = False) -> Path:
-        """Write ``config.json``, ``tokenizer.json``, ``schema.json``,
-        ``model.safetensors`` and, last, ``ehrgen.json`` (no pickle)."""
-        fitted, path = self._check_fitted(), Path(path)
-        check_model_folder_free(path, overwrite)
-        _write_folder(fitted, self.config, path)
-        return path
-
-    @classmethod
-    def from_pretrained(cls, path: str | Path) -> LSTMMLP:
-        """Load a folder written by :meth:`save_pretrained` (or a checkpoint)."""
-
-        path = Path(path)
-        tokenizer, schema, config, info = _read_folder(path)
-        network = _Network(config, tokenizer, schema)
-        load_weights(network, path)
-        network.mean.copy_(torch.tensor(info["standardisation"]["mean"]))
-        network.std.copy_(torch.tensor(info["standardisation"]["std"]))
-        self = cls(config)
-        training_info = info.get("training_info", {})
-        population = info["population"]
-        self._fitted = _Fitted(
-            tokenizer, schema, network.eval(), population, training_info
-        )
-        return self
-
-    def __repr__(self) -> str:
-        state = "fitted" if self._fitted else "not fitted"
-        return f"LSTMMLP({state}, hidden={self.config.hidden})"
+            if progress:
+                progress(len(categorical[part]))
+        visits = [_visits(fitted.tokenizer, history) for history in histories]
+        return self._synthetic_cohort(statics, visits, rng)
 
 
 def _loaders(data: _Encoded, val: Cohort | None, tokenizer, training):
@@ -661,105 +586,14 @@ def _loaders(data: _Encoded, val: Cohort | None, tokenizer, training):
     return train_loader, DataLoader(rows, training.batch_size, collate_fn=collate_val)
 
 
-def _static_arrays(statics, schema: CohortSchema) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sampled baseline features as the (n, ·) arrays a cohort stores."""
-    categorical = np.full((len(statics), len(schema.categorical)), -1, np.int64)
-    numerical = np.full((len(statics), len(schema.numerical)), np.nan, np.float32)
-    for i, static in enumerate(statics):
-        for j, (name, categories) in enumerate(schema.categorical.items()):
-            if name in static:
-                categorical[i, j] = categories.index(static[name])
-        for j, name in enumerate(schema.numerical):
-            numerical[i, j] = float(static.get(name, np.nan))
-    return torch.from_numpy(categorical), torch.from_numpy(numerical)
-
-
-def _synthetic_cohort(fitted: _Fitted, statics, histories, times) -> Cohort:
-    tokenizer = fitted.tokenizer
+def _visits(tokenizer: CodeTokenizer, history: np.ndarray) -> list[Visit]:
+    """(visits, C) bool rows as visits, codes in the tokenizer's order."""
     names = [m for m in tokenizer.modalities for _ in tokenizer.codes[m]]
     values = [c for m in tokenizer.modalities for c in tokenizer.codes[m]]
-    builder = CohortBuilder(fitted.schema, source=MODEL_NAME)
-    width = len(str(len(histories) - 1))
-    for p, (static, history) in enumerate(zip(statics, histories)):
-        visits = []
-        for t, row in enumerate(history):
-            events: dict[str, list[str]] = {}
-            for column in np.flatnonzero(row).tolist():
-                events.setdefault(names[column], []).append(values[column])
-            visits.append((None if times is None else times[p][t], events))
-        builder.add(f"synthetic-{p:0{width}d}", static, visits)
-    return builder.build(metadata={"source": MODEL_NAME})
-
-
-def _check_schema(cohort: Cohort, schema: CohortSchema, what: str) -> None:
-    if cohort.schema != schema:
-        raise SchemaError(
-            f"{what} must have the schema LSTMMLP was trained on, {schema}. Got "
-            f"{cohort.schema} instead; use a cohort of the same modalities and "
-            f"baseline features."
-        )
-
-
-def _write_folder(fitted: _Fitted, config: LSTMMLPConfig, path: Path) -> None:
-    from safetensors.torch import save_model
-
-    from ehrgen import __version__
-
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "ehrgen.json").unlink(missing_ok=True)  # the completion marker goes last
-    write_json(path / "config.json", config.to_dict())
-    fitted.tokenizer.save(path / "tokenizer.json")
-    write_json(path / "schema.json", fitted.schema.to_dict())
-    with atomic_file(path / "model.safetensors", overwrite=True) as tmp:
-        save_model(fitted.network, str(tmp))
-    mean, std = fitted.network.mean.tolist(), fitted.network.std.tolist()
-    info = {"format_version": FORMAT_VERSION, "model": MODEL_NAME}
-    info.update(ehrgen_version=__version__, torch_version=torch.__version__)
-    info["standardisation"] = {"mean": mean, "std": std}
-    info.update(population=fitted.population, training_info=fitted.info)
-    write_json(path / "ehrgen.json", info)
-
-
-def _read_json(path: Path, build=dict) -> Any:
-    """``build`` applied to a JSON file of a model folder; errors name the file."""
-    try:
-        return build(json.loads(path.read_text(encoding="utf-8")))
-    except (OSError, ValueError, TypeError, KeyError, AttributeError) as error:
-        raise SchemaError(f"{path}: corrupt or invalid ({error!r}).") from None
-
-
-def _check_info(info: dict[str, Any]) -> dict[str, Any]:
-    """``ehrgen.json``'s content, checked: it must describe an LSTMMLP."""
-    if info.get("model") != MODEL_NAME or info.get("format_version") != FORMAT_VERSION:
-        raise ValueError(
-            f"expected model {MODEL_NAME!r} in format {FORMAT_VERSION}. Got "
-            f"{info.get('model')!r} in format {info.get('format_version')!r}"
-        )
-    Population.from_dict(info["population"])
-    for key in ("mean", "std"):
-        np.asarray(info["standardisation"][key], dtype=np.float32)
-    return info
-
-
-def _read_folder(path: Path):
-    """Tokenizer, schema, config and ``ehrgen.json`` of a model folder, checked."""
-    for name in MODEL_FILES:
-        if not (path / name).is_file():
-            raise SchemaError(
-                f"{path / name}: missing; an LSTMMLP model folder holds "
-                f"{list(MODEL_FILES)} (written by save_pretrained)."
-            )
-    info = _read_json(path / "ehrgen.json", _check_info)
-    if info.get("torch_version") != torch.__version__:
-        saved = info.get("torch_version")
-        logger.warning("%s: saved with torch %s.", path, saved)
-    config = _read_json(path / "config.json", LSTMMLPConfig.from_dict)
-    schema = _read_json(path / "schema.json", CohortSchema.from_dict)
-    stats = [len(info["standardisation"][key]) for key in ("mean", "std")]
-    if stats != [len(schema.numerical)] * 2:
-        raise SchemaError(
-            f"{path / 'ehrgen.json'}: the standardisation has {stats} means and "
-            f"deviations for the {len(schema.numerical)} numerical features."
-        )
-    tokenizer = CodeTokenizer.load(path / "tokenizer.json")
-    return tokenizer, schema, config, info
+    visits = []
+    for row in history:
+        events: dict[str, list[str]] = {}
+        for column in np.flatnonzero(row).tolist():
+            events.setdefault(names[column], []).append(values[column])
+        visits.append(Visit(events))
+    return visits

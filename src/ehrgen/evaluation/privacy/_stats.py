@@ -1,50 +1,30 @@
-"""The figures privacy attacks report, and their bootstrap intervals.
+"""The curves and results privacy attacks report (their figures are
+:class:`~ehrgen.evaluation._estimates.Estimate`\ s).
 
-An :class:`Estimate` is a value with a percentile-bootstrap 95% interval; a
-:class:`Curve` is an ROC curve (or any x-y curve) kept as points so that it can be
+A :class:`Curve` is an ROC curve (or any x-y curve) kept as points so that it can be
 plotted and saved as JSON; an :class:`AttackResult` gathers one attack's figures.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 
+from ehrgen.evaluation._estimates import Estimate, bootstrap, plain
+
 __all__ = [
     "AttackResult",
     "Curve",
     "Estimate",
+    "auc_null_tolerance",
     "bootstrap",
     "membership_figures",
     "roc",
 ]
-
-LEVEL = 0.95
-
-
-@dataclass(frozen=True)
-class Estimate:
-    """A figure with its bootstrap 95% interval, and which way is better."""
-
-    value: float
-    ci_low: float
-    ci_high: float
-    direction: str  # "lower", "higher", "closer to 0.5", "closer to 0"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "value": _plain(self.value),
-            "ci_low": _plain(self.ci_low),
-            "ci_high": _plain(self.ci_high),
-            "direction": self.direction,
-        }
-
-    def __str__(self) -> str:
-        return f"{self.value:.3f} [{self.ci_low:.3f}, {self.ci_high:.3f}]"
 
 
 @dataclass(frozen=True)
@@ -64,7 +44,7 @@ class Curve:
             "name": self.name,
             "x_label": self.x_label,
             "y_label": self.y_label,
-            "auc": _plain(self.auc),
+            "auc": plain(self.auc),
             "x": [round(float(v), 6) for v in self.x],
             "y": [round(float(v), 6) for v in self.y],
         }
@@ -85,64 +65,8 @@ class AttackResult:
             "name": self.name,
             "description": self.description,
             "figures": {k: v.to_dict() for k, v in self.figures.items()},
-            "details": {k: _plain(v) for k, v in self.details.items()},
+            "details": {k: plain(v) for k, v in self.details.items()},
         }
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, (np.floating, float)):
-        return None if not np.isfinite(value) else round(float(value), 6)
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return [_plain(v) for v in value]
-    return value
-
-
-def bootstrap(
-    statistic: Callable[..., Mapping[str, float]],
-    groups: tuple[int, ...],
-    rng: np.random.Generator,
-    n_resamples: int,
-    directions: Mapping[str, str],
-) -> dict[str, Estimate]:
-    """Estimates of the figures ``statistic`` returns, with percentile intervals.
-
-    ``statistic(*indices)`` takes one index array per group (e.g. members and
-    non-members, resampled separately so each keeps its size) and returns named
-    figures; it is called once on the original data, then on ``n_resamples``
-    resamples.
-
-    Example:
-        >>> x = np.arange(10.0)
-        >>> est = bootstrap(
-        ...     lambda i: {"mean": x[i].mean()}, (10,), np.random.default_rng(0), 200,
-        ...     {"mean": "lower"},
-        ... )
-        >>> est["mean"].value, est["mean"].ci_low < 4.5 < est["mean"].ci_high
-        (4.5, True)
-    """
-    if min(groups, default=0) == 0:
-        nan = float("nan")
-        return {k: Estimate(nan, nan, nan, d) for k, d in directions.items()}
-    full = statistic(*(np.arange(n) for n in groups))
-    draws: dict[str, list[float]] = {k: [] for k in full}
-    for _ in range(n_resamples):
-        resampled = statistic(*(rng.integers(0, n, n) for n in groups))
-        for k, v in resampled.items():
-            draws[k].append(v)
-    tail = (1 - LEVEL) / 2 * 100
-    out = {}
-    for k, value in full.items():
-        values = np.asarray(draws[k], dtype=float)
-        values = values[np.isfinite(values)]
-        low, high = (
-            np.percentile(values, [tail, 100 - tail]) if values.size else (np.nan,) * 2
-        )
-        out[k] = Estimate(float(value), float(low), float(high), directions[k])
-    return out
 
 
 def roc(name: str, labels: np.ndarray, scores: np.ndarray) -> Curve:

@@ -2,9 +2,11 @@
 
 Every attack sees the training cohort D1 (members), a held-out real cohort D2
 (non-members) and a synthetic cohort DS, through :class:`PrivacyData`, and returns an
-:class:`~ehrgen.evaluation._privacy_stats.AttackResult` whose figures carry bootstrap
-95% intervals. Patients are compared as code sets (see
-:mod:`ehrgen.evaluation.code_sets`).
+:class:`~ehrgen.evaluation.privacy.AttackResult` whose figures carry bootstrap 95%
+intervals. Patients are compared as code sets (see
+:mod:`ehrgen.evaluation.privacy.code_sets`). The white-box attack
+(:func:`likelihood_membership`) sees the model, D1 and D2 but no synthetic patient, so
+one run serves every generation mode.
 
 Where the paper's protocol lets an attacker grade itself on the data it trained on
 (the shadow-model attack trains on D2 and is evaluated on D2), D2 is split in two: one
@@ -22,14 +24,14 @@ import numpy as np
 from scipy import sparse
 
 from ehrgen.data import Cohort
-from ehrgen.evaluation._privacy_stats import (
+from ehrgen.evaluation.privacy._stats import (
     AttackResult,
     Curve,
     bootstrap,
     membership_figures,
     roc,
 )
-from ehrgen.evaluation.code_sets import (
+from ehrgen.evaluation.privacy.code_sets import (
     CodeIndex,
     nearest_distances,
     nearest_neighbours,
@@ -226,19 +228,24 @@ def _log_perplexities(model: Any, cohort: Cohort, protocol: str) -> np.ndarray:
 
 
 def likelihood_membership(
-    model: Any, data: PrivacyData, rng: np.random.Generator, n_resamples: int
+    model: Any,
+    train: Cohort,
+    holdout: Cohort,
+    rng: np.random.Generator,
+    n_resamples: int,
 ) -> AttackResult:
     """White-box membership: the generator's own likelihood of each candidate (the
     mean over modalities of its longitudinal and cross-modal log-perplexities; lower
-    perplexity: called a member). The worst case a released model faces."""
+    perplexity: called a member). The worst case a released model faces. Candidates:
+    all of D2 and as many patients of D1."""
     protocol = "chain" if "chain" in getattr(model, "protocols", ()) else "set"
-    n = min(len(data.train), len(data.holdout))
-    members, nonmembers = _sample(rng, len(data.train), n), _sample(rng, n, n)
+    n = min(len(train), len(holdout))
+    members, nonmembers = _sample(rng, len(train), n), _sample(rng, n, n)
     scores = []
-    for cohort, rows in ((data.train, members), (data.holdout, nonmembers)):
+    for cohort, rows in ((train, members), (holdout, nonmembers)):
         table = _log_perplexities(model, cohort.select(rows), protocol)
         with np.errstate(all="ignore"):
-            scores.append(-np.nanmean(np.where(np.isnan(table), np.nan, table), axis=1))
+            scores.append(-np.nanmean(table, axis=1))
     unscored = np.concatenate(scores)
     middle = np.nanmedian(unscored) if np.isfinite(unscored).any() else 0.0
     scores = [np.where(np.isnan(s), middle, s) for s in scores]
