@@ -63,7 +63,7 @@ def main() -> None:
         start_calibration = time.perf_counter()
         model.calibrate_length(train, n_samples=512, seed=args.seed)
         print(f"length calibration in {time.perf_counter() - start_calibration:.0f} s")
-    info = model.info_
+    info = model.training_.to_dict()
     print(
         f"PromptEHR ({args.preset}) on patients 0-799: {info['steps']} steps, "
         f"{info['epochs_completed']} epochs, {training_seconds:.0f} s, "

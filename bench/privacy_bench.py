@@ -49,7 +49,7 @@ def main() -> None:
     model.calibrate_length(train, n_samples=512)
     print(
         f"PromptEHR ({args.preset}) trained on {len(train):,} demo patients for "
-        f"{model.info_['epochs_completed']} epochs ({model.info_['steps']} steps) in "
+        f"{model.training_.epochs_completed} epochs ({model.training_.steps} steps) in "
         f"{time.perf_counter() - start:.0f} s; held-out "
         f"perplexity {model.perplexity(holdout):.2f}"
     )

@@ -42,7 +42,7 @@ def run(name: str, train: Cohort, val: Cohort, args: argparse.Namespace) -> None
     with tempfile.TemporaryDirectory() as tmp:
         model = PromptEHR(config).fit(train, val, training, output_dir=tmp)
     seconds = time.perf_counter() - start
-    info = model.info_
+    info = model.training_.to_dict()
     n_params = sum(p.numel() for p in model.model_.parameters())
     print(
         f"[{name}] preset {args.preset}: {n_params:,} parameters; "

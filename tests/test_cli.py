@@ -172,7 +172,7 @@ def test_quickstart_fast_end_to_end(monkeypatch, capsys, tmp_path):
     assert "Done." in out and "Evaluation summary" in out and "report.html" in out
     assert len(read_meds(out_dir / "cohort", split="held_out")) == 30
     model = PromptEHR.from_pretrained(out_dir / "model")
-    assert model.info_["train_patients"] == 240
+    assert model.training_.train_patients == 240
     assert json.loads((out_dir / "stats.json").read_text())["n_patients"] == 300
     assert len(read_meds(out_dir / "synthetic")) == 240
     assert len(read_jsonl(out_dir / "synthetic.jsonl")) == 240
@@ -220,7 +220,7 @@ def test_train_and_resume(monkeypatch, capsys, tmp_path):
     code, _, err = run(monkeypatch, capsys, *args)
     assert code == 0, err
     model = PromptEHR.from_pretrained(model_dir)
-    assert model.info_["train_patients"] == 32 and model.info_["val_patients"] == 4
+    assert model.training_.train_patients == 32 and model.training_.val_patients == 4
     code, _, err = run(monkeypatch, capsys, *args)
     assert code == 2 and "already holds a model" in err
     checkpoint = sorted((model_dir / "training" / "checkpoints").iterdir())[-1]
@@ -236,8 +236,8 @@ def test_train_and_resume(monkeypatch, capsys, tmp_path):
     )
     assert code == 0, err
     resumed = PromptEHR.from_pretrained(model_dir)
-    assert resumed.info_["epochs_completed"] == 3
-    assert resumed.info_["steps"] > model.info_["steps"]
+    assert resumed.training_.epochs_completed == 3
+    assert resumed.training_.steps > model.training_.steps
 
 
 def test_generate_and_impute(monkeypatch, capsys, tmp_path):

@@ -1,8 +1,8 @@
-"""Tests of the GPT-2 baseline: scoring protocols, generation, persistence, errors."""
+"""Tests of what is specific to the GPT-2 baseline: scoring protocols, generation,
+errors (the contract every model meets is in test_contract.py)."""
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 
 import numpy as np
@@ -11,8 +11,7 @@ import torch
 
 from ehrgen.data import Cohort, Patient, Visit
 from ehrgen.data.demo import demo_cohort
-from ehrgen.data.formats.meds import read_meds, write_meds
-from ehrgen.errors import ConfigError, NotFittedError, SchemaError
+from ehrgen.errors import ConfigError, SchemaError
 from ehrgen.generation import GenerationConfig
 from ehrgen.models.base import CodeScores, Generator
 from ehrgen.models.baselines import gpt2
@@ -97,7 +96,7 @@ def test_fit_returns_self_and_the_model_is_a_generator():
     model = GPT2Baseline(GPT2BaselineConfig.tiny())
     assert model.fit(demo_cohort(8, seed=0), training=quick(epochs=1)) is model
     assert isinstance(model, Generator) and model.protocols == ("chain", "set")
-    assert model.info_["train_patients"] == 8 and model.info_["steps"] >= 1
+    assert model.training_.train_patients == 8 and model.training_.steps >= 1
 
 
 def test_loss_covers_visits_to_eos_only():
@@ -150,218 +149,7 @@ def test_long_patients_lose_their_oldest_whole_visits():
 # --------------------------------------------------------------------------- scoring
 
 
-@pytest.mark.parametrize("protocol", ["chain", "set"])
-@pytest.mark.parametrize(("task", "first_visit"), TASKS)
-def test_scores_are_the_true_in_vocabulary_codes(
-    model, scored, protocol, task, first_visit
-):
-    """Check that scores are finite log-probabilities of exactly the true
-    in-vocabulary codes (each once), and that unseen codes are only counted."""
-    scores = score(model, scored, task, protocol)
-    vocabulary = {m: set(c) for m, c in model.tokenizer_.codes.items()}
-    expected, unseen = true_codes(scored, first_visit, vocabulary)
-    assert (scores.protocol, scores.task, scores.model) == (protocol, task, "gpt2")
-    assert np.isfinite(scores.log_prob).all() and (scores.log_prob < 0).all()
-    rows = rows_of(scores)
-    assert len(rows) == len(set(rows)) and set(rows) == expected
-    assert scores.n_out_of_vocabulary == unseen > 0
-
-
-@pytest.mark.parametrize("task", ["longitudinal", "cross_modal"])
-def test_set_probabilities_over_a_modality_sum_to_one(task):
-    """Check that, under "set", an untrained model's probabilities of all the codes
-    of a modality sum to 1: structure and prefix tokens get none of the mass."""
-    train = demo_cohort(10, seed=2)
-    model = tiny_model(train, epochs=1, max_steps=1, learning_rate=1e-9)
-    first = train[0].visits[0]
-    for m, codes in model.tokenizer_.codes.items():
-        # Visit 1 holds every code of m, so its rows for m are the whole distribution.
-        second = Visit({**first.events, m: codes}, datetime(2030, 1, 1))
-        patient = Patient("all", train[0].static, (first, second))
-        scores = score(
-            model, Cohort.from_patients([patient], train.schema), task, "set"
-        )
-        rows = (scores.visit == 1) & (scores.modality == scores.modalities.index(m))
-        assert rows.sum() == len(codes)
-        assert np.exp(scores.log_prob[rows]).sum() == pytest.approx(1, abs=1e-5)
-
-
-def test_chain_equals_set_for_a_single_code(model, scored):
-    """Check that chain and set agree on a modality holding one code, where their
-    contexts are the same: any modality under cross-modal scoring, the visit's first
-    block under longitudinal scoring."""
-    patients = list(scored)
-    for task, _ in TASKS:
-        chain, sets = (score(model, scored, task, p) for p in ("chain", "set"))
-        assert rows_of(chain) == rows_of(sets)
-        same = np.zeros(len(chain), dtype=bool)
-        for i, (p, t, m, _) in enumerate(rows_of(chain)):
-            visit = patients[p].visits[t]
-            first_block = next(iter(visit.events)) == m
-            alone = len(visit.codes(m)) == 1
-            same[i] = alone and (task == "cross_modal" or first_block)
-        assert same.sum() >= 3
-        a, b = chain.log_prob, sets.log_prob
-        np.testing.assert_allclose(a[same], b[same], atol=1e-5)
-        assert not np.allclose(a[~same], b[~same])
-
-
-@pytest.mark.slow
-def test_trained_model_beats_the_uniform_model():
-    """Check that, trained a few epochs on 300 demo patients, the median per-patient
-    set perplexity on 100 new ones is below each modality's vocabulary size (the
-    uniform model's), for longitudinal and cross-modal imputation."""
-    model = GPT2Baseline(GPT2BaselineConfig.tiny()).fit(
-        demo_cohort(300, seed=0), training=quick(epochs=8)
-    )
-    test = demo_cohort(100, seed=1)
-    for task, _ in TASKS:
-        scores = score(model, test, task, "set")
-        for k, m in enumerate(scores.modalities):
-            size = len(model.tokenizer_.codes[m])
-            assert median_perplexity(scores, k) < 0.85 * size, (task, m)
-
-
-# --------------------------------------------------------------------------- generation
-
-
-def test_same_seed_same_cohort(model):
-    """Check that a seed fixes the generated cohort, and another seed changes it."""
-    first = model.generate(12, generation=SHORT, seed=5)
-    assert first == model.generate(12, generation=SHORT, seed=5)
-    assert first != model.generate(12, generation=SHORT, seed=6)
-
-
-def test_generated_patients_are_well_formed(model, tmp_path):
-    """Check that generated patients respect the conditions, the vocabulary and the
-    visit cap, end on their own, and round-trip through MEDS."""
-    sampling = GenerationConfig(max_visits=5, batch_size=16, max_codes_per_modality=6)
-    cohort = model.generate(40, conditions={"gender": "F"}, generation=sampling, seed=0)
-    assert [p.patient_id for p in cohort] == [f"synthetic-{i:02d}" for i in range(40)]
-    vocabulary = model.tokenizer_.codes
-    lengths = [len(p.visits) for p in cohort]
-    assert min(lengths) >= 1 and max(lengths) <= 5 and min(lengths) < 5
-    for patient in cohort:
-        assert patient.static["gender"] == "F" and "age" in patient.static
-        for visit in patient.visits:
-            assert visit.n_codes > 0 and visit.time is not None
-            for m, codes in visit.events.items():
-                assert set(codes) <= set(vocabulary[m]) and len(codes) <= 6
-    assert read_meds(write_meds(cohort, tmp_path / "meds")) == cohort
-
-
-def test_cache_and_no_cache_decode_alike(model):
-    """Check that greedy decoding gives the same patients with and without the
-    key/value cache (the left-padded, cached loop reads the right positions)."""
-    greedy = SHORT.replace(greedy=True)
-    cached = model.generate(8, generation=greedy, seed=0)
-    no_cache = greedy.replace(use_cache=False)
-    assert cached == model.generate(8, generation=no_cache, seed=0)
-
-
-def test_bad_generation_arguments_are_refused(model):
-    """Check that a bad n, unknown condition or too short a window is refused."""
-    with pytest.raises(ConfigError, match="'n' parameter"):
-        model.generate(0)
-    with pytest.raises(ConfigError, match="Unknown condition 'gendr'"):
-        model.generate(2, conditions={"gendr": "F"})
-    with pytest.raises(ConfigError, match="one mapping, or one per patient"):
-        model.generate(2, conditions=[{}])
-    with pytest.raises(ConfigError, match="n_positions"):
-        model.generate(2, generation=GenerationConfig(max_codes_per_modality=200))
-
-
-# ------------------------------------------------------------------------- persistence
-
-
-def test_save_and_load_keep_scores_and_samples(model, scored, tmp_path):
-    """Check that from_pretrained(save_pretrained(m)) keeps scores within 1e-5 and
-    generated patients, and writes the documented files."""
-    folder = model.save_pretrained(tmp_path / "model")
-    assert sorted(p.name for p in folder.iterdir()) == [
-        "config.json", "ehrgen.json", "model.safetensors", "schema.json",
-        "tokenizer.json",
-    ]  # fmt: skip
-    info = json.loads((folder / "ehrgen.json").read_text())
-    assert info["model"] == "gpt2" and len(info["decile_edges"]["age"]) == 9
-    loaded = GPT2Baseline.from_pretrained(folder)
-    assert loaded.config == model.config and loaded.tokenizer_ == model.tokenizer_
-    for task, _ in TASKS:
-        for protocol in model.protocols:
-            before, after = (score(m, scored, task, protocol) for m in (model, loaded))
-            np.testing.assert_allclose(after.log_prob, before.log_prob, atol=1e-5)
-    assert loaded.generate(5, generation=SHORT, seed=1) == model.generate(
-        5, generation=SHORT, seed=1
-    )
-    with pytest.raises(Exception, match="already holds a model"):
-        model.save_pretrained(folder)
-
-
-@pytest.mark.parametrize(
-    ("damage", "message"),
-    [
-        (lambda f: (f / "tokenizer.json").unlink(), r"tokenizer.json: missing"),
-        (lambda f: (f / "ehrgen.json").unlink(), r"ehrgen.json: missing"),
-        (lambda f: (f / "config.json").write_text("{"), r"config.json: unreadable"),
-        (
-            lambda f: (f / "config.json").write_text('{"n_embed": 8}'),
-            r"config.json: .*Did you mean 'n_embd'",
-        ),
-        (
-            lambda f: (f / "ehrgen.json").write_text('{"model": "promptehr"}'),
-            r"ehrgen.json: .*expected model 'gpt2'",
-        ),
-        (
-            lambda f: (f / "model.safetensors").write_bytes(b"\x00" * 10),
-            r"model.safetensors: cannot load the weights",
-        ),
-    ],
-)
-def test_damaged_model_folder_is_named(model, tmp_path, damage, message):
-    """Check that a folder with a missing or corrupt file fails naming that file."""
-    folder = model.save_pretrained(tmp_path / "model")
-    damage(folder)
-    with pytest.raises(SchemaError, match=message):
-        GPT2Baseline.from_pretrained(folder)
-
-
-def test_checkpoints_load_and_resume(tmp_path):
-    """Check that a checkpoint is a loadable model and that resuming from it ends
-    with the step count of one uninterrupted run."""
-    cohort = demo_cohort(32, seed=4)
-    settings = quick(epochs=2, batch_size=8)
-    whole = tiny_model(cohort, epochs=2, batch_size=8)
-    GPT2Baseline(GPT2BaselineConfig.tiny()).fit(
-        cohort, training=settings.replace(max_steps=3, checkpoint_every_steps=3),
-        output_dir=tmp_path,
-    )  # fmt: skip
-    checkpoint = tmp_path / "checkpoints" / f"step-{3:07d}"
-    loaded = GPT2Baseline.from_pretrained(checkpoint)
-    assert len(loaded.generate(2, generation=SHORT, seed=0)) == 2
-    resumed = GPT2Baseline(GPT2BaselineConfig.tiny()).fit(
-        cohort, training=settings, resume_from=checkpoint
-    )
-    assert resumed.info_["steps"] == whole.info_["steps"]
-    for name, value in whole.model_.state_dict().items():
-        torch.testing.assert_close(resumed.model_.state_dict()[name], value)
-
-
 # --------------------------------------------------------------------------- errors
-
-
-def test_unfitted_model_refuses_work():
-    """Check that every entry point raises NotFittedError before fit."""
-    model, cohort = GPT2Baseline(GPT2BaselineConfig.tiny()), demo_cohort(3, seed=0)
-    calls = [
-        lambda: model.score_longitudinal(cohort, "set"),
-        lambda: model.score_cross_modal(cohort, "chain"),
-        lambda: model.generate(2, seed=0),
-        lambda: model.save_pretrained("unused"),
-        lambda: model.model_,
-    ]
-    for call in calls:
-        with pytest.raises(NotFittedError, match="not fitted yet"):
-            call()
 
 
 def test_bad_input_is_refused(model):

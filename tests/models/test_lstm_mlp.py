@@ -1,8 +1,8 @@
-"""Tests of the LSTM+MLP baseline: scores, learning, generation, persistence, errors."""
+"""Tests of what is specific to the LSTM+MLP baseline: scores, learning, generation,
+errors (the contract every model meets is in test_contract.py)."""
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 
 import numpy as np
@@ -11,11 +11,10 @@ import pytest
 from ehrgen.data import Cohort, Patient, Visit
 from ehrgen.data.demo import demo_cohort
 from ehrgen.data.formats.meds import read_meds, write_meds
-from ehrgen.errors import ConfigError, NotFittedError, SchemaError
+from ehrgen.errors import ConfigError, SchemaError
 from ehrgen.generation import GenerationConfig
 from ehrgen.models.base import Generator
 from ehrgen.models.baselines import LSTMMLP, LSTMMLPConfig
-from ehrgen.models.baselines.lstm_mlp import MODEL_FILES
 from ehrgen.training import TrainingConfig
 
 TASKS = ("longitudinal", "cross_modal")
@@ -65,101 +64,6 @@ def test_fit_returns_self_and_implements_the_generator_protocol(train: Cohort):
     assert model.fit(train, training=quick(epochs=1)) is model
     assert isinstance(model, Generator)
     assert LSTMMLP.protocols == ("set",)
-
-
-@pytest.mark.parametrize("task", TASKS)
-def test_scores_are_log_probabilities_of_exactly_the_true_codes(
-    model: LSTMMLP, held_out: Cohort, task: str
-):
-    """Check that each true in-vocabulary code of each scored visit gets one finite
-    log-probability <= 0, and that the codes outside the vocabulary are counted."""
-    scores = score(model, held_out, task)
-    expected, unknown = [], 0
-    first = 1 if task == "longitudinal" else 0
-    vocabulary = model.tokenizer_.codes
-    for p, patient in enumerate(held_out):
-        for t, visit in enumerate(patient.visits[first:], start=first):
-            for m, name in enumerate(held_out.schema.modalities):
-                for code in visit.codes(name):
-                    if code in vocabulary[name]:
-                        expected.append((p, t, m, code))
-                    else:
-                        unknown += 1
-    assert sorted(rows(scores)) == sorted(expected)
-    assert scores.n_out_of_vocabulary == unknown >= 2
-    assert np.isfinite(scores.log_prob).all() and (scores.log_prob <= 0).all()
-    assert (scores.protocol, scores.task, scores.model) == ("set", task, "lstm-mlp")
-
-
-@pytest.mark.parametrize("task", TASKS)
-def test_each_modality_distribution_sums_to_one(
-    model: LSTMMLP, held_out: Cohort, task: str
-):
-    """Check that per visit the probabilities of all codes of a modality sum to 1,
-    and that the scores are entries of those distributions."""
-    log_probs = model._visit_log_probs(held_out, task)
-    tokenizer = model.tokenizer_
-    offset = tokenizer.code_ranges[tokenizer.modalities[0]][0]
-    assert log_probs.shape == (held_out.n_visits, tokenizer.vocab_size - offset)
-    for a, b in tokenizer.code_ranges.values():
-        totals = np.exp(log_probs[:, a - offset : b - offset].astype(np.float64))
-        np.testing.assert_allclose(totals.sum(1), 1.0, atol=1e-5)
-    scores = score(model, held_out, task)
-    visit = held_out.visit_offsets[scores.patient] + scores.visit
-    names = np.array(tokenizer.modalities)[scores.modality]
-    column = [tokenizer.code_id(m, c) - offset for m, c in zip(names, scores.code)]
-    np.testing.assert_allclose(scores.log_prob, log_probs[visit, column], atol=1e-6)
-
-
-def test_save_and_load_keep_scores_and_samples(model: LSTMMLP, held_out, tmp_path):
-    """Check that a saved and reloaded model gives the same scores (within 1e-5)
-    and the same patients for a seed, from JSON and safetensors files only."""
-    folder = model.save_pretrained(tmp_path / "model")
-    assert sorted(p.name for p in folder.iterdir()) == sorted(MODEL_FILES)
-    info = json.loads((folder / "ehrgen.json").read_text())
-    assert info["model"] == "lstm-mlp" and "population" in info
-    assert info["standardisation"]["mean"] == pytest.approx([57.0], abs=15)
-    loaded = LSTMMLP.from_pretrained(folder)
-    for task in TASKS:
-        before, after = score(model, held_out, task), score(loaded, held_out, task)
-        assert rows(before) == rows(after)
-        np.testing.assert_allclose(before.log_prob, after.log_prob, atol=1e-5)
-    assert model.generate(5, seed=3) == loaded.generate(5, seed=3)
-
-
-@pytest.mark.parametrize("name", MODEL_FILES)
-def test_missing_or_corrupt_file_raises_schema_error(model: LSTMMLP, tmp_path, name):
-    """Check that loading a folder with a missing or corrupt file raises a
-    SchemaError that names the file."""
-    folder = model.save_pretrained(tmp_path / "model")
-    (folder / name).write_bytes(b"\x00not what it should be")
-    with pytest.raises(SchemaError, match=name):
-        LSTMMLP.from_pretrained(folder)
-    (folder / name).unlink()
-    with pytest.raises(SchemaError, match=f"{name}: missing"):
-        LSTMMLP.from_pretrained(folder)
-
-
-def test_a_foreign_model_folder_is_refused(model: LSTMMLP, tmp_path):
-    """Check that a folder whose ehrgen.json names another model is refused."""
-    folder = model.save_pretrained(tmp_path / "model")
-    info = json.loads((folder / "ehrgen.json").read_text())
-    (folder / "ehrgen.json").write_text(json.dumps({**info, "model": "promptehr"}))
-    with pytest.raises(SchemaError, match="'lstm-mlp'"):
-        LSTMMLP.from_pretrained(folder)
-
-
-def test_use_before_fit_raises_not_fitted(train: Cohort, tmp_path):
-    """Check that scoring, generating and saving before fit raise NotFittedError."""
-    model = LSTMMLP(LSTMMLPConfig.tiny())
-    for call in (
-        lambda: model.score_longitudinal(train),
-        lambda: model.score_cross_modal(train),
-        lambda: model.generate(2, seed=0),
-        lambda: model.save_pretrained(tmp_path / "m"),
-    ):
-        with pytest.raises(NotFittedError, match="from_pretrained"):
-            call()
 
 
 def test_same_seed_gives_same_model_and_patients(model: LSTMMLP, train, held_out):
@@ -268,20 +172,6 @@ def test_longitudinal_scores_never_read_the_future(train: Cohort, bidirectional)
     a, b = (model._visit_log_probs(c, "longitudinal") for c in cohorts)
     np.testing.assert_allclose(a[:3], b[:3], atol=1e-6)
     assert not np.allclose(a[3], b[3], atol=1e-4)
-
-
-def test_checkpoints_resume_and_load(train: Cohort, tmp_path):
-    """Check that a Trainer checkpoint loads with from_pretrained and that training
-    resumes from it, with validation picking the best epoch."""
-    training = quick(epochs=2, checkpoint_every_steps=2)
-    LSTMMLP(LSTMMLPConfig.tiny()).fit(train, training=training, output_dir=tmp_path)
-    checkpoint = sorted((tmp_path / "checkpoints").iterdir())[0]
-    assert LSTMMLP.from_pretrained(checkpoint).generate(2, seed=0)
-    resumed = LSTMMLP(LSTMMLPConfig.tiny()).fit(
-        train, val=train[:20], training=quick(epochs=3), resume_from=checkpoint
-    )
-    assert np.isfinite(resumed.info_["best_val_perplexity"])
-    assert resumed.info_["epochs_completed"] == 3
 
 
 def test_config_round_trips_and_rejects_bad_values():

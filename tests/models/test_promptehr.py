@@ -60,7 +60,9 @@ def test_tiny_model_overfits_eight_patients():
         tasks=NO_CORRUPTION,
     )
     assert model.perplexity(cohort) < 1.5
-    assert model.info_["best_val_perplexity"] == pytest.approx(model.perplexity(cohort))
+    assert model.training_.best_val_perplexity == pytest.approx(
+        model.perplexity(cohort)
+    )
 
 
 @pytest.mark.slow
@@ -117,7 +119,7 @@ def test_resume_continues_where_it_stopped(tmp_path):
     cohort = demo_cohort(16, seed=2)
     settings = quick(epochs=3, learning_rate=3e-3)
     whole = PromptEHR(PromptEHRConfig.tiny()).fit(cohort, training=settings)
-    steps = whole.info_["steps"]
+    steps = whole.training_.steps
     k = 3  # mid-epoch: 16 patients give more than 3 batches per epoch
     PromptEHR(PromptEHRConfig.tiny()).fit(
         cohort, training=settings.replace(max_steps=k, checkpoint_every_steps=k),
@@ -129,57 +131,10 @@ def test_resume_continues_where_it_stopped(tmp_path):
     resumed = PromptEHR(PromptEHRConfig.tiny()).fit(
         cohort, training=settings, resume_from=checkpoint
     )
-    assert resumed.info_["steps"] == steps
+    assert resumed.training_.steps == steps
     expected, got = weights(whole), weights(resumed)
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], msg=name)
-
-
-def test_save_and_load_keep_the_logits(tmp_path):
-    """Check that from_pretrained(save_pretrained(m)) gives identical logits and
-    perplexity, and writes the documented files."""
-    cohort = demo_cohort(12, seed=3)
-    model = PromptEHR(PromptEHRConfig.tiny()).fit(cohort, training=quick())
-    folder = model.save_pretrained(tmp_path / "model")
-    assert sorted(p.name for p in folder.iterdir()) == [
-        "config.json", "ehrgen.json", "model.safetensors", "model_card.md",
-        "schema.json", "tokenizer.json",
-    ]  # fmt: skip
-    loaded = PromptEHR.from_pretrained(folder)
-    assert loaded.tokenizer_ == model.tokenizer_ and loaded.config == model.config
-    for name, value in model.model_.state_dict().items():
-        torch.testing.assert_close(loaded.model_.state_dict()[name], value)
-    assert loaded.perplexity(cohort) == model.perplexity(cohort)
-    assert "trained on real patient records" in (folder / "model_card.md").read_text()
-    with pytest.raises(Exception, match="already holds a model"):
-        model.save_pretrained(folder)
-
-
-@pytest.mark.parametrize(
-    ("damage", "message"),
-    [
-        (lambda f: (f / "tokenizer.json").unlink(), r"tokenizer.json: missing"),
-        (lambda f: (f / "config.json").write_text("{"), r"config.json: corrupt JSON"),
-        (
-            lambda f: (f / "config.json").write_text('{"d_modle": 8}'),
-            r"Did you mean 'd_model'",
-        ),
-        (
-            lambda f: (f / "model.safetensors").write_bytes(b"\x00" * 10),
-            r"model.safetensors: cannot load the weights",
-        ),
-        (lambda f: (f / "ehrgen.json").unlink(), r"ehrgen.json: missing"),
-    ],
-)
-def test_damaged_model_folder_is_named(tmp_path, damage, message):
-    """Check that a model folder with a missing or corrupt file fails naming it."""
-    model = PromptEHR(PromptEHRConfig.tiny()).fit(
-        demo_cohort(6, seed=0), training=quick(epochs=1)
-    )
-    folder = model.save_pretrained(tmp_path / "model")
-    damage(folder)
-    with pytest.raises((SchemaError, ConfigError), match=message):
-        PromptEHR.from_pretrained(folder)
 
 
 def test_checkpoints_are_complete_models(tmp_path):
@@ -284,7 +239,7 @@ def test_early_stopping_when_validation_worsens():
     model = PromptEHR(PromptEHRConfig.tiny()).fit(
         train, val, quick(epochs=60, patience=2), tasks=NO_CORRUPTION
     )
-    info = model.info_
-    assert info["stopped_early"] and info["epochs_completed"] < 60
-    assert info["epochs_completed"] == info["best_epoch"] + 2
-    assert model.perplexity(val) == pytest.approx(info["best_val_perplexity"])
+    facts = model.training_
+    assert facts.stopped_early and facts.epochs_completed < 60
+    assert facts.epochs_completed == facts.best_epoch + 2
+    assert model.perplexity(val) == pytest.approx(facts.best_val_perplexity)

@@ -116,12 +116,12 @@ def quickstart(
             ),
             utility_config=UtilityConfig(n_resamples=resamples, seed=seed),
         )
-    ppl = model.info_["best_val_perplexity"]
+    ppl = model.training_.best_val_perplexity
     console.print(
         f"[green]Done.[/green] MEDS cohort: [bold]{out / 'cohort'}[/bold] "
         f"({len(train):,} train / {len(tuning):,} tuning / {len(held_out):,} held-out "
         f"patients). Model: [bold]{out / 'model'}[/bold] "
-        f"({model.info_['steps']:,} steps; validation perplexity "
+        f"({model.training_.steps:,} steps; validation perplexity "
         f"{ppl if ppl is not None else float('nan'):.2f}). Synthetic cohort: "
         f"[bold]{out / 'synthetic'}[/bold] and [bold]{out / 'synthetic.jsonl'}[/bold] "
         f"({len(fake):,} patients, {fake.n_visits:,} visits)."

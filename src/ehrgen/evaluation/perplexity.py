@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from ehrgen.evaluation.rows import MetricRow
 from ehrgen.models.base import CodeScores
 
 __all__ = [
@@ -90,6 +91,26 @@ class PerplexityResult:
             "n_out_of_vocabulary": self.n_out_of_vocabulary,
             "modalities": {m: v.to_dict() for m, v in self.modalities.items()},
         }
+
+    def summary(self) -> list[MetricRow]:
+        """One row per modality: the median per-patient perplexity and its interval.
+
+        Example:
+            >>> f = ModalityPerplexity(4.0, 3.5, 4.6, 4.2, 10, 30, 4.1)
+            >>> result = PerplexityResult("lpl", "set", "m", {"diagnosis": f})
+            >>> [(row.metric, row.text()) for row in result.summary()]
+            [('lpl diagnosis, median (set)', '4.000 [3.500, 4.600]')]
+        """
+        return [
+            MetricRow(
+                suite="perplexity",
+                metric=f"{self.metric} {modality}, median ({self.protocol})",
+                value=f.median if f.n_patients else None,
+                interval=(f.ci_low, f.ci_high),
+                direction="lower",
+            )
+            for modality, f in self.modalities.items()
+        ]
 
 
 def patient_perplexities(scores: CodeScores) -> dict[str, np.ndarray]:

@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from ehrgen.models.promptehr.tasks import CROSS_MODAL, TokenizedCohort
+from ehrgen.tokens.encoded import TokenizedCohort
 
 __all__ = ["length_grouped_order", "source_lengths"]
 
 
 def source_lengths(data: TokenizedCohort, slots: np.ndarray, cap: int) -> np.ndarray:
     """Approximate encoder length of each ``(patient, t, task, modality)`` slot,
-    before corruption: the visits before t, plus visit t for cross-modal slots."""
+    before corruption: the visits before t, plus visit t where ``task`` is not 0
+    (a cross-modal slot, whose source holds the rest of visit t)."""
     n_events = np.diff(data.event_offsets)
     n_blocks = np.diff(data.visit_block_offsets)
     visit_len = 2 + n_events + 2 * n_blocks  # <v> ... </v>, open/close per block
@@ -27,7 +28,7 @@ def source_lengths(data: TokenizedCohort, slots: np.ndarray, cap: int) -> np.nda
     t = slots[:, 1]
     history = before[first + t] - before[first]
     current = np.where(
-        slots[:, 2] == CROSS_MODAL,
+        slots[:, 2] != 0,
         visit_len[np.minimum(first + t, len(visit_len) - 1)],
         0,
     )

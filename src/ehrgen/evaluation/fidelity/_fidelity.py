@@ -50,7 +50,8 @@ of the category have, and the codes whose prevalences differ most.
 **Discriminator**: can a classifier tell the cohorts apart? Logistic regression on each
 patient's binary code vector plus log(1 + number of visits), on a balanced sample (at
 most 20,000 patients a side), 5-fold stratified cross-validation; mean accuracy and
-ROC AUC, 0.5 meaning indistinguishable (HALO reports an accuracy of 0.48).
+ROC AUC, 0.5 meaning indistinguishable (``docs/benchmarks.md`` sets it beside HALO's
+figure on the same data).
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ import numpy as np
 
 from ehrgen.data import Cohort
 from ehrgen.errors import ConfigError, did_you_mean
-from ehrgen.evaluation._fidelity_stats import (
+from ehrgen.evaluation.fidelity._stats import (
     KINDS,
     Coded,
     Table,
@@ -77,10 +78,12 @@ from ehrgen.evaluation._fidelity_stats import (
     prevalence_tables,
     r2,
 )
+from ehrgen.evaluation.rows import MetricRow
 
 __all__ = [
     "KINDS",
     "LONG_TAIL_QUANTILE",
+    "VISIT_COUNT_FIGURES",
     "FidelityResult",
     "PrevalencePoints",
     "fidelity",
@@ -91,6 +94,23 @@ logger = logging.getLogger(__name__)
 LONG_TAIL_QUANTILE = 0.10
 TOP_DISAGREEING = 5
 _POINT_KINDS = ("patient_code", "visit_code")  # the points kept in to_dict()
+
+# (group, key, label, direction) of the figures in the evaluation summary.
+_HEADLINES = (
+    ("r2", "patient_code", "R² code prevalence per patient", "higher"),
+    ("r2", "visit_code", "R² code prevalence per visit", "higher"),
+    ("r2", "patient_pair", "R² co-occurrence per patient", "higher"),
+    ("r2", "visit_pair", "R² co-occurrence per visit", "higher"),
+    ("r2", "patient_transition", "R² next-visit transition per patient", "higher"),
+    ("r2", "visit_transition", "R² next-visit transition per visit", "higher"),
+    ("r2_long_tail", "patient_code", "R² long-tail code prevalence", "higher"),
+    ("distributions", "visits_per_patient", "KS visits per patient", "lower"),
+    ("distributions", "codes_per_visit", "KS codes per visit", "lower"),
+    ("discriminator", "accuracy", "real-vs-synthetic classifier accuracy", "closer to 0.5"),
+)
+#: the figures of :attr:`FidelityResult.distributions` that count visits per patient:
+#: a generator calibrated to the real cohort's visit counts matches them by design.
+VISIT_COUNT_FIGURES = ("visits_per_patient",)
 
 
 @dataclass(frozen=True)
@@ -186,9 +206,34 @@ class FidelityResult:
             table.synthetic[keep],
         )
 
-    def summary(self) -> list[tuple[str, float, str]]:
-        """Rows ``(metric, value, direction)`` for a summary table; direction is
-        ``"higher"``, ``"lower"`` or ``"closer to 0.5"``."""
+    def summary(self, *, visit_count_note: str = "") -> list[MetricRow]:
+        """The headline figures, for the evaluation summary.
+
+        Args:
+            visit_count_note: a note for the figures of visits per patient
+                (:data:`VISIT_COUNT_FIGURES`), such as "calibrated to the training
+                cohort" when the generator was tuned to match them.
+        """
+        rows = []
+        for group, key, label, direction in _HEADLINES:
+            figure = getattr(self, group).get(key)
+            if isinstance(figure, dict):
+                figure = figure.get("ks")
+            note = visit_count_note if key in VISIT_COUNT_FIGURES else ""
+            rows.append(
+                MetricRow(
+                    suite="fidelity",
+                    metric=label,
+                    value=figure,
+                    direction=direction,
+                    note=note,
+                )
+            )
+        return rows
+
+    def figures(self) -> list[MetricRow]:
+        """Every figure, named by where it is kept (``r2/patient_code``,
+        ``demographics/age/ks``...)."""
         rows = [(f"r2/{k}", v, "higher") for k, v in self.r2.items()]
         rows += [
             (f"r2_long_tail/{k}", v, "higher") for k, v in self.r2_long_tail.items()
@@ -212,7 +257,10 @@ class FidelityResult:
             for k in ("accuracy", "auc")
             if k in self.discriminator
         ]
-        return [(name, float(value), direction) for name, value, direction in rows]
+        return [
+            MetricRow(suite="fidelity", metric=name, value=value, direction=direction)
+            for name, value, direction in rows
+        ]
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (NaN stays a float), with the code scatter points."""

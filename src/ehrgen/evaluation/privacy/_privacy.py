@@ -24,7 +24,12 @@ cohort D2 (non-members) and a synthetic cohort DS:
 
 Each figure has a bootstrap 95% interval (:class:`Estimate`) and says which way is
 better. :meth:`PrivacyResult.save` writes ``privacy.json``, each ROC curve as a PNG and
-its points as JSON. Details of each attack are in :mod:`ehrgen.evaluation.attacks`.
+its points as JSON. Details of each attack are in
+:mod:`ehrgen.evaluation.privacy.attacks`.
+
+The white-box attack depends on the model and the real cohorts only: run it once with
+:func:`likelihood_attack` and hand it to :func:`evaluate_privacy` (``white_box=``) for
+each synthetic cohort of the same model, as :func:`ehrgen.evaluation.evaluate` does.
 
 What "private" looks like: membership AUCs and accuracies within chance of 0.5
 (:func:`auc_null_tolerance` gives the spread chance alone produces), TPR at low FPR
@@ -46,35 +51,77 @@ from ehrgen._config import ConfigMixin, check, check_positive_ints
 from ehrgen._io import atomic_file, write_json
 from ehrgen.data import Cohort
 from ehrgen.errors import ConfigError, did_you_mean
-from ehrgen.evaluation._privacy_stats import (
-    AttackResult,
-    Curve,
-    Estimate,
-    auc_null_tolerance,
-)
+from ehrgen.evaluation.privacy import attacks as a
+from ehrgen.evaluation.privacy._stats import AttackResult, Curve
+from ehrgen.evaluation.rows import MetricRow
 
 __all__ = [
     "ATTACKS",
-    "AttackResult",
-    "Curve",
-    "Estimate",
+    "MEMBERSHIP_ATTACKS",
+    "WHITE_BOX",
     "PrivacyConfig",
     "PrivacyResult",
-    "auc_null_tolerance",
     "evaluate_privacy",
+    "likelihood_attack",
+    "plot_curve",
 ]
 
 logger = logging.getLogger(__name__)
 
-#: every attack, in the order they run; "likelihood_membership" needs a model.
-ATTACKS = (
-    "copies",
-    "distance_membership",
-    "nnaa",
-    "attribute_inference",
-    "rare_code_inference",
-    "shadow_membership",
-    "likelihood_membership",
+_Runner = Callable[[a.PrivacyData, np.random.Generator, "PrivacyConfig"], AttackResult]
+
+#: the attacks on synthetic patients, in the order they run.
+_RUNNERS: dict[str, _Runner] = {
+    "copies": lambda data, rng, c: a.copies(
+        data, rng, c.n_resamples, near_threshold=c.near_copy_threshold
+    ),
+    "distance_membership": lambda data, rng, c: a.distance_membership(
+        data, rng, c.n_resamples
+    ),
+    "nnaa": lambda data, rng, c: a.nearest_neighbour_adversarial_accuracy(
+        data, rng, c.n_resamples
+    ),
+    "attribute_inference": lambda data, rng, c: a.attribute_inference(
+        data,
+        rng,
+        c.n_resamples,
+        n_targets=c.attribute_targets,
+        neighbours=c.attribute_neighbours,
+    ),
+    "rare_code_inference": lambda data, rng, c: a.rare_code_inference(
+        data,
+        rng,
+        c.n_resamples,
+        n_targets=c.attribute_targets,
+        rare_max_share=c.rare_max_share,
+    ),
+    "shadow_membership": lambda data, rng, c: a.shadow_membership(
+        data,
+        rng,
+        c.n_resamples,
+        shadow_epochs=c.shadow_epochs,
+        shadow_hidden=c.shadow_hidden,
+        seed=c.seed,
+    ),
+}
+#: the white-box attack: it needs the model, not the synthetic patients.
+WHITE_BOX = "likelihood_membership"
+#: every attack, in the order they run: the one place their names are listed.
+ATTACKS = (*_RUNNERS, WHITE_BOX)
+#: the membership-inference attacks (the report draws their ROC curves together).
+MEMBERSHIP_ATTACKS = tuple(name for name in ATTACKS if name.endswith("_membership"))
+
+# (attack, figure, label) of the figures in the evaluation summary.
+_HEADLINES = (
+    ("distance_membership", "code_set_auc", "membership AUC, distance"),
+    ("shadow_membership", "auc", "membership AUC, shadow model (paper)"),
+    (WHITE_BOX, "auc", "membership AUC, white-box likelihood"),
+    (WHITE_BOX, "tpr_at_fpr_1pct", "white-box TPR at FPR 1%"),
+    ("attribute_inference", "advantage_at_0", "attribute inference advantage"),
+    ("rare_code_inference", "f1_advantage", "rare-code inference F1 advantage"),
+    ("nnaa", "nnaar", "NNAA risk (NNAAR)"),
+    ("copies", "exact_copy_rate", "exact copies of training patients"),
+    ("copies", "exact_copy_rate_holdout", "the same rate for real non-members"),
 )
 
 
@@ -142,10 +189,19 @@ class PrivacyResult:
     def curves(self) -> list[Curve]:
         return [c for attack in self.attacks.values() for c in attack.curves]
 
-    def summary(self) -> list[tuple[str, Estimate]]:
-        """(``attack.figure``, estimate) rows, for a table."""
+    def summary(self) -> list[MetricRow]:
+        """The headline figures of the attacks that ran, for the evaluation
+        summary."""
         return [
-            (f"{name}.{figure}", estimate)
+            MetricRow.of("privacy", label, self.attacks[attack].figures[figure])
+            for attack, figure, label in _HEADLINES
+            if attack in self.attacks and figure in self.attacks[attack].figures
+        ]
+
+    def figures(self) -> list[MetricRow]:
+        """Every figure of every attack, named ``attack.figure``."""
+        return [
+            MetricRow.of("privacy", f"{name}.{figure}", estimate)
             for name, attack in self.attacks.items()
             for figure, estimate in attack.figures.items()
         ]
@@ -198,6 +254,7 @@ def evaluate_privacy(
     model: Any = None,
     config: PrivacyConfig | None = None,
     progress: Callable[[str], None] | None = None,
+    white_box: AttackResult | None = None,
 ) -> PrivacyResult:
     """Run the privacy attacks (see the module docstring).
 
@@ -205,9 +262,12 @@ def evaluate_privacy(
         train: D1, the patients the generator was trained on.
         holdout: D2, real patients it never saw (ideally as many as DS's).
         synthetic: DS, the generator's output.
-        model: the generator, for the white-box likelihood attack (skipped if None).
+        model: the generator, for the white-box likelihood attack (skipped if None
+            and no ``white_box`` is given).
         config: which attacks, and their settings.
         progress: called with each attack's name as it starts.
+        white_box: the white-box attack already run on the same model, D1 and D2
+            (:func:`likelihood_attack`): reused instead of scoring again.
 
     Example:
         >>> from ehrgen.data.demo import demo_cohort
@@ -218,60 +278,49 @@ def evaluate_privacy(
         >>> result.attacks["copies"].figures["exact_copy_rate"].value
         1.0
     """
-    from ehrgen.evaluation import attacks as a
-
     config = config or PrivacyConfig()
-    for name, cohort in (
-        ("train", train),
-        ("holdout", holdout),
-        ("synthetic", synthetic),
-    ):
-        if len(cohort) < 2:
-            raise ConfigError(
-                f"Privacy evaluation needs at least 2 patients in the {name} cohort. "
-                f"Got {len(cohort)}."
-            )
+    _check_sizes(train=train, holdout=holdout, synthetic=synthetic)
     data = a.PrivacyData.of(train, holdout, synthetic)
     rng = np.random.default_rng(config.seed)
-    n = config.n_resamples
-    runners: dict[str, Callable[[], AttackResult]] = {
-        "copies": lambda: a.copies(
-            data, rng, n, near_threshold=config.near_copy_threshold
-        ),
-        "distance_membership": lambda: a.distance_membership(data, rng, n),
-        "nnaa": lambda: a.nearest_neighbour_adversarial_accuracy(data, rng, n),
-        "attribute_inference": lambda: a.attribute_inference(
-            data,
-            rng,
-            n,
-            n_targets=config.attribute_targets,
-            neighbours=config.attribute_neighbours,
-        ),
-        "rare_code_inference": lambda: a.rare_code_inference(
-            data,
-            rng,
-            n,
-            n_targets=config.attribute_targets,
-            rare_max_share=config.rare_max_share,
-        ),
-        "shadow_membership": lambda: a.shadow_membership(
-            data,
-            rng,
-            n,
-            shadow_epochs=config.shadow_epochs,
-            shadow_hidden=config.shadow_hidden,
-            seed=config.seed,
-        ),
-        "likelihood_membership": lambda: a.likelihood_membership(model, data, rng, n),
-    }
     results, skipped = {}, {}
     for name in config.attacks:
-        if name == "likelihood_membership" and model is None:
+        if name == WHITE_BOX and white_box is not None:
+            results[name] = white_box
+            continue
+        if name == WHITE_BOX and model is None:
             skipped[name] = "no model given (white-box attack)"
             continue
         if progress is not None:
             progress(name)
         logger.debug("Running the %s attack.", name)
-        results[name] = runners[name]()
+        if name == WHITE_BOX:
+            results[name] = likelihood_attack(train, holdout, model, config)
+        else:
+            results[name] = _RUNNERS[name](data, rng, config)
     sizes = {"train": len(train), "holdout": len(holdout), "synthetic": len(synthetic)}
     return PrivacyResult(results, sizes, config, skipped)
+
+
+def likelihood_attack(
+    train: Cohort, holdout: Cohort, model: Any, config: PrivacyConfig | None = None
+) -> AttackResult:
+    """The white-box likelihood attack alone: the model's own perplexity of D1
+    (members) against D2 (non-members).
+
+    It sees no synthetic patient, so one run serves every generation mode of a
+    model: pass it to :func:`evaluate_privacy` as ``white_box``. Its random draws
+    come from ``config.seed`` alone, whatever other attacks run.
+    """
+    config = config or PrivacyConfig()
+    _check_sizes(train=train, holdout=holdout)
+    rng = np.random.default_rng(config.seed)
+    return a.likelihood_membership(model, train, holdout, rng, config.n_resamples)
+
+
+def _check_sizes(**cohorts: Cohort) -> None:
+    for name, cohort in cohorts.items():
+        if len(cohort) < 2:
+            raise ConfigError(
+                f"Privacy evaluation needs at least 2 patients in the {name} cohort. "
+                f"Got {len(cohort)}."
+            )

@@ -8,7 +8,7 @@ and on real plus synthetic data, each tested on the same held-out real patients.
   one code of the target modality (diagnoses by default): predict the target codes of
   visit t + 1 from visits 1..t and the baseline features. Training examples are built
   the same way from the training patients.
-* **Predictor** (:mod:`ehrgen.evaluation._utility_model`): a left-to-right LSTM over
+* **Predictor** (:mod:`ehrgen.evaluation.utility._model`): a left-to-right LSTM over
   multi-hot visits of every modality plus baseline features, one sigmoid output per
   target code, binary cross-entropy. Codes are matched across cohorts by
   ``(modality, code string)``; codes the training data never had are ignored when read
@@ -57,7 +57,8 @@ from ehrgen._config import ConfigMixin, check, check_positive_ints
 from ehrgen._io import atomic_file
 from ehrgen.data import Cohort
 from ehrgen.errors import ConfigError, did_you_mean
-from ehrgen.evaluation._privacy_stats import Estimate, bootstrap
+from ehrgen.evaluation._estimates import Estimate, bootstrap
+from ehrgen.evaluation.utility._results import FAMILIES, SettingResult, UtilityResult
 
 __all__ = [
     "FAMILIES",
@@ -70,9 +71,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-#: the families of trained settings, in the order they run.
-FAMILIES = ("real", "synthetic", "real+synthetic")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -134,166 +132,6 @@ class UtilityConfig(ConfigMixin):
         return cls(hidden=16, epochs=3, min_steps=0, n_resamples=50).replace(**changes)
 
 
-# --------------------------------------------------------------------------- results
-
-
-@dataclass(frozen=True)
-class SettingResult:
-    """One trained predictor (or baseline) and its figures on the test patients.
-
-    ``family`` is one of :data:`FAMILIES` or ``"baseline"``; ``recall`` maps each k to
-    recall@k; ``label_auc`` is None when the label task did not run.
-    """
-
-    family: str
-    name: str
-    n_real: int
-    n_synthetic: int
-    recall: Mapping[int, Estimate]
-    label_auc: Estimate | None = None
-    epochs_run: int = 0
-    train_loss: float = math.nan
-    seconds: float = 0.0
-
-    @property
-    def size(self) -> int:
-        """The number of training patients."""
-        return self.n_real + self.n_synthetic
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (NaN as None)."""
-        return {
-            "family": self.family,
-            "name": self.name,
-            "n_real": self.n_real,
-            "n_synthetic": self.n_synthetic,
-            "size": self.size,
-            "recall": {f"recall@{k}": e.to_dict() for k, e in self.recall.items()},
-            "label_auc": None if self.label_auc is None else self.label_auc.to_dict(),
-            "epochs_run": self.epochs_run,
-            "train_loss": _finite(self.train_loss),
-            "seconds": round(self.seconds, 3),
-        }
-
-
-@dataclass(frozen=True)
-class UtilityResult:
-    """What :func:`utility` measures (see the module docstring for definitions)."""
-
-    settings: tuple[SettingResult, ...]
-    baselines: tuple[SettingResult, ...]
-    ks: tuple[int, ...]
-    target_modality: str
-    label: str | None
-    n_test_patients: int  # test patients with at least one example
-    n_test_examples: int
-    config: UtilityConfig
-    notes: tuple[str, ...] = ()
-
-    def setting(self, name: str) -> SettingResult:
-        """The setting or baseline of this name, e.g. ``"real:5000"`` (KeyError)."""
-        return {s.name: s for s in (*self.settings, *self.baselines)}[name]
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict."""
-        return {
-            "target_modality": self.target_modality,
-            "ks": list(self.ks),
-            "label": self.label,
-            "n_test_patients": self.n_test_patients,
-            "n_test_examples": self.n_test_examples,
-            "settings": [s.to_dict() for s in self.settings],
-            "baselines": [s.to_dict() for s in self.baselines],
-            "curves": self.curves(),
-            "config": self.config.to_dict(),
-            "notes": list(self.notes),
-        }
-
-    def summary(self) -> list[tuple[str, float, str]]:
-        """Rows ``(metric, value, direction)``, e.g. ``("real:5000/recall@10", 0.61,
-        "higher")``."""
-        rows = []
-        for s in (*self.settings, *self.baselines):
-            rows += [
-                (f"{s.name}/recall@{k}", e.value, "higher") for k, e in s.recall.items()
-            ]
-            if s.label_auc is not None:
-                rows.append(
-                    (f"{s.name}/auc[{self.label}]", s.label_auc.value, "higher")
-                )
-        return [(name, float(value), direction) for name, value, direction in rows]
-
-    def curves(self) -> dict[str, dict[str, list[float]]]:
-        """Per family, its settings by training size: ``size``, ``n_real``,
-        ``n_synthetic`` and, per k, ``recall@k`` with ``recall@k_low`` and
-        ``recall@k_high`` (the interval); NaN as None."""
-        out = {}
-        for family in FAMILIES:
-            rows = sorted((s for s in self.settings if s.family == family), key=_size)
-            if not rows:
-                continue
-            curve: dict[str, list[Any]] = {
-                "size": [s.size for s in rows],
-                "n_real": [s.n_real for s in rows],
-                "n_synthetic": [s.n_synthetic for s in rows],
-            }
-            for k in self.ks:
-                curve[f"recall@{k}"] = [_finite(s.recall[k].value) for s in rows]
-                curve[f"recall@{k}_low"] = [_finite(s.recall[k].ci_low) for s in rows]
-                curve[f"recall@{k}_high"] = [_finite(s.recall[k].ci_high) for s in rows]
-            out[family] = curve
-        return out
-
-    def plot(self, path: str | Path) -> Path:
-        """Write a PNG of recall@k against training size, one panel per k, one line
-        per family (bars: the intervals), baselines as horizontal lines."""
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-
-        path = Path(path)
-        figure = Figure(figsize=(4.5 * len(self.ks), 4), dpi=100)
-        FigureCanvasAgg(figure)
-        curves = self.curves()
-        sizes = [s for c in curves.values() for s in c["size"]]
-        for i, k in enumerate(self.ks):
-            axes = figure.add_subplot(1, len(self.ks), i + 1)
-            for family, curve in curves.items():
-                y = np.array(curve[f"recall@{k}"], dtype=float)
-                low = np.array(curve[f"recall@{k}_low"], dtype=float)
-                high = np.array(curve[f"recall@{k}_high"], dtype=float)
-                label = family
-                if family == "real+synthetic":
-                    label += f" (real {curve['n_real'][0]})"
-                error = np.nan_to_num(np.stack([y - low, high - y]).clip(0))
-                axes.errorbar(
-                    curve["size"], y, yerr=error, marker="o", capsize=3, label=label
-                )
-            for baseline, style in zip(self.baselines, ("--", ":")):
-                axes.axhline(
-                    baseline.recall[k].value,
-                    linestyle=style,
-                    color="grey",
-                    label=f"baseline: {baseline.name.split(':')[-1]}",
-                )
-            if sizes and max(sizes) >= 10 * min(sizes):
-                axes.set_xscale("log")
-            axes.set(xlabel="training patients", ylabel=f"recall@{k}")
-            axes.set_title(f"next-visit {self.target_modality}, recall@{k}", fontsize=9)
-            axes.legend(fontsize=7)
-        figure.tight_layout()
-        with atomic_file(path, overwrite=True) as tmp:
-            figure.savefig(tmp, format="png")
-        return path
-
-
-def _size(setting: SettingResult) -> int:
-    return setting.size
-
-
-def _finite(value: float) -> float | None:
-    return round(float(value), 6) if math.isfinite(value) else None
-
-
 # --------------------------------------------------------------------------- recall
 
 
@@ -325,7 +163,7 @@ def recall_at_k(scores: np.ndarray, truth: np.ndarray, k: int) -> np.ndarray:
         )
     ok = isinstance(k, (int, np.integer)) and not isinstance(k, bool) and k > 0
     check(ok, "recall_at_k", "k", "a positive int", k)
-    from ehrgen.evaluation._utility_model import rank_scores
+    from ehrgen.evaluation.utility._model import rank_scores
 
     top = rank_scores(scores, int(k))
     hit = np.take_along_axis(truth, np.maximum(top, 0), 1) & (top >= 0)
@@ -394,7 +232,7 @@ def utility(
         >>> [s.name for s in result.settings]
         ['real:210', 'synthetic:100', 'real+synthetic:210+100']
     """
-    from ehrgen.evaluation import _utility_model as m
+    from ehrgen.evaluation.utility import _model as m
 
     config = config or UtilityConfig()
     _check_cohorts(train_real=train_real, synthetic=synthetic, test=test)
@@ -564,7 +402,7 @@ def _label_auc(
         return None
     from sklearn.metrics import roc_auc_score
 
-    from ehrgen.evaluation._utility_model import Records, label_scores
+    from ehrgen.evaluation.utility._model import Records, label_scores
 
     for source, records in parts:
         if records.label is None or not np.isfinite(records.label).any():

@@ -10,7 +10,14 @@ modality permutation of the encoder context only.
 Ours: the rates (the paper gives none); shuffling and infilling stay within a modality
 block, so the context stays well formed; a block emptied by deletion is dropped, but
 its visit stays (as ``<v> </v>`` at worst), so the count of past visits is never
-corrupted. Draws are seeded by ``(seed, epoch, index)``, not by worker or process.
+corrupted. Longitudinal *targets* are reordered too (never corrupted otherwise): the
+codes within each block (``shuffle_targets``) and, in ``permute_target_rate`` of the
+visits, the order of the blocks. With the schema's order alone, the decoder would only
+ever see ``<bos> <v> <diagnosis>``, and the codes of a later modality only after the
+earlier blocks of their visit; permuted targets make ``<bos> <v> <m> c1 ... cj`` a
+prefix seen in training for every modality m, the prefix on which chain scoring
+conditions m's codes (visits 1..t-1 and m's earlier codes only, as the paper's lpl
+asks). Draws are seeded by ``(seed, epoch, index)``, not by worker or process.
 """
 
 from __future__ import annotations
@@ -25,9 +32,7 @@ import numpy as np
 import torch
 
 from ehrgen._config import ConfigMixin, check
-from ehrgen.data import Cohort
-from ehrgen.errors import SchemaError
-from ehrgen.tokens.tokenizer import CodeTokenizer
+from ehrgen.tokens.encoded import TokenizedCohort
 
 __all__ = [
     "CROSS_MODAL",
@@ -46,7 +51,9 @@ __all__ = [
 ]
 
 TASKS: tuple[str, ...] = ("longitudinal", "cross_modal")
-LONGITUDINAL, CROSS_MODAL = 0, 1  # task codes of a slot row
+# Task codes of a slot row; tokens.batching reads any code but 0 (LONGITUDINAL) as a
+# source that holds the rest of visit t.
+LONGITUDINAL, CROSS_MODAL = 0, 1
 IGNORE_INDEX = -100  # label value that the loss skips (torch's default)
 _RATES = ("longitudinal_share", "mask_rate", "delete_rate", "infill_rate")
 
@@ -80,10 +87,14 @@ class TaskConfig(ConfigMixin):
     # so the model should not learn the recorded order, and its first-code
     # distribution then spreads over the whole set (the "set" scoring protocol).
     shuffle_targets: bool = True
+    # Per longitudinal target visit: the chance that its modality blocks come in a
+    # random order (see the module docstring), so that every modality is seen
+    # opening a visit; the other targets keep the schema's order.
+    permute_target_rate: float = 0.5
 
     def __post_init__(self) -> None:
         name = type(self).__name__
-        for field in (*_RATES, "shuffle_rate", "permute_rate"):
+        for field in (*_RATES, "shuffle_rate", "permute_rate", "permute_target_rate"):
             value = getattr(self, field)
             check(_is_real(value) and 0 <= value <= 1, name, field, "in [0, 1]", value)
         lam = self.poisson_lambda
@@ -101,117 +112,6 @@ def _is_real(value: Any, integral: bool = False) -> bool:
     kinds = (int, np.integer) if integral else (int, float, np.integer, np.floating)
     real = isinstance(value, kinds) and not isinstance(value, bool)
     return real and math.isfinite(value)
-
-
-@dataclasses.dataclass(eq=False, repr=False)
-class TokenizedCohort:
-    """A cohort as token ids in flat arrays, ready for drawing examples.
-
-    Attributes:
-        tokenizer: the tokenizer whose ids these are.
-        event_tokens: (E,) int32 token id of each event (``unk_id`` when unknown).
-        event_modality: (E,) int8 index of each event's modality.
-        event_offsets, visit_offsets: (V+1,), (P+1,) int64 offsets, as in a Cohort.
-        categorical: (P, n_cat) int64 category; missing is ``cardinalities[j]``.
-        numerical: (P, n_num) float32 raw values, NaN when missing.
-        cardinalities: the number of categories of each categorical feature.
-        n_modalities, visit_counts: the number of modalities; (P,) visits per patient.
-        open_ids, close_ids: the open / close token id of each modality, by index.
-        block_offsets, visit_block_offsets: (B+1,) event offsets of each modality
-            block (run of one modality in a visit), (V+1,) block offsets of visits.
-        block_modality: (B,) int8 modality index of each block.
-
-    Example:
-        >>> from ehrgen.data import Patient, Visit
-        >>> visit = Visit({"diagnosis": ["a"], "drug": ["x", "y"]})
-        >>> cohort = Cohort.from_patients([Patient("1", {}, (visit,))])
-        >>> data = TokenizedCohort.from_cohort(cohort, CodeTokenizer.fit(cohort))
-        >>> [(m, len(codes)) for m, codes in data.visit_blocks(0)]
-        [(0, 1), (1, 2)]
-    """
-
-    tokenizer: CodeTokenizer
-    event_tokens: np.ndarray
-    event_modality: np.ndarray
-    event_offsets: np.ndarray
-    visit_offsets: np.ndarray
-    categorical: np.ndarray
-    numerical: np.ndarray
-    cardinalities: tuple[int, ...]
-
-    def __post_init__(self) -> None:
-        # The array fields, event_tokens to numerical, in declaration order.
-        dtypes = (np.int32, np.int8, np.int64, np.int64, np.int64, np.float32)
-        for field, dtype in zip(dataclasses.fields(self)[1:7], dtypes):
-            setattr(self, field.name, _frozen(getattr(self, field.name), dtype))
-        self.cardinalities = tuple(int(c) for c in self.cardinalities)
-        modalities = self.tokenizer.modalities
-        self.n_modalities = len(modalities)
-        self.visit_counts = _frozen(np.diff(self.visit_offsets), np.int64)  # (P,)
-        # By modality index: faster per block than the tokenizer's dicts by name.
-        self.open_ids = tuple(self.tokenizer.open_ids[m] for m in modalities)
-        self.close_ids = tuple(self.tokenizer.close_ids[m] for m in modalities)
-        # Blocks: runs of one modality within one visit (the cohort stores them so).
-        n_events, n_visits = len(self.event_tokens), len(self.event_offsets) - 1
-        event_visit = np.repeat(np.arange(n_visits), np.diff(self.event_offsets))
-        new_block = np.ones(n_events, dtype=bool)
-        new_block[1:] = (event_visit[1:] != event_visit[:-1]) | (
-            self.event_modality[1:] != self.event_modality[:-1]
-        )
-        first = np.flatnonzero(new_block)  # (B,) first event of each block
-        self.block_offsets = _frozen(np.append(first, n_events), np.int64)  # (B+1,)
-        self.block_modality = _frozen(self.event_modality[first], np.int8)  # (B,)
-        visit_blocks = np.searchsorted(event_visit[first], np.arange(n_visits + 1))
-        self.visit_block_offsets = _frozen(visit_blocks, np.int64)  # (V+1,)
-
-    @classmethod
-    def from_cohort(cls, cohort: Cohort, tokenizer: CodeTokenizer) -> TokenizedCohort:
-        """Tokenize a cohort's events and encode its static features.
-
-        Raises:
-            SchemaError: the cohort is empty, or its modalities differ from the
-                tokenizer's.
-        """
-        if tuple(cohort.schema.modalities) != tokenizer.modalities:
-            raise SchemaError(
-                f"The cohort's modalities {list(cohort.schema.modalities)} differ from "
-                f"the tokenizer's {list(tokenizer.modalities)}; fit the tokenizer on "
-                f"a cohort with the same schema."
-            )
-        if len(cohort) == 0:
-            raise SchemaError("The cohort has no patient; examples need at least one.")
-        # Map the code table to token ids once, then gather per event.
-        pairs = zip(cohort.code_modality.tolist(), cohort.code_values.tolist())
-        names = tokenizer.modalities
-        code_to_token = [tokenizer.code_id(names[m], value) for m, value in pairs]
-        schema, n = cohort.schema, len(cohort)
-        cardinalities = tuple(len(c) for c in schema.categorical.values())
-        static = [cohort.static[f] for f in schema.categorical]
-        categorical = np.array(static, np.int64).reshape(-1, n).T  # (P, n_cat)
-        categorical = np.where(categorical < 0, np.array(cardinalities), categorical)
-        static = [cohort.static[f] for f in schema.numerical]
-        numerical = np.array(static, np.float32).reshape(-1, n).T  # (P, n_num)
-        events = np.array(code_to_token, np.int32)[cohort.event_codes]
-        offsets = (cohort.event_offsets, cohort.visit_offsets)
-        features = (categorical, numerical, cardinalities)
-        return cls(tokenizer, events, cohort.event_modality, *offsets, *features)
-
-    def __len__(self) -> int:
-        return len(self.visit_offsets) - 1
-
-    def visit_blocks(self, v: int) -> list[tuple[int, np.ndarray]]:
-        """The blocks of visit ``v`` (global index): (modality index, code tokens)."""
-        b0, b1 = self.visit_block_offsets[v], self.visit_block_offsets[v + 1]
-        bounds = self.block_offsets[b0 : b1 + 1].tolist()
-        modalities = self.block_modality[b0:b1].tolist()
-        pairs = zip(modalities, bounds[:-1], bounds[1:])
-        return [(m, self.event_tokens[a:b]) for m, a, b in pairs]
-
-
-def _frozen(array: Any, dtype: Any) -> np.ndarray:
-    view = np.asarray(array, dtype=dtype).view()  # freeze a view, not the caller's
-    view.flags.writeable = False
-    return view
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -255,7 +155,8 @@ def longitudinal_example(
     """Predict visit ``t`` from visits ``0..t-1`` (``<eos>`` when past the last one).
 
     Example:
-        >>> from ehrgen.data import Patient, Visit
+        >>> from ehrgen.data import Cohort, Patient, Visit
+        >>> from ehrgen.tokens import CodeTokenizer
         >>> cohort = Cohort.from_patients([Patient("1", {}, (Visit({"lab": ["hb"]}),))])
         >>> data = TokenizedCohort.from_cohort(cohort, CodeTokenizer.fit(cohort))
         >>> rng = np.random.default_rng(0)
@@ -272,6 +173,8 @@ def longitudinal_example(
         blocks = _visit(data, data.visit_offsets[patient] + t)
         if corrupt and config.shuffle_targets:
             blocks = [b._replace(codes=rng.permutation(b.codes)) for b in blocks]
+        if corrupt:
+            blocks = _permute_blocks(blocks, rng, config.permute_target_rate)
         blocks = _keep_first_codes(blocks, config.max_target_length)
         target, modality = _serialise(data, blocks)
     decoder_input = np.concatenate([[tok.bos_id], target[:-1]])
@@ -292,7 +195,8 @@ def cross_modal_example(
     """Predict the codes of ``modality`` (name or index) in visit ``t`` from the rest.
 
     Example:
-        >>> from ehrgen.data import Patient, Visit
+        >>> from ehrgen.data import Cohort, Patient, Visit
+        >>> from ehrgen.tokens import CodeTokenizer
         >>> visit = Visit({"drug": ["x"], "lab": ["hb"]})
         >>> cohort = Cohort.from_patients([Patient("1", {}, (visit,))])
         >>> data = TokenizedCohort.from_cohort(cohort, CodeTokenizer.fit(cohort))
@@ -429,9 +333,17 @@ def _corrupt_visit(
         codes = b.codes if b.slot else _corrupt_codes(b.codes, rng, config, mask_id)
         if len(codes):
             out.append(b._replace(codes=codes))
-    if config.permute_rate > 0 and len(out) > 1 and rng.random() < config.permute_rate:
-        out = [out[i] for i in rng.permutation(len(out))]
-    return out
+    return _permute_blocks(out, rng, config.permute_rate)
+
+
+def _permute_blocks(
+    blocks: list[_Block], rng: np.random.Generator, rate: float
+) -> list[_Block]:
+    """The blocks in a random order with probability ``rate``; a zero rate or a
+    single block draws nothing."""
+    if rate > 0 and len(blocks) > 1 and rng.random() < rate:
+        return [blocks[i] for i in rng.permutation(len(blocks))]
+    return blocks
 
 
 def _corrupt_codes(
@@ -464,7 +376,8 @@ def example_slots(
     trained more often than "go on", and generated patients would end too early.
 
     Example:
-        >>> from ehrgen.data import Patient, Visit
+        >>> from ehrgen.data import Cohort, Patient, Visit
+        >>> from ehrgen.tokens import CodeTokenizer
         >>> visits = (Visit({"lab": ["hb"]}), Visit({"lab": ["na"]}))
         >>> cohort = Cohort.from_patients([Patient("1", {}, visits)])
         >>> data = TokenizedCohort.from_cohort(cohort, CodeTokenizer.fit(cohort))
@@ -499,7 +412,8 @@ def validation_slots(
     the examples with ``corrupt=False`` for a deterministic perplexity.
 
     Example:
-        >>> from ehrgen.data import Patient, Visit
+        >>> from ehrgen.data import Cohort, Patient, Visit
+        >>> from ehrgen.tokens import CodeTokenizer
         >>> visit = Visit({"diagnosis": ["a"], "drug": ["x"]})
         >>> cohort = Cohort.from_patients([Patient("1", {}, (visit,))])
         >>> data = TokenizedCohort.from_cohort(cohort, CodeTokenizer.fit(cohort))
@@ -538,7 +452,8 @@ class ExampleDataset(torch.utils.data.Dataset):
     the same whatever the worker or process that builds it.
 
     Example:
-        >>> from ehrgen.data import Patient, Visit
+        >>> from ehrgen.data import Cohort, Patient, Visit
+        >>> from ehrgen.tokens import CodeTokenizer
         >>> cohort = Cohort.from_patients([Patient("1", {}, (Visit({"lab": ["hb"]}),))])
         >>> data = TokenizedCohort.from_cohort(cohort, CodeTokenizer.fit(cohort))
         >>> slots, config = validation_slots(data), TaskConfig()
