@@ -45,8 +45,9 @@ def main() -> None:
     print(f"long-tail threshold (patient prevalence): {result.long_tail_threshold:.4g}")
     print(f"unseen synthetic codes: {result.unseen}")
     print(f"\n{'metric':<48} {'value':>10}  direction")
-    for metric, value, direction in result.summary():
-        print(f"{metric:<48} {value:>10.4f}  {direction}")
+    for row in result.figures():
+        value = float("nan") if row.value is None else row.value
+        print(f"{row.metric:<48} {value:>10.4f}  {row.direction}")
     print("\nmeans (real / synthetic):")
     for name, figures in {**result.distributions, **result.demographics}.items():
         if "real_mean" in figures:

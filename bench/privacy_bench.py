@@ -75,12 +75,12 @@ def main() -> None:
     print()
     modes = list(results)
     print(f"{'attack.figure':<48}{'better':<15}" + "".join(f"{m:>26}" for m in modes))
-    for name, estimate in results["from_scratch"].summary():
+    for row in results["from_scratch"].figures():
         cells = []
         for mode in modes:
-            found = dict(results[mode].summary()).get(name)
-            cells.append(f"{found!s:>26}" if found else f"{'-':>26}")
-        print(f"{name:<48}{estimate.direction:<15}" + "".join(cells))
+            found = {r.metric: r for r in results[mode].figures()}.get(row.metric)
+            cells.append(f"{found.text():>26}" if found else f"{'-':>26}")
+        print(f"{row.metric:<48}{row.direction:<15}" + "".join(cells))
 
 
 if __name__ == "__main__":

@@ -14,14 +14,15 @@ from ehrgen.errors import ConfigError
 from ehrgen.generation import GenerationConfig
 from ehrgen.models.promptehr import PromptEHR, PromptEHRConfig
 from ehrgen.models.promptehr.tasks import TaskConfig
+from ehrgen.models.trained import SYNTHETIC_ID_BASE
 from ehrgen.training import TrainingConfig
 
 
 def _train(cohort: Cohort, epochs: int, **tasks) -> PromptEHR:
     training = TrainingConfig(epochs=epochs, batch_size=32, learning_rate=1e-2,
                               checkpoint_every_steps=None)  # fmt: skip
-    return PromptEHR(PromptEHRConfig.tiny()).fit(
-        cohort, training=training, tasks=TaskConfig(**tasks)
+    return PromptEHR(PromptEHRConfig.tiny(), TaskConfig(**tasks)).fit(
+        cohort, training=training
     )
 
 
@@ -71,7 +72,7 @@ def test_samples_are_well_formed_and_round_trip(
     assert len(synthetic) == 150
     _check_well_formed(synthetic, model, max_visits)
     ids = list(synthetic.patient_ids)
-    assert len(set(ids)) == 150 and all(i.startswith("synthetic-") for i in ids)
+    assert len(set(ids)) == 150 and all(int(i) >= SYNTHETIC_ID_BASE for i in ids)
     root = write_meds(synthetic, tmp_path_factory.mktemp("meds") / "synthetic")
     assert read_meds(root) == synthetic
 
@@ -114,7 +115,10 @@ def test_length_calibration_follows_the_target_cohort(model, real, tmp_path):
     assert before < 0.6 and one_visit_share(copy) > 0.85
     assert one_visit_share(copy, calibrated_length=False) == before
     reloaded = PromptEHR.from_pretrained(copy.save_pretrained(tmp_path / "calibrated"))
-    assert reloaded.info_["end_bias"] == copy.info_["end_bias"]
+    calibration = reloaded._fitted.length_calibration
+    assert calibration == copy._fitted.length_calibration
+    assert calibration.n_patients == len(one_visit)
+    assert calibration.cohort == "training cohort"
     assert one_visit_share(reloaded) == one_visit_share(copy)
 
 

@@ -100,7 +100,8 @@ def test_scores_of_a_visit_ignore_later_visits(fitted, cohorts):
     patients = [p for p in test if len(p.visits) >= 3][:6]
     changed = []
     for p in patients:
-        last = Visit({"diagnosis": tuple(model.tokenizer_.codes["diagnosis"][:3])})
+        codes = tuple(model.tokenizer_.codes["diagnosis"][:3])
+        last = Visit({"diagnosis": codes}, p.visits[-1].time)
         changed.append(Patient(p.patient_id, p.static, (*p.visits[:-1], last)))
     before = Cohort.from_patients(patients, test.schema)
     after = Cohort.from_patients(changed, test.schema)

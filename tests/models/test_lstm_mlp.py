@@ -15,6 +15,7 @@ from ehrgen.errors import ConfigError, SchemaError
 from ehrgen.generation import GenerationConfig
 from ehrgen.models.base import Generator
 from ehrgen.models.baselines import LSTMMLP, LSTMMLPConfig
+from ehrgen.models.trained import SYNTHETIC_ID_BASE
 from ehrgen.training import TrainingConfig
 
 TASKS = ("longitudinal", "cross_modal")
@@ -111,7 +112,7 @@ def test_generated_patients_are_well_formed_and_round_trip_meds(
     """Check that generated patients have 1..max_visits non-empty visits of unique
     in-vocabulary codes, increasing times, and survive a MEDS round trip."""
     cohort = model.generate(25, generation=GenerationConfig(max_visits=4), seed=0)
-    assert len(cohort) == 25 and cohort.patient_ids[0] == "synthetic-00"
+    assert len(cohort) == 25 and cohort.patient_ids[0] == str(SYNTHETIC_ID_BASE)
     assert np.diff(cohort.visit_offsets).min() >= 1
     assert np.diff(cohort.visit_offsets).max() <= 4
     assert np.diff(cohort.visit_offsets).max() > 1  # the end logit lets some continue

@@ -48,16 +48,14 @@ def test_tiny_model_overfits_eight_patients():
     average), while an untrained model sits near the size of the grammar-restricted
     choice (tens of tokens)."""
     cohort = demo_cohort(8, seed=1)
-    untrained = PromptEHR(PromptEHRConfig.tiny()).fit(
+    untrained = PromptEHR(PromptEHRConfig.tiny(), NO_CORRUPTION).fit(
         cohort, training=quick(epochs=1, max_steps=1, learning_rate=1e-9),
-        tasks=NO_CORRUPTION,
     )  # fmt: skip
     assert untrained.perplexity(cohort) > 10
-    model = PromptEHR(PromptEHRConfig.tiny()).fit(
+    model = PromptEHR(PromptEHRConfig.tiny(), NO_CORRUPTION).fit(
         cohort,
         val=cohort,
         training=quick(epochs=80, patience=None),
-        tasks=NO_CORRUPTION,
     )
     assert model.perplexity(cohort) < 1.5
     assert model.training_.best_val_perplexity == pytest.approx(
@@ -75,9 +73,8 @@ def test_prompts_carry_gender():
     cohort = Cohort.from_patients(
         [Patient(p.patient_id, p.static, p.visits[:1]) for p in young], full.schema
     )
-    model = PromptEHR(PromptEHRConfig.tiny()).fit(
+    model = PromptEHR(PromptEHRConfig.tiny(), TaskConfig(longitudinal_share=1.0)).fit(
         cohort, training=quick(epochs=20, batch_size=32),
-        tasks=TaskConfig(longitudinal_share=1.0),
     )  # fmt: skip
     female = [c for c, g in demo_truth().gender_specific_codes.items()
               if g == "F" and c in model.tokenizer_.codes["diagnosis"]]  # fmt: skip
@@ -236,8 +233,8 @@ def test_early_stopping_when_validation_worsens():
     """Check that training stops once validation perplexity fails to improve for
     `patience` evaluations, and keeps the best epoch's weights."""
     train, val = demo_cohort(8, seed=1), demo_cohort(8, seed=2)
-    model = PromptEHR(PromptEHRConfig.tiny()).fit(
-        train, val, quick(epochs=60, patience=2), tasks=NO_CORRUPTION
+    model = PromptEHR(PromptEHRConfig.tiny(), NO_CORRUPTION).fit(
+        train, val, quick(epochs=60, patience=2)
     )
     facts = model.training_
     assert facts.stopped_early and facts.epochs_completed < 60

@@ -19,13 +19,14 @@ from ehrgen.models.promptehr.tasks import (
     LONGITUDINAL,
     ExampleDataset,
     TaskConfig,
-    TokenizedCohort,
     collate,
     cross_modal_example,
     example_slots,
     longitudinal_example,
     validation_slots,
 )
+from ehrgen.tokens.encoded import TokenizedCohort
+from ehrgen.tokens.grammar import VisitGrammar
 from ehrgen.tokens.tokenizer import CodeTokenizer
 from tests.strategies import cohorts
 
@@ -41,6 +42,7 @@ CLEAN = TaskConfig(
     shuffle_rate=0.0,
     permute_rate=0.0,
     shuffle_targets=False,
+    permute_target_rate=0.0,
 )
 RNG = np.random.default_rng  # short alias for the many generators below
 
@@ -238,6 +240,7 @@ def test_corruption_keeps_structure(cohort, seed, rates, lam, pick):
         shuffle_rate=shuffle,
         permute_rate=permute,
         shuffle_targets=False,
+        permute_target_rate=0.0,
     )
     slots = validation_slots(data)
     patient, t, task, k = slots[pick % len(slots)].tolist()
@@ -533,6 +536,7 @@ def test_collate_in_a_data_loader(data):
         ("infill_rate", float("nan")),
         ("shuffle_rate", True),
         ("permute_rate", "0.3"),
+        ("permute_target_rate", 1.5),
         ("longitudinal_share", 2),
         ("poisson_lambda", -1.0),
         ("max_source_length", 7),
@@ -639,3 +643,39 @@ def test_targets_are_shuffled_within_blocks_in_training_only(data):
         assert ex.labels[:2].tolist() == clean.labels[:2].tolist()  # <v> <diagnosis>
         orders.add(tuple(ex.labels.tolist()))
     assert len(orders) > 1
+
+
+def test_target_blocks_are_permuted_in_training_only(data):
+    """Check that permute_target_rate=1 puts a target visit's blocks in several
+    orders, codes and label modalities moving with their block, and that
+    validation targets (corrupt=False) keep the schema's order."""
+    config, tok = CLEAN.replace(permute_target_rate=1.0), data.tokenizer
+
+    def target(ex):
+        return _parse(data, np.array([tok.bos_id, *ex.labels, tok.eos_id]))[0]
+
+    truth = target(longitudinal_example(data, 0, 1, RNG(0), config, corrupt=False))
+    assert [k for k, _ in truth] == [0, 1, 3]
+    firsts = set()
+    for seed in range(12):
+        ex = longitudinal_example(data, 0, 1, RNG(seed), config)
+        visit = target(ex)
+        assert sorted(visit) == sorted(truth)
+        firsts.add(visit[0][0])
+        assert np.array_equal(ex.decoder_input[1:], ex.labels[:-1])
+    assert firsts == {0, 1, 3}  # every modality of the visit opens it sometimes
+
+
+def test_label_modality_is_the_grammar_row(data):
+    """Check that every example's label modality selects the grammar's training
+    mask row for its decoder input (row m+1 in m's block, 0 elsewhere), and that
+    the row allows the label, permuted targets and cloze slots included."""
+    grammar, table = VisitGrammar(data.tokenizer), VisitGrammar(data.tokenizer).table()
+    config = TaskConfig(permute_target_rate=1.0, mask_rate=0.0)
+    dataset = ExampleDataset(data, validation_slots(data), config, seed=1)
+    for ex in dataset:
+        rows = grammar.rows(ex.decoder_input)
+        assert rows.tolist() == (ex.label_modality + 1).tolist()
+        learnt = ex.labels != IGNORE_INDEX
+        assert table[rows[learnt], ex.labels[learnt]].all()
+

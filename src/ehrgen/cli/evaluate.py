@@ -1,5 +1,5 @@
-"""``ehrgen evaluate``: how private (and, with more suites, how realistic and useful)
-a model's synthetic patients are."""
+"""``ehrgen evaluate``: how realistic, private and useful a model's synthetic patients
+are; the command around :func:`ehrgen.evaluation.evaluate`."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import typer
 from ehrgen.cli import app
 from ehrgen.cli._common import Overwrite, _read, console
 from ehrgen.errors import ConfigError
+from ehrgen.evaluation.suites import SUITES
 
 if TYPE_CHECKING:
     from ehrgen.data import Cohort
-
-SUITES = ("perplexity", "privacy", "fidelity", "utility")
+    from ehrgen.evaluation import Evaluation
 
 
 @app.command("evaluate")
@@ -74,16 +74,11 @@ def evaluate(
     suites = parse_suites(suite)
     train_cohort, holdout_cohort = _real_cohorts(train, holdout, cohort)
     model = load_model(model_dir)
-    synthetic_sets = {"from_scratch": _synthetic(model, synthetic, train_cohort, seed)}
-    if from_seeds and hasattr(model, "generate_from_seeds"):
-        with console.status("Generating from the training patients' first visits..."):
-            synthetic_sets["from_seeds"] = model.generate_from_seeds(
-                train_cohort, seed=seed
-            )
+    from_scratch = _synthetic(model, synthetic, train_cohort, seed)
     with atomic_directory(out, overwrite=overwrite) as tmp:
         page = evaluate_and_report(
-            model, train_cohort, holdout_cohort, synthetic_sets, tmp, suites,
-            resamples=resamples, seed=seed,
+            model, train_cohort, holdout_cohort, from_scratch, tmp, suites,
+            from_seeds=from_seeds, resamples=resamples, seed=seed,
         )  # fmt: skip
     console.print(f"Report: [bold]{out / page.name}[/bold]", soft_wrap=True)
 
@@ -92,28 +87,30 @@ def evaluate_and_report(
     model: Any,
     train: Cohort,
     holdout: Cohort,
-    synthetic_sets: dict[str, Cohort],
+    synthetic: Cohort | dict[str, Cohort],
     out: Path,
     suites: list[str],
     *,
+    from_seeds: bool = False,
     resamples: int,
     seed: int,
     privacy_config: Any = None,
     utility_config: Any = None,
 ) -> Path:
-    """Run the suites with a status line, write every output into ``out`` and print
-    the summary table; returns the report's path."""
+    """Run :func:`ehrgen.evaluation.evaluate` with a status line, write every output
+    into ``out`` and print the summary table; returns the report's path."""
     from ehrgen._io import write_json
+    from ehrgen.evaluation import evaluate as run_evaluation
     from ehrgen.evaluation.report import write_report
-    from ehrgen.evaluation.suites import run_suites
 
     with console.status("Evaluating...") as status:
-        evaluation = run_suites(
+        evaluation = run_evaluation(
             model,
             train,
             holdout,
-            synthetic_sets,
+            synthetic,
             suites=suites,
+            from_seeds=from_seeds,
             seed=seed,
             n_resamples=resamples,
             privacy_config=privacy_config,
@@ -162,13 +159,17 @@ def _synthetic(model: Any, synthetic: Path | None, train: Cohort, seed: int) -> 
         return model.generate(len(train), seed=seed, progress=advance)
 
 
-def print_summary(evaluation: Any) -> None:
-    """The summary table of an evaluation, one column per generation mode."""
+def print_summary(evaluation: Evaluation) -> None:
+    """The summary table of an evaluation, one column per generation mode; a note
+    (such as a calibrated visit count) follows its figure's name."""
+    from rich.markup import escape
     from rich.table import Table
+
+    from ehrgen.evaluation.rows import pivot
 
     modes = evaluation.modes
     table = Table(
-        title="Evaluation summary: value (95% bootstrap interval)",
+        title="Evaluation summary: value [95% bootstrap interval]",
         caption="better: ↑ higher, ↓ lower, ≈0.5 / ≈0 closer to it, ref: a reference",
     )
     table.add_column("figure", overflow="fold")
@@ -176,14 +177,15 @@ def print_summary(evaluation: Any) -> None:
     for mode in modes:
         table.add_column(mode.replace("_", " "), justify="right", no_wrap=True)
     suite = None
-    for row in evaluation.summary():
+    for row, cells in pivot(evaluation.summary(), modes):
         if row.suite != suite:
             suite = row.suite
             table.add_row(f"[bold]{suite}[/bold]")
-        values = [row.values.get(m, row.values.get("model", "")) for m in modes]
-        table.add_row(
-            f"  {row.metric}", _ARROWS.get(row.direction, row.direction), *values
-        )
+        name = f"  {escape(row.metric)}"
+        if row.note:
+            name += f" [dim]({escape(row.note)})[/dim]"
+        arrow = _ARROWS.get(row.direction, row.direction)
+        table.add_row(name, arrow, *(escape(cell) for cell in cells))
     console.print(table)
 
 

@@ -17,9 +17,10 @@ from typing import Any
 
 from ehrgen._io import atomic_file
 from ehrgen.data import Cohort
+from ehrgen.errors import ConfigError
 from ehrgen.evaluation.perplexity import perplexity
 from ehrgen.models.base import PROTOCOLS
-from ehrgen.models.registry import build_model
+from ehrgen.models.registry import MODELS, build_model
 
 __all__ = ["run_benchmark", "table2_markdown"]
 
@@ -38,10 +39,21 @@ def run_benchmark(
 ) -> dict[str, Any]:
     """Fit, score and tabulate each model; write the outputs when ``out_dir`` is set.
 
+    Every model is built (so every name and the preset checked) before any trains.
+
     Returns:
         ``{"models": {name: {"training_seconds", "lpl": {protocol: ...},
         "mpl": {protocol: ...}}}, "budget": ..., "cohorts": ...}``.
+
+    Raises:
+        ConfigError: an unknown model name or preset.
     """
+    if not models:
+        raise ConfigError(
+            f"The 'models' parameter of run_benchmark must name at least one model, "
+            f"among {list(MODELS)}. Got none instead."
+        )
+    built = {name: build_model(name, preset) for name in models}
     results: dict[str, Any] = {
         "budget": training.to_dict(),
         "preset": preset,
@@ -52,8 +64,7 @@ def run_benchmark(
         },
         "models": {},
     }
-    for name in models:
-        model = build_model(name, preset)
+    for name, model in built.items():
         start = time.perf_counter()
         model.fit(train, val, training, progress=progress)
         seconds = time.perf_counter() - start

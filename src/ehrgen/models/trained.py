@@ -9,8 +9,12 @@ implements a few hooks:
 * ``_empty_network(tokenizer, schema, state)``: the network to load weights into;
 * ``_loaders(fitted, train, val, training)``: the trainer's ``train_loader(epoch)`` and
   validation loader;
+* ``_patient_sampler(fitted, generation, generator)``: samples the visits of a batch
+  of patients from their baseline features (what :meth:`TrainedGenerator.generate`
+  calls);
 * ``_state_from_dict(data, tokenizer, schema)``: the typed state back from JSON;
-* optionally ``_training_module(fitted)`` (what the trainer optimises, when it wraps
+* optionally ``_default_training()``, ``_initial_state(train)``,
+  ``_training_module(fitted)`` (what the trainer optimises, when it wraps
   the network) and ``_architecture()`` (one line for the model card).
 
 The base class does the rest: the cohort checks, the tokenizer (or the one of the
@@ -30,7 +34,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from ehrgen.data import Cohort, CohortSchema, Patient
+from ehrgen.data import Cohort, CohortSchema, Patient, Visit
 from ehrgen.errors import ConfigError, SchemaError
 from ehrgen.models.base import FittedState, check_model_folder_free, load_weights
 from ehrgen.models.folder import (
@@ -44,6 +48,7 @@ from ehrgen.models.population import Population
 from ehrgen.tokens import CodeTokenizer
 
 if TYPE_CHECKING:
+    from ehrgen.generation import GenerationConfig
     from ehrgen.training import TrainingConfig, TrainingResult
 
 __all__ = [
@@ -183,25 +188,52 @@ class TrainedGenerator(FittedState):
                 f"{list(self.protocols)}."
             )
 
+    def _default_training(self) -> TrainingConfig:
+        """The optimisation settings ``fit`` uses when given none."""
+        from ehrgen.training import TrainingConfig
+
+        return TrainingConfig()
+
+    def _initial_state(self, train: Cohort) -> Any:
+        """The model's own state before training (None: made by ``_new_network``)."""
+        return None
+
     # ---- fitting
 
-    def _fit(
+    def fit(
         self,
         train: Cohort,
-        val: Cohort | None,
-        training: TrainingConfig,
+        val: Cohort | None = None,
+        training: TrainingConfig | None = None,
         *,
-        output_dir: str | Path | None,
-        resume_from: str | Path | None,
-        progress: bool,
-        new_tokenizer: Callable[[Cohort], CodeTokenizer] = CodeTokenizer.fit,
-        state: Any = None,
+        output_dir: str | Path | None = None,
+        resume_from: str | Path | None = None,
+        progress: bool = False,
     ) -> Any:
-        """Fit on ``train`` (the body of every model's ``fit``); returns self."""
+        """Train on ``train`` with the shared :class:`~ehrgen.training.Trainer`.
+
+        Args:
+            train: the training cohort.
+            val: a validation cohort (same schema): the epoch with the best
+                validation perplexity is kept, and training stops early when it
+                stops improving. Without it the last weights are kept.
+            training: optimisation settings (the model's default when None).
+            output_dir: where checkpoints (whole model folders), the best weights
+                and ``metrics.jsonl`` go (a temporary folder when None).
+            resume_from: a ``checkpoints/step-N`` folder of an earlier run on the
+                same cohort: training continues from it (vocabulary, state and
+                weights come from it).
+            progress: show a progress bar.
+
+        Returns:
+            self, fitted.
+        """
         import torch
 
         from ehrgen.training import Trainer
 
+        training = training or self._default_training()
+        state = self._initial_state(train)
         check_cohorts(train, val, type(self).__name__)
         check_patient_ids(train)
         if resume_from is not None:
@@ -216,7 +248,7 @@ class TrainedGenerator(FittedState):
             check_schema(train, schema, f"{resume_from}")
             state = self._state_from_dict(folder.state, tokenizer, schema)
         else:
-            tokenizer, schema = new_tokenizer(train), train.schema
+            tokenizer, schema = CodeTokenizer.fit(train), train.schema
         with torch.random.fork_rng(devices=[]):  # seeded weights, global state kept
             torch.manual_seed(training.seed)
             network, state = self._new_network(tokenizer, schema, train, state)
@@ -282,6 +314,58 @@ class TrainedGenerator(FittedState):
             type(self).__name__, self.summary, fitted, self._architecture()
         )
 
+    # ---- generation
+
+    def generate(
+        self,
+        n: int,
+        conditions: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+        generation: GenerationConfig | None = None,
+        seed: int | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> Cohort:
+        """``n`` synthetic patients from scratch.
+
+        Args:
+            n: how many patients.
+            conditions: baseline features to impose, one mapping for all patients or
+                one per patient (``{"gender": "F", "age": 70}``); features not given
+                are drawn from the training population (aggregate marginals).
+            generation: sampling settings (temperature, top-k, top-p, max visits...).
+            seed: makes the output reproducible.
+            progress: called with the number of patients finished after each batch.
+
+        Returns:
+            A cohort whose patient ids lie in the reserved synthetic range
+            (:data:`SYNTHETIC_ID_BASE` up), recorded in its metadata, with visit
+            times drawn from the training population's gaps.
+        """
+        import torch
+
+        from ehrgen.generation import GenerationConfig
+
+        fitted = self._check_fitted()
+        generation = generation or GenerationConfig()
+        seed = new_seed(seed)
+        rng = np.random.default_rng(seed)
+        generator = torch.Generator().manual_seed(seed % 2**63)
+        statics = self._statics(n, conditions, rng, f"{type(self).__name__}.generate")
+        sample = self._patient_sampler(fitted, generation, generator)
+        visits: list[list[Visit]] = []
+        for start in range(0, n, generation.batch_size):
+            chunk = statics[start : start + generation.batch_size]
+            visits += sample(chunk)
+            if progress:
+                progress(len(chunk))
+        return self._synthetic_cohort(statics, visits, rng)
+
+    def _patient_sampler(
+        self, fitted: Fitted, generation: GenerationConfig, generator: Any
+    ) -> Callable[[Sequence[Mapping[str, Any]]], list[list[Visit]]]:
+        """A function from a batch of baseline features to each patient's
+        sampled visits (times are added by :meth:`generate`)."""
+        raise NotImplementedError
+
     # ---- generation helpers
 
     def _statics(
@@ -305,8 +389,6 @@ class TrainedGenerator(FittedState):
         """A cohort of new patients: ids in the reserved synthetic range, visit
         times from the population's gaps. ``visits`` holds each patient's
         :class:`~ehrgen.data.Visit` objects (their times are replaced)."""
-        from ehrgen.data import Visit
-
         fitted = self._check_fitted()
         times = fitted.population.sample_times([len(v) for v in visits], rng)
         ids = synthetic_ids(len(visits))

@@ -12,7 +12,7 @@ import pytest
 from ehrgen.data import Cohort, Patient, Visit
 from ehrgen.data.demo import demo_cohort
 from ehrgen.errors import ConfigError
-from ehrgen.evaluation import _fidelity_stats
+from ehrgen.evaluation.fidelity import _stats as _fidelity_stats
 from ehrgen.evaluation.fidelity import KINDS, fidelity
 
 
@@ -371,9 +371,15 @@ def test_result_keys_json_and_summary(hand):
         "diagnosis:b",
         "drug:x",
     ]
-    rows = hand.summary()
-    assert ("r2/patient_code", pytest.approx(3 / 8), "higher") in rows
-    assert {direction for _, _, direction in rows} <= {"higher", "lower"}
+    figures = {row.metric: row for row in hand.figures()}
+    assert figures["r2/patient_code"].value == pytest.approx(3 / 8)
+    assert figures["r2/patient_code"].direction == "higher"
+    assert {row.direction for row in figures.values()} <= {"higher", "lower"}
+    summary = {row.metric: row for row in hand.summary(visit_count_note="tuned")}
+    assert summary["R² code prevalence per patient"].value == pytest.approx(3 / 8)
+    assert summary["real-vs-synthetic classifier accuracy"].value is None  # not run
+    assert summary["KS visits per patient"].note == "tuned"
+    assert [r.metric for r in summary.values() if r.note] == ["KS visits per patient"]
     assert hand.discriminator == {}
     drug = hand.prevalence_points("visit_code", modality="drug")
     assert drug.labels == ("drug:x",) and drug.modalities == ("drug",)

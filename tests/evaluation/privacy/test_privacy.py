@@ -11,9 +11,9 @@ from scipy import sparse
 from ehrgen.data import Cohort, Patient, Visit
 from ehrgen.data.demo import demo_cohort
 from ehrgen.errors import ConfigError
-from ehrgen.evaluation import attacks
-from ehrgen.evaluation._privacy_stats import membership_figures
-from ehrgen.evaluation.code_sets import (
+from ehrgen.evaluation.privacy import attacks
+from ehrgen.evaluation.privacy._stats import membership_figures
+from ehrgen.evaluation.privacy.code_sets import (
     CodeIndex,
     jaccard_distances,
     nearest_distances,

@@ -9,8 +9,8 @@ import logging
 
 import pytest
 
-from ehrgen.evaluation import descriptions
-from ehrgen.evaluation.descriptions import describe_codes, descriptions_available
+from ehrgen.evaluation.report import descriptions
+from ehrgen.evaluation.report.descriptions import describe_codes, descriptions_available
 
 
 @pytest.fixture

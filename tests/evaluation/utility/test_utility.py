@@ -12,7 +12,7 @@ import torch
 from ehrgen.data import Cohort, Patient, Visit
 from ehrgen.data.demo import demo_cohort
 from ehrgen.errors import ConfigError
-from ehrgen.evaluation import _utility_model
+from ehrgen.evaluation.utility import _model as _utility_model
 from ehrgen.evaluation.utility import (
     FAMILIES,
     UtilityConfig,
@@ -223,12 +223,12 @@ def test_outputs_are_json_ready_and_plot_writes_a_png(result, tmp_path):
     assert data["settings"][1]["recall"]["recall@10"]["value"] == pytest.approx(
         result.settings[1].recall[10].value, abs=1e-6
     )
-    rows = result.summary()
-    assert (
-        "real:1200/recall@10",
-        result.settings[1].recall[10].value,
-        "higher",
-    ) in rows
+    rows = {row.metric: row for row in result.summary()}
+    recall = result.settings[1].recall[10]
+    row = rows["recall@10, real 1200"]
+    assert (row.suite, row.direction) == ("utility", "higher")
+    assert row.value == recall.value
+    assert row.interval == (recall.ci_low, recall.ci_high)
     curves = result.curves()
     assert list(curves) == list(FAMILIES)
     assert curves["real"]["size"] == [300, 1200]
@@ -268,7 +268,8 @@ def test_label_auc_on_real_settings_only():
     assert result.setting("synthetic:50").label_auc is None
     assert result.setting("real+synthetic:360+50").label_auc is None
     assert any("synthetic data: that cohort has no 'y'" in n for n in result.notes)
-    assert ("real:360/auc[y]", auc.value, "higher") in result.summary()
+    rows = {row.metric: row.value for row in result.summary()}
+    assert rows["AUC of y, real 360"] == auc.value
     json.dumps(result.to_dict())
 
 

@@ -106,7 +106,12 @@ _HEADLINES = (
     ("r2_long_tail", "patient_code", "R² long-tail code prevalence", "higher"),
     ("distributions", "visits_per_patient", "KS visits per patient", "lower"),
     ("distributions", "codes_per_visit", "KS codes per visit", "lower"),
-    ("discriminator", "accuracy", "real-vs-synthetic classifier accuracy", "closer to 0.5"),
+    (
+        "discriminator",
+        "accuracy",
+        "real-vs-synthetic classifier accuracy",
+        "closer to 0.5",
+    ),
 )
 #: the figures of :attr:`FidelityResult.distributions` that count visits per patient:
 #: a generator calibrated to the real cohort's visit counts matches them by design.

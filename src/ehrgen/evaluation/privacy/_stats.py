@@ -1,4 +1,4 @@
-"""The curves and results privacy attacks report (their figures are
+r"""The curves and results privacy attacks report (their figures are
 :class:`~ehrgen.evaluation._estimates.Estimate`\ s).
 
 A :class:`Curve` is an ROC curve (or any x-y curve) kept as points so that it can be

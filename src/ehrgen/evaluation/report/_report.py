@@ -17,12 +17,16 @@ import html
 import json
 import tempfile
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from ehrgen._io import atomic_file, write_json
-from ehrgen.evaluation import _plots
+from ehrgen.evaluation.fidelity import VISIT_COUNT_FIGURES
+from ehrgen.evaluation.privacy import MEMBERSHIP_ATTACKS
+from ehrgen.evaluation.report import _plots
+from ehrgen.evaluation.rows import MetricRow, pivot
 from ehrgen.evaluation.suites import Evaluation
 
 __all__ = ["render_report", "write_report"]
@@ -155,21 +159,29 @@ def _modes(evaluation: Evaluation) -> list[str]:
 
 
 def _summary(evaluation: Evaluation) -> str:
-    modes = evaluation.modes
-    rows: list[Sequence[Any]] = []
-    suite = None
-    for row in evaluation.summary():
-        if row.suite != suite:
-            suite = row.suite
-            rows.append([suite])
-        values = [row.values.get(m, row.values.get("model", "")) for m in modes]
-        rows.append([row.metric, row.direction, *values])
     note = (
         '<p class="note">Values with a 95% bootstrap interval in brackets. Per-mode '
-        "columns are the synthetic cohorts; perplexity and utility concern the "
-        "model and the first mode.</p>"
+        "columns are the synthetic cohorts; perplexity concerns the model, utility "
+        "the first mode.</p>"
     )
-    return note + _table(["figure", "better", *_modes(evaluation)], rows)
+    return note + _metric_table(evaluation.summary(), evaluation.modes)
+
+
+def _metric_table(rows: Iterable[MetricRow], modes: Sequence[str]) -> str:
+    """Rows of figures, one column per mode, grouped by suite, notes last."""
+    lines: list[Sequence[Any]] = []
+    suite = None
+    pivoted = pivot(rows, modes)
+    notes = any(row.note for row, _ in pivoted)
+    for row, cells in pivoted:
+        if row.suite != suite:
+            suite = row.suite
+            lines.append([suite])
+        lines.append(
+            [row.metric, row.direction, *cells, *([row.note] if notes else [])]
+        )
+    header = ["figure", "better", *(m.replace("_", " ") for m in modes)]
+    return _table(header + (["note"] if notes else []), lines)
 
 
 def _fidelity(evaluation: Evaluation) -> str:
@@ -228,8 +240,10 @@ def _distribution_table(evaluation: Evaluation) -> str:
     header += [f"{m} mean" for m in modes] + [f"{m} KS" for m in modes]
     first = next(iter(results.values()))
     rows = []
+    note = evaluation.calibration_note
     for name, figures in first.distributions.items():
-        row = [name, _number(figures["real_mean"], 2)]
+        label = f"{name} ({note})" if note and name in VISIT_COUNT_FIGURES else name
+        row = [label, _number(figures["real_mean"], 2)]
         row += [
             _number(r.distributions[name]["synthetic_mean"], 2)
             for r in results.values()
@@ -262,7 +276,7 @@ def _top_codes(evaluation: Evaluation, n: int = 15) -> str:
 def _describe(codes: list[str], evaluation: Evaluation) -> dict[str, str]:
     extra = evaluation.cohorts["train"].metadata.get("code_descriptions") or {}
     try:
-        from ehrgen.evaluation.descriptions import describe_codes
+        from ehrgen.evaluation.report.descriptions import describe_codes
     except ImportError:  # pragma: no cover - the module ships with ehrgen
         return dict(extra)
     return describe_codes(codes, extra=extra)
@@ -293,23 +307,23 @@ def _privacy(evaluation: Evaluation) -> str:
     modes = list(results)
     first = results[modes[0]]
     rows: list[Sequence[Any]] = []
-    for attack_name, attack in first.attacks.items():
-        rows.append([f"{attack_name}: {attack.description}"])
-        for figure, estimate in attack.figures.items():
-            cells = []
-            for mode in modes:
-                other = results[mode].attacks.get(attack_name)
-                found = other.figures.get(figure) if other else None
-                cells.append(
-                    f"{found.value:.3f} ({found.ci_low:.2f}-{found.ci_high:.2f})"
-                    if found
-                    else "-"
-                )
-            rows.append([figure, estimate.direction, *cells])
+    for name, attack in first.attacks.items():
+        rows.append([f"{name}: {attack.description}"])
+        figures = [
+            replace(row, metric=row.metric.split(".", 1)[1], mode=mode)
+            for mode, result in results.items()
+            for row in result.figures()
+            if row.metric.startswith(f"{name}.")
+        ]
+        rows += [
+            [row.metric, row.direction, *cells] for row, cells in pivot(figures, modes)
+        ]
     parts = [
         '<p class="note">D1: the training patients (members); D2: held-out real '
         "patients (non-members). Membership AUCs near 0.5, advantages and NNAAR "
-        "near 0 and copy rates no higher than D2's mean no detectable leak.</p>",
+        "near 0 and copy rates no higher than D2's mean no detectable leak. The "
+        "white-box attack needs only the model and D1 and D2: it ran once, and "
+        "every mode shows the same result.</p>",
         _table(["figure", "better", *(m.replace("_", " ") for m in modes)], rows),
     ]
     for mode, result in results.items():
@@ -321,9 +335,8 @@ def _privacy(evaluation: Evaluation) -> str:
 
 
 def _curve_panels(result: Any) -> list[tuple[str, list[Any]]]:
-    membership = ("distance_membership", "shadow_membership", "likelihood_membership")
     groups = {
-        "membership": membership,
+        "membership": MEMBERSHIP_ATTACKS,
         "attribute inference": ("attribute_inference",),
         "closest training patient": ("copies",),
     }
@@ -343,16 +356,13 @@ def _utility(evaluation: Evaluation) -> str:
         path = Path(folder) / "utility.png"
         result.plot(path)
         image = _image(path.read_bytes(), "utility")
-    rows = [
-        [metric, direction, _number(value)]
-        for metric, value, direction in result.summary()
-    ]
+    main = evaluation.modes[0] if evaluation.modes else "synthetic"
     note = (
         '<p class="note">An LSTM predicting the next visit\'s diagnoses, trained on '
         "real, synthetic, or both, and tested on the held-out real patients "
         "(METHOD.md, Utility).</p>"
     )
-    return note + image + _table(["figure", "better", "value"], rows)
+    return note + image + _metric_table(result.summary(), [main])
 
 
 def _facts(evaluation: Evaluation) -> str:
@@ -378,6 +388,7 @@ def _facts(evaluation: Evaluation) -> str:
     model_rows = [
         ["class", model["class"]],
         ["parameters", f"{model['parameters']:,}" if model["parameters"] else "n/a"],
+        ["visits per patient", evaluation.calibration_note or "not calibrated"],
     ]
     model_rows += [[k, json.dumps(v)] for k, v in (model.get("training") or {}).items()]
     model_rows += [

@@ -110,8 +110,8 @@ class UtilityResult:
         rows = []
         for s in (*self.settings, *self.baselines):
             family, _, size = s.name.partition(":")
-            trained_on = f"{size} baseline" if family == "baseline" else (
-                f"{family} {size}"
+            trained_on = (
+                f"{size} baseline" if family == "baseline" else (f"{family} {size}")
             )
             rows += [
                 MetricRow.of("utility", f"recall@{k}, {trained_on}", e)

@@ -46,29 +46,19 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ehrgen._config import ConfigMixin, check, check_positive_ints
-from ehrgen._io import atomic_file
 from ehrgen.data import Cohort
 from ehrgen.errors import ConfigError, did_you_mean
 from ehrgen.evaluation._estimates import Estimate, bootstrap
-from ehrgen.evaluation.utility._results import FAMILIES, SettingResult, UtilityResult
+from ehrgen.evaluation.utility._results import SettingResult, UtilityResult
 
-__all__ = [
-    "FAMILIES",
-    "Estimate",
-    "SettingResult",
-    "UtilityConfig",
-    "UtilityResult",
-    "recall_at_k",
-    "utility",
-]
+__all__ = ["UtilityConfig", "recall_at_k", "utility"]
 
 logger = logging.getLogger(__name__)
 

@@ -10,22 +10,25 @@ weights (nothing is downloaded). Baseline features become prefix tokens before
 A categorical feature has one token per category plus "unknown"; a numerical one a
 token per decile bin of the training cohort (the edges, aggregate quantiles, are saved
 with the model) plus "missing". The loss covers the tokens from the first ``<v>`` to
-``<eos>`` (never the prefix, padding or ``<unk>``) under PromptEHR's grammar masks
-(:func:`allowed_tokens`, the row chosen per position by the block open there): inside
-a block only its modality's codes and close token, elsewhere only structural tokens.
-As PromptEHR does, each training epoch shuffles the codes within every block: a
-modality is a set, so the distribution after ``<m>`` becomes that of any of its codes
-(what the "set" protocol scores), not of the first one recorded. A patient longer than
+``<eos>`` (never the prefix, padding or ``<unk>``) under the grammar's training masks
+(:meth:`VisitGrammar.table`, the row chosen per position by the block open there):
+inside a block only its modality's codes and close token, elsewhere only structural
+tokens. As PromptEHR does, each training epoch reorders every visit: the codes within
+each block are shuffled (``shuffle_codes``): a modality is a set, so the distribution
+after ``<m>`` becomes that of any of its codes (what the "set" protocol scores), not of
+the first one recorded; and in half the visits (``_PERMUTE_BLOCKS``) the blocks come in
+a random order, so that every modality is seen right after ``<v>``: chain scoring of
+modality m then reads ``<v> <m> c1 ... cj`` after the history, a context seen in
+training that holds none of the visit's other modalities. A patient longer than
 ``n_positions`` loses its oldest visits, never part of one (unless its newest visit
-alone overflows: its beginning is kept).
+alone overflows: its beginning is kept, in its recorded order).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,11 +40,11 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from ehrgen._config import ConfigMixin, check, check_positive_ints
 from ehrgen.data import Cohort, CohortSchema, Patient, Visit
 from ehrgen.errors import ConfigError, SchemaError
-from ehrgen.generation import _DONE, GenerationConfig, VisitSampler
+from ehrgen.generation import VisitSampler
 from ehrgen.models.base import CodeScores
 from ehrgen.models.folder import Fitted
-from ehrgen.models.promptehr.modeling import allowed_tokens
-from ehrgen.models.trained import TrainedGenerator, new_seed
+from ehrgen.models.trained import TrainedGenerator
+from ehrgen.tokens.grammar import VisitGrammar
 from ehrgen.tokens.tokenizer import CodeTokenizer
 from ehrgen.training import TrainingConfig
 
@@ -52,6 +55,7 @@ logger = logging.getLogger(__name__)
 IGNORE = -100  # cross_entropy's default ignore_index
 FORMAT_VERSION = 1
 _N_BINS = 10  # deciles
+_PERMUTE_BLOCKS = 0.5  # per visit and epoch, the chance its blocks are permuted
 _FILES = ("config.json", "tokenizer.json", "schema.json", "model.safetensors")
 
 
@@ -177,34 +181,38 @@ def _fit_context(head, visits: Sequence[Sequence[int]], tail, limit: int):
     return [*ids, *tail][:limit], len(ids)
 
 
-def _structure(tok: CodeTokenizer, vocab_size: int) -> np.ndarray:
-    """Token id -> m+1 for modality m's open token, 0 for the other structural tokens,
-    -1 for the rest (codes, ``<unk>``, prefix)."""
-    lookup = np.full(vocab_size, -1, dtype=np.int64)
-    structural = [tok.bos_id, tok.eos_id, tok.visit_open_id, tok.visit_close_id]
-    lookup[[*structural, *tok.close_ids.values()]] = 0
-    lookup[[tok.open_ids[m] for m in tok.modalities]] = (
-        np.arange(len(tok.modalities)) + 1
-    )
-    return lookup
-
-
-def _grammar_rows(ids: np.ndarray, lookup: np.ndarray) -> np.ndarray:
-    """(T,) the :func:`allowed_tokens` row for the token after each position: m+1
-    while modality m's block is open, else 0 (the last structural token decides)."""
-    events = lookup[ids]
-    last = np.maximum.accumulate(np.where(events >= 0, np.arange(len(ids)), -1))
-    return np.where(last >= 0, events[np.maximum(last, 0)], 0)
-
-
-def _shuffle_codes(ids: np.ndarray, lookup, first: int, rng) -> np.ndarray:
-    """``ids`` with the codes of each block in random order (blocks stay put)."""
-    events = lookup[ids]
-    codes = np.flatnonzero((events < 0) & (np.arange(len(ids)) > first))
-    block = np.cumsum(events > 0)[codes]  # which block each code is in
-    out = ids.copy()
-    out[codes] = ids[codes[np.argsort(block + rng.random(len(codes)))]]
-    return out
+def _reorder_visits(
+    ids: np.ndarray, grammar: VisitGrammar, rng: np.random.Generator, shuffle: bool
+) -> np.ndarray:
+    """``ids`` with, in each whole visit, the codes of every block in random order
+    (when ``shuffle``) and, in ``_PERMUTE_BLOCKS`` of the visits, the blocks in random
+    order. Everything outside whole visits stays put (the prefix, ``<bos>``,
+    ``<eos>``, a newest visit cut short by the window)."""
+    tok, n = grammar.tokenizer, len(ids)
+    position = np.arange(n)
+    ends = np.flatnonzero(ids == tok.visit_close_id)
+    if not len(ends):
+        return ids
+    starts = np.flatnonzero(ids == tok.visit_open_id)[: len(ends)]  # whole visits
+    visit = np.searchsorted(starts, position, side="right") - 1  # (T,) -1: before
+    in_visit = (visit >= 0) & (position <= ends[np.maximum(visit, 0)])
+    known = np.where(ids < grammar.vocab_size, ids, tok.pad_id)  # prefix ids: none
+    opens = grammar.open_modality.numpy()[known] >= 0
+    closes = grammar.close_modality.numpy()[known] >= 0
+    # Sort keys: the visit (its <v>'s position; a token outside: its own), then the
+    # block within the visit (<v> first, </v> last), then the place in the block.
+    segment = np.where(in_visit, starts[np.maximum(visit, 0)], position)
+    block_visit = visit[opens]  # (blocks,)
+    permuted = (rng.random(len(starts)) < _PERMUTE_BLOCKS)[block_visit]
+    block_key = np.where(permuted, rng.random(len(block_visit)), 0.0)
+    block_key += np.arange(len(block_visit)) * ~permuted  # kept: recorded order
+    block = np.maximum(np.cumsum(opens) - 1, 0)  # (T,) the block of each token
+    second = block_key[block] if len(block_visit) else np.zeros(n)
+    second[ids == tok.visit_open_id] = -np.inf
+    second[ids == tok.visit_close_id] = np.inf
+    within = rng.random(n) if shuffle else position / n  # in [0, 1)
+    third = np.where(opens, -1.0, np.where(closes, 2.0, within))
+    return ids[np.lexsort((third, second, segment))]
 
 
 @dataclass
@@ -216,13 +224,13 @@ class _Output:
 
 
 class _LossModule(nn.Module):
-    """The language model with PromptEHR's grammar masks on its logits (training)."""
+    """The language model with the grammar's training masks on its logits."""
 
     def __init__(self, lm: GPT2LMHeadModel, tok: CodeTokenizer) -> None:
         super().__init__()
         self.lm = lm
-        allowed = torch.zeros(len(tok.modalities) + 1, lm.config.vocab_size, dtype=bool)
-        allowed[:, : tok.vocab_size] = allowed_tokens(tok)  # prefix ids: never targets
+        # (M+1, V): prefix ids, after the tokenizer's, are never targets.
+        allowed = VisitGrammar(tok).table(width=lm.config.vocab_size)
         self.register_buffer("allowed", allowed, persistent=False)
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> _Output:
@@ -251,36 +259,56 @@ def _collate(examples, first_label: int, pad: int, unk: int) -> dict[str, Any]:
 # --------------------------------------------------------------------------- sampling
 
 
-class _CausalSampler(VisitSampler):
-    """:class:`VisitSampler` over a decoder-only model: a row's source is its whole
-    context (prefix, ``<bos>``, history), followed by what the base class puts after
-    the decoder's ``<bos>`` in ``prefix``; the grammar logic is the base class's."""
+@dataclass
+class _CausalDecoding:
+    """A batch being decoded: every row's tokens so far, left padded, and the cache."""
 
-    def _run(self, sources, categorical, numerical, prefix, state) -> list[list[int]]:
-        rows = [torch.cat([torch.as_tensor(s), p[1:]]) for s, p in zip(sources, prefix)]
-        # Left padding: every row's next token goes in the same column.
-        ids = pad_sequence(rows, True, self.tok.pad_id, "left").to(self.device)
-        mask = (ids != self.tok.pad_id).long()
-        emitted: list[list[int]] = [[] for _ in rows]
-        use_cache, cache, step = self.config.use_cache, None, ids
-        for _ in range(self._max_steps()):
-            positions = (mask.cumsum(1) - 1).clamp(min=0)[:, -step.shape[1] :]
-            out = self.model(
-                step, attention_mask=mask, position_ids=positions, cache=cache,
-                use_cache=use_cache,
-            )  # fmt: skip
-            # Prefix tokens are never sampled: the grammar covers the tokenizer's ids.
-            logits = out.logits[:, -1, : self.tok.vocab_size].float().cpu()
-            token = self._choose(logits, state)
-            for row in torch.nonzero(state.phase != _DONE).flatten().tolist():
-                emitted[row].append(int(token[row]))
-            state.advance(token, self)
-            if bool((state.phase == _DONE).all()):
-                break
-            new = token.unsqueeze(1).to(self.device)
-            ids, mask = torch.cat([ids, new], 1), torch.cat([mask, mask[:, -1:]], 1)
-            cache, step = (out.cache, new) if use_cache else (None, ids)
-        return emitted
+    ids: torch.Tensor  # (B, T)
+    mask: torch.Tensor  # (B, T) 0 on the left padding
+    use_cache: bool
+    cache: Any = None
+
+
+class _CausalDecoder:
+    """The GPT-2 network as the sampler's :class:`~ehrgen.generation.Decoder`: a
+    row's source is its whole context (demographic prefix, ``<bos>``, history) and the
+    sampler's prefix follows it; rows are left padded so that every row's next token
+    goes in the same column, and positions skip the padding."""
+
+    def __init__(self, lm: GPT2LMHeadModel, pad_id: int) -> None:
+        self.lm, self.pad_id = lm, pad_id
+
+    def start(self, sources, categorical, numerical, prefix, *, use_cache: bool):
+        """Read the contexts (the features live in their prefix tokens)."""
+        rows = [
+            torch.cat([torch.as_tensor(np.asarray(s), dtype=torch.long), p.long()])
+            for s, p in zip(sources, prefix)
+        ]
+        device = next(self.lm.parameters()).device
+        ids = pad_sequence(rows, True, self.pad_id, "left").to(device)
+        return _CausalDecoding(ids, (ids != self.pad_id).long(), use_cache)
+
+    def next_logits(self, state: _CausalDecoding, tokens) -> torch.Tensor:
+        """(B, V) logits of the next token, prefix tokens included (never allowed)."""
+        step = state.ids
+        if tokens is not None:
+            step = tokens.long().unsqueeze(1).to(state.ids.device)
+            state.ids = torch.cat([state.ids, step], 1)
+            state.mask = torch.cat([state.mask, state.mask[:, -1:]], 1)
+        if not state.use_cache:
+            step, state.cache = state.ids, None
+        positions = (state.mask.cumsum(1) - 1).clamp(min=0)[:, -step.shape[1] :]
+        out = self.lm(
+            step, attention_mask=state.mask, position_ids=positions,
+            cache=state.cache, use_cache=state.use_cache,
+        )  # fmt: skip
+        state.cache = out.cache if state.use_cache else None
+        return out.logits[:, -1].float().cpu()
+
+
+def _CausalSampler(lm, tok, generation, generator) -> VisitSampler:
+    """A :class:`VisitSampler` over the GPT-2 network (through :class:`_CausalDecoder`)."""
+    return VisitSampler(_CausalDecoder(lm, tok.pad_id), tok, generation, generator)
 
 
 # --------------------------------------------------------------------------- the model
@@ -314,39 +342,6 @@ class GPT2Baseline(TrainedGenerator):
     def __init__(self, config: GPT2BaselineConfig | None = None) -> None:
         self.config = config or GPT2BaselineConfig.small()
         self._fitted = None
-
-    def fit(
-        self,
-        train: Cohort,
-        val: Cohort | None = None,
-        training: TrainingConfig | None = None,
-        *,
-        output_dir: str | Path | None = None,
-        resume_from: str | Path | None = None,
-        progress: bool = False,
-    ) -> GPT2Baseline:
-        """Train on ``train`` with the shared :class:`~ehrgen.training.Trainer`.
-
-        Args:
-            train: the training cohort.
-            val: a validation cohort (same schema): the best epoch is kept.
-            training: optimisation settings (the paper: lr 1e-5, weight decay 1e-4).
-            output_dir: checkpoints and metrics (a temporary folder when None).
-            resume_from: a ``checkpoints/step-N`` folder of an earlier run on the
-                same cohort (vocabulary, decile edges and weights come from it).
-            progress: show a progress bar.
-
-        Returns:
-            self, fitted.
-        """
-        return self._fit(
-            train,
-            val,
-            training or TrainingConfig(),
-            output_dir=output_dir,
-            resume_from=resume_from,
-            progress=progress,
-        )
 
     def _new_network(self, tokenizer, schema, train, state):
         prefix = (
@@ -388,12 +383,14 @@ class GPT2Baseline(TrainedGenerator):
         """Each true in-vocabulary code of every visit t >= 1 (0-based), given the
         prefix and visits 0..t-1.
 
-        *chain*: the context is the prefix, visits 0..t-1, ``<v>``, the blocks of visit
-        t before the modality (schema order) and its open token; its codes follow in
-        recorded order, all teacher forced. *set*: the prefix, visits 0..t-1, ``<v>``
-        and the open token; every code is scored under that one distribution. Either
-        way the softmax covers the modality's codes only. Codes unseen in training
-        are skipped and counted; one forward pass per context, batched.
+        *chain*: the context is the prefix, visits 0..t-1, ``<v>`` and the
+        modality's open token; its codes follow in recorded order, teacher forced, so
+        code j is scored given the history and codes 1..j-1 of its own modality, never
+        the visit's other modalities (training permutes blocks, so ``<v> <m>`` is a
+        context seen there). *set*: the same context up to the open token; every code
+        is scored under that one distribution. Either way the softmax covers the
+        modality's codes only. Codes unseen in training are skipped and counted; one
+        forward pass per context, batched.
         """
         return self._score(cohort, protocol, "longitudinal", batch_size)
 
@@ -406,8 +403,8 @@ class GPT2Baseline(TrainedGenerator):
         A causal model cannot see what follows the target, so the context is the
         prefix, visits 0..t-1, ``<v>``, *all* of visit t's other blocks (schema order)
         and the target's open token, then *chain* or *set* as in
-        :meth:`score_longitudinal`. Unless the target is the visit's last block this
-        order never occurs in training: a weakness of the baseline, kept on purpose.
+        :meth:`score_longitudinal`. Training permutes the blocks of half the visits,
+        so this order occurs there, though rarely for one target among many blocks.
         """
         return self._score(cohort, protocol, "cross_modal", batch_size)
 
@@ -433,29 +430,9 @@ class GPT2Baseline(TrainedGenerator):
 
     # ---- generation
 
-    def generate(
-        self,
-        n: int,
-        conditions: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
-        generation: GenerationConfig | None = None,
-        seed: int | None = None,
-        progress: Callable[[int], None] | None = None,
-    ) -> Cohort:
-        """``n`` synthetic patients from scratch (ids in the reserved synthetic
-        range, see :data:`ehrgen.models.trained.SYNTHETIC_ID_BASE`); ``progress`` is
-        called with the number of patients finished after each batch.
-
-        Baseline features come from ``conditions`` (one mapping for all, or one per
-        patient) and the training population for the rest; visits are sampled one at
-        a time under the visit grammar, the model choosing ``<eos>`` after the first
-        (capped by ``max_visits``); visit times come from the population.
-        """
-        fitted = self._check_fitted()
-        generation = generation or GenerationConfig()
-        seed = new_seed(seed)
-        rng = np.random.default_rng(seed)
-        generator = torch.Generator().manual_seed(seed)
-        statics = self._statics(n, conditions, rng, "GPT2Baseline.generate")
+    def _patient_sampler(self, fitted, generation, generator):
+        """Visits sampled one at a time under the visit grammar, the model choosing
+        ``<eos>`` after the first (capped by ``max_visits``)."""
         sampler = _CausalSampler(
             fitted.network, fitted.tokenizer, generation, generator
         )
@@ -467,15 +444,13 @@ class GPT2Baseline(TrainedGenerator):
                 f"before a visit of up to {sampler._max_steps()} tokens; lower "
                 f"GenerationConfig.max_codes_per_modality or use a larger n_positions."
             )
-        histories: list[list[list[int]]] = []
-        for start in range(0, n, generation.batch_size):
-            chunk = statics[start : start + generation.batch_size]
-            histories += _sample(fitted, sampler, chunk, generation.max_visits, limit)
-            if progress:
-                progress(len(chunk))
         tok = fitted.tokenizer
-        visits = [[tok.decode(t).visits[0] for t in h] for h in histories]
-        return self._synthetic_cohort(statics, visits, rng)
+
+        def sample(statics):
+            histories = _sample(fitted, sampler, statics, generation.max_visits, limit)
+            return [[tok.decode(t).visits[0] for t in h] for h in histories]
+
+        return sample
 
 
 # --------------------------------------------------------------------------- helpers
@@ -490,16 +465,16 @@ def _encode(fitted: Fitted, patient: Patient, limit: int) -> np.ndarray:
 
 
 def _loaders(fitted: Fitted, train, val, training: TrainingConfig, config):
-    """``train_loader(epoch)`` and the validation loader. Each epoch's order and code
-    shuffling follow from (seed, epoch), so a resumed run sees the same data."""
+    """``train_loader(epoch)`` and the validation loader. Each epoch's order and
+    reordering of visits (see the module docstring) follow from (seed, epoch), so a
+    resumed run sees the same data; validation keeps the recorded order."""
     from torch.utils.data import DataLoader
 
     from ehrgen.tokens.batching import length_grouped_order
 
     tok, first = fitted.tokenizer, len(fitted.state.schema.features)  # <bos> index
-    lookup, limit = _structure(tok, fitted.state.vocab_size), config.n_positions
+    grammar, limit = VisitGrammar(tok), config.n_positions
     data = [_encode(fitted, patient, limit) for patient in train]
-    rows = [_grammar_rows(ids, lookup) for ids in data]  # shuffling keeps them
     lengths = np.array([len(ids) for ids in data])
 
     def collate(batch):
@@ -508,11 +483,9 @@ def _loaders(fitted: Fitted, train, val, training: TrainingConfig, config):
     def train_loader(epoch: int) -> DataLoader:
         rng = np.random.default_rng([training.seed, epoch])
         order = length_grouped_order(lengths, training.batch_size, rng)
-        if config.shuffle_codes:
-            ids = [_shuffle_codes(data[i], lookup, first, rng) for i in order]
-        else:
-            ids = [data[i] for i in order]
-        examples = [(x, rows[i]) for x, i in zip(ids, order)]
+        shuffle = config.shuffle_codes
+        ids = [_reorder_visits(data[i], grammar, rng, shuffle) for i in order]
+        examples = [(x, grammar.rows(x)) for x in ids]  # rows follow the new order
         return DataLoader(
             examples, training.batch_size, collate_fn=collate,
             num_workers=training.num_workers,
@@ -521,7 +494,7 @@ def _loaders(fitted: Fitted, train, val, training: TrainingConfig, config):
     if val is None:
         return train_loader, None
     val_data = [_encode(fitted, patient, limit) for patient in val]
-    val_data = [(ids, _grammar_rows(ids, lookup)) for ids in val_data]
+    val_data = [(ids, grammar.rows(ids)) for ids in val_data]
     return train_loader, DataLoader(val_data, training.batch_size, collate_fn=collate)
 
 
@@ -542,11 +515,9 @@ class _Slots:
         for t in range(1 if task == "longitudinal" else 0, len(self.visits)):
             blocks = self._blocks(self.patient.visits[t])
             for k, block in blocks.items():
-                if task == "cross_modal":  # all other blocks, whatever their order
+                before = []  # longitudinal: none of visit t's other blocks
+                if task == "cross_modal":  # all of them, in the schema's order
                     before = [j for i, b in blocks.items() if i != k for j in b]
-                else:  # chain: the blocks before this one; set: none
-                    earlier = [b for i, b in blocks.items() if i < k and chain]
-                    before = [j for b in earlier for j in b]
                 tail = [tok.visit_open_id, *before, *block[: -1 if chain else 1]]
                 ids, start = _fit_context(self.head, self.visits[:t], tail, self.limit)
                 at = start + 1 + len(before)  # the open token: it predicts code 0

@@ -31,9 +31,8 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -43,12 +42,10 @@ from torch import nn
 
 from ehrgen._config import ConfigMixin, check, check_positive_ints
 from ehrgen.data import Cohort, CohortSchema, Visit
-from ehrgen.generation import GenerationConfig
 from ehrgen.models.base import CodeScores
 from ehrgen.models.trained import (
     TrainedGenerator,
     check_schema,
-    new_seed,
     static_arrays,
 )
 from ehrgen.tokens import CodeTokenizer
@@ -405,42 +402,11 @@ class LSTMMLP(TrainedGenerator):
         self.config = config or LSTMMLPConfig()
         self._fitted = None
 
-    # ---- training
+    # ---- hooks of the shared layer (ehrgen.models.trained)
 
-    def fit(
-        self,
-        train: Cohort,
-        val: Cohort | None = None,
-        training: TrainingConfig | None = None,
-        *,
-        output_dir: str | Path | None = None,
-        resume_from: str | Path | None = None,
-        progress: bool = False,
-    ) -> LSTMMLP:
-        """Train with the shared Trainer; keep the best epoch on ``val`` if given.
-
-        Args:
-            train: the training cohort.
-            val: a validation cohort of the same schema.
-            training: optimisation settings; default the paper's: Adam (no weight
-                decay), learning rate 1e-4.
-            output_dir: checkpoints and ``metrics.jsonl`` (a temporary folder if None).
-            resume_from: a ``checkpoints/step-N`` folder of an earlier run on the same
-                cohort.
-            progress: show a progress bar.
-
-        Returns:
-            self, fitted.
-        """
-        training = training or TrainingConfig(learning_rate=1e-4, weight_decay=0.0)
-        return self._fit(
-            train,
-            val,
-            training,
-            output_dir=output_dir,
-            resume_from=resume_from,
-            progress=progress,
-        )
+    def _default_training(self) -> TrainingConfig:
+        """The paper's: Adam (no weight decay), learning rate 1e-4."""
+        return TrainingConfig(learning_rate=1e-4, weight_decay=0.0)
 
     def _new_network(self, tokenizer, schema, train, state):
         network = self._empty_network(tokenizer, schema, state)
@@ -518,45 +484,19 @@ class LSTMMLP(TrainedGenerator):
 
     # ---- generation
 
-    def generate(
-        self,
-        n: int,
-        conditions: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
-        generation: GenerationConfig | None = None,
-        seed: int | None = None,
-        progress: Callable[[int], None] | None = None,
-    ) -> Cohort:
-        """``n`` synthetic patients from scratch (ids in the reserved synthetic
-        range, see :data:`ehrgen.models.trained.SYNTHETIC_ID_BASE`).
-
-        Args:
-            n: how many patients.
-            conditions: baseline features to impose, one mapping for all patients or
-                one per patient; the rest are drawn from the training population.
-            generation: uses ``max_visits``, ``max_codes_per_modality``,
-                ``temperature`` (divides the logits), ``greedy`` (the codes above
-                probability 0.5) and ``batch_size``.
-            seed: makes the output reproducible.
-            progress: called with the number of patients finished after each batch.
-        """
-        fitted = self._check_fitted()
-        generation = generation or GenerationConfig()
-        seed = new_seed(seed)
-        rng = np.random.default_rng(seed)
-        generator = torch.Generator().manual_seed(seed % 2**63)
-        statics = self._statics(n, conditions, rng, "LSTMMLP.generate")
-        categorical, numerical = static_arrays(statics, fitted.schema)
-        histories: list[np.ndarray] = []
+    def _patient_sampler(self, fitted, generation, generator):
+        """Visits drawn code by code (see the module docstring); ``generation``
+        uses ``max_visits``, ``max_codes_per_modality``, ``temperature`` (divides
+        the logits), ``greedy`` (the codes above probability 0.5) and
+        ``batch_size``."""
         network = fitted.network.eval()
-        for a in range(0, n, generation.batch_size):
-            part = slice(a, a + generation.batch_size)
-            histories += network.sample(
-                categorical[part], numerical[part], generation, generator
-            )
-            if progress:
-                progress(len(categorical[part]))
-        visits = [_visits(fitted.tokenizer, history) for history in histories]
-        return self._synthetic_cohort(statics, visits, rng)
+
+        def sample(statics):
+            categorical, numerical = static_arrays(statics, fitted.schema)
+            rows = network.sample(categorical, numerical, generation, generator)
+            return [_visits(fitted.tokenizer, history) for history in rows]
+
+        return sample
 
 
 def _loaders(data: _Encoded, val: Cohort | None, tokenizer, training):

@@ -6,45 +6,38 @@ weights (nothing is downloaded, no Hugging Face code is copied). We feed it
 featurizer, then the token embeddings. The output layer is the token embedding matrix
 (tied) plus a bias; the prompt positions of the decoder are dropped before it.
 
-Logits are restricted by the grammar of a visit: at a position where a modality's block
-is open, only that modality's codes and its close token may come next (the reference
-implementation keeps one output head per modality for the same reason); at the other
-positions, only the structural tokens (``<v>``, ``</v>``, ``<eos>`` and the modality
-open tokens). The loss is the negative log-likelihood under these restricted
-distributions, over label positions only (never prompts, padding or ``<unk>``).
+Logits are restricted by the grammar of a visit (:meth:`VisitGrammar.table`): at a
+position where a modality's block is open, only that modality's codes and its close
+token may come next (the reference implementation keeps one output head per modality
+for the same reason); at the other positions, only the structural tokens (``<v>``,
+``</v>``, ``<eos>`` and every modality's open token, so blocks may come in any order).
+The loss is the negative log-likelihood under these restricted distributions, over
+label positions only (never prompts, padding or ``<unk>``).
+
+:class:`PromptBart` is also the sampler's :class:`~ehrgen.generation.Decoder`: the
+encoder runs once per visit, then the decoder one token per step (with its key/value
+cache when asked).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from transformers import BartConfig, BartModel
 
 from ehrgen.models.promptehr.config import PromptEHRConfig
 from ehrgen.models.promptehr.featurizer import PromptFeaturizer
+from ehrgen.tokens.grammar import VisitGrammar
 from ehrgen.tokens.tokenizer import CodeTokenizer
 
-__all__ = ["PromptBart", "PromptBartOutput", "allowed_tokens"]
+__all__ = ["PromptBart", "PromptBartOutput"]
 
 IGNORE = -100
-
-
-def allowed_tokens(tokenizer: CodeTokenizer) -> torch.Tensor:
-    """(M+1, V) bool: row 0 the structural tokens, row m+1 modality m's codes and
-    close token."""
-    allowed = torch.zeros(
-        len(tokenizer.modalities) + 1, tokenizer.vocab_size, dtype=torch.bool
-    )
-    structural = [tokenizer.visit_open_id, tokenizer.visit_close_id, tokenizer.eos_id]
-    allowed[0, structural + list(tokenizer.open_ids.values())] = True
-    for i, m in enumerate(tokenizer.modalities):
-        start, stop = tokenizer.code_ranges[m]
-        allowed[i + 1, start:stop] = True
-        allowed[i + 1, tokenizer.close_ids[m]] = True
-    return allowed
 
 
 @dataclass
@@ -81,7 +74,7 @@ class PromptBart(nn.Module):
     ) -> None:
         super().__init__()
         self.config = config
-        self.pad_id = tokenizer.pad_id
+        self.pad_id, self.bos_id = tokenizer.pad_id, tokenizer.bos_id
         self.unk_id = tokenizer.unk_id
         bart_config = BartConfig(
             vocab_size=tokenizer.vocab_size,
@@ -104,7 +97,8 @@ class PromptBart(nn.Module):
         self.encoder_prompts = PromptFeaturizer(**featurizer)
         self.decoder_prompts = PromptFeaturizer(**featurizer)
         self.final_logits_bias = nn.Parameter(torch.zeros(tokenizer.vocab_size))
-        self.register_buffer("allowed", allowed_tokens(tokenizer), persistent=False)
+        allowed = VisitGrammar(tokenizer).table()  # (M+1, V), by label modality + 1
+        self.register_buffer("allowed", allowed, persistent=False)
 
     @property
     def n_prompts(self) -> int:
@@ -184,6 +178,64 @@ class PromptBart(nn.Module):
         allowed = self.allowed[(label_modality + 1).clamp(min=0)]  # (B, T, V)
         return logits.masked_fill(~allowed, torch.finfo(logits.dtype).min)
 
+    def unrestricted_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(..., D) -> (..., V) float32 logits over the whole vocabulary."""
+        weight = self.bart.shared.weight.float()
+        return hidden.float() @ weight.T + self.final_logits_bias.float()
+
+    # ---- the sampler's Decoder interface (ehrgen.generation)
+
+    def start(
+        self,
+        sources: Sequence[np.ndarray],
+        categorical: torch.Tensor,
+        numerical: torch.Tensor,
+        prefix: torch.Tensor,
+        *,
+        use_cache: bool,
+    ) -> _Decoding:
+        """Encode each row's source once; the decoder will read ``<bos>`` + prefix.
+
+        Args:
+            sources: encoder token ids per row (``<bos>`` history ``<eos>``).
+            categorical, numerical: (B, ·) baseline features.
+            prefix: (B, L) tokens given after the decoder's ``<bos>``.
+            use_cache: decode step by step with the key/value cache.
+        """
+        device = self.bart.shared.weight.device
+        input_ids, mask = _pad_right(sources, self.pad_id)
+        categorical, numerical = categorical.to(device), numerical.to(device)
+        states, enc_mask = self.encode(
+            input_ids.to(device), mask.to(device), categorical, numerical
+        )
+        bos = torch.full((len(sources), 1), self.bos_id, dtype=torch.long)
+        history = torch.cat([bos, prefix.long()], 1).to(device)
+        return _Decoding(states, enc_mask, categorical, numerical, history, use_cache)
+
+    def next_logits(
+        self, state: _Decoding, tokens: torch.Tensor | None
+    ) -> torch.Tensor:
+        """(B, V) float32 CPU logits of the next token, after ``tokens`` (B,) were
+        written (None on the first call: after the prefix)."""
+        step = state.history
+        if tokens is not None:
+            step = tokens.long().unsqueeze(1).to(state.history.device)
+            state.history = torch.cat([state.history, step], 1)
+        if not state.use_cache:
+            step, state.cache = state.history, None
+        hidden, cache = self.decode(
+            step,
+            None,
+            state.encoder_states,
+            state.encoder_mask,
+            state.categorical,
+            state.numerical,
+            cache=state.cache,
+            use_cache=state.use_cache,
+        )
+        state.cache = cache if state.use_cache else None
+        return self.unrestricted_logits(hidden[:, -1]).cpu()
+
     def forward(self, batch: Mapping[str, torch.Tensor]) -> PromptBartOutput:
         """Teacher-forced loss of a collated batch (see ``tasks.collate``)."""
         states, mask = self.encode(
@@ -211,3 +263,29 @@ class PromptBart(nn.Module):
         return PromptBartOutput(
             loss_sum=nll, n_tokens=(labels != IGNORE).sum(), logits=logits
         )
+
+
+@dataclass
+class _Decoding:
+    """A batch being decoded: the encoder's output, the tokens read, the cache."""
+
+    encoder_states: torch.Tensor  # (B, P+S, D)
+    encoder_mask: torch.Tensor  # (B, P+S)
+    categorical: torch.Tensor
+    numerical: torch.Tensor
+    history: torch.Tensor  # (B, T) <bos>, prefix, then every token written
+    use_cache: bool
+    cache: Any = None
+
+
+def _pad_right(
+    rows: Sequence[np.ndarray], pad: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, L) ids right-padded with ``pad``, and the (B, L) 0/1 mask."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.as_tensor(np.asarray(r), dtype=torch.long)
+        mask[i, : len(r)] = 1
+    return ids, mask

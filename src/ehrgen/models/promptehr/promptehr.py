@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -33,7 +32,6 @@ if TYPE_CHECKING:
     from ehrgen.models.base import CodeScores
     from ehrgen.models.promptehr.modeling import PromptBart
     from ehrgen.models.promptehr.tasks import TaskConfig
-    from ehrgen.training import TrainingConfig
 
 __all__ = ["PromptEHR"]
 
@@ -43,8 +41,15 @@ logger = logging.getLogger(__name__)
 class PromptEHR(TrainedGenerator):
     """Prompt-conditioned BART for longitudinal, multimodal patient records.
 
+    Fitting, saving, loading and generation from scratch are the shared layer's
+    (:class:`~ehrgen.models.trained.TrainedGenerator`); this class adds the network,
+    its training examples, scoring and the flexible modes of the paper (continue a
+    patient, impute a modality, complete a visit, start from seed patients).
+
     Args:
         config: the architecture (default :meth:`PromptEHRConfig.small`).
+        tasks: the training examples and their corruptions (default
+            :class:`~ehrgen.models.promptehr.tasks.TaskConfig`).
 
     Example:
         >>> from ehrgen.data.demo import demo_cohort
@@ -52,8 +57,8 @@ class PromptEHR(TrainedGenerator):
         >>> model = PromptEHR(PromptEHRConfig.tiny()).fit(
         ...     demo_cohort(16, seed=0), training=TrainingConfig(epochs=1, batch_size=8)
         ... )
-        >>> model.tokenizer_.vocab_size > 0
-        True
+        >>> len(model.generate(3, conditions={"gender": "F"}, seed=0))
+        3
     """
 
     name = "promptehr"
@@ -65,8 +70,13 @@ class PromptEHR(TrainedGenerator):
     #: scoring protocols supported (see ``ehrgen.evaluation.perplexity``).
     protocols = ("chain", "set")
 
-    def __init__(self, config: PromptEHRConfig | None = None) -> None:
+    def __init__(
+        self, config: PromptEHRConfig | None = None, tasks: TaskConfig | None = None
+    ) -> None:
+        from ehrgen.models.promptehr.tasks import TaskConfig
+
         self.config = config or PromptEHRConfig.small()
+        self.tasks = tasks or TaskConfig()
         self._fitted = None
 
     @property
@@ -76,56 +86,10 @@ class PromptEHR(TrainedGenerator):
 
     # ---- training
 
-    def fit(
-        self,
-        train: Cohort,
-        val: Cohort | None = None,
-        training: TrainingConfig | None = None,
-        *,
-        tasks: TaskConfig | None = None,
-        output_dir: str | Path | None = None,
-        resume_from: str | Path | None = None,
-        min_count: int = 1,
-        max_codes_per_modality: int | dict[str, int] | None = None,
-        progress: bool = False,
-    ) -> PromptEHR:
-        """Train on ``train``; pick the best epoch by perplexity on ``val``.
-
-        Args:
-            train: the training cohort.
-            val: a validation cohort (same schema); without it the last weights are
-                kept and no early stopping happens.
-            training: optimisation settings (default :class:`TrainingConfig`).
-            tasks: training examples and corruption rates (default ``TaskConfig``).
-            output_dir: where checkpoints, the best weights and ``metrics.jsonl`` go
-                (a temporary folder when None).
-            resume_from: a ``checkpoints/step-N`` folder of an earlier run of the same
-                cohort: training continues from it (tokenizer and weights included).
-            min_count, max_codes_per_modality: vocabulary limits (see
-                :meth:`CodeTokenizer.fit`).
-            progress: show a progress bar.
-
-        Returns:
-            self, fitted.
-        """
-        from ehrgen.models.promptehr.tasks import TaskConfig
-        from ehrgen.training import TrainingConfig
-
-        tasks = fitting.fit_positions(tasks or TaskConfig(), self.config, train.schema)
-        return self._fit(
-            train,
-            val,
-            training or TrainingConfig(),
-            output_dir=output_dir,
-            resume_from=resume_from,
-            progress=progress,
-            new_tokenizer=lambda cohort: CodeTokenizer.fit(
-                cohort, min_count, max_codes_per_modality
-            ),
-            state=tasks,
-        )
-
     # ---- hooks of the shared layer (ehrgen.models.trained)
+
+    def _initial_state(self, train: Cohort) -> TaskConfig:
+        return self.tasks
 
     def _new_network(
         self, tokenizer: CodeTokenizer, schema: CohortSchema, train: Cohort, state: Any
@@ -219,44 +183,15 @@ class PromptEHR(TrainedGenerator):
 
     # ---- generation
 
-    def generate(
-        self,
-        n: int,
-        conditions: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
-        generation: GenerationConfig | None = None,
-        seed: int | None = None,
-        progress: Callable[[int], None] | None = None,
-    ) -> Cohort:
-        """``n`` synthetic patients from scratch.
-
-        Args:
-            n: how many patients.
-            conditions: baseline features to impose, one mapping for all patients or
-                one per patient (``{"gender": "F", "age": 70}``); features not given
-                are drawn from the training population (aggregate marginals).
-            generation: sampling settings (temperature, top-k, top-p, max visits...).
-            seed: makes the output reproducible.
-            progress: called with the number of patients finished after each batch.
-
-        Example:
-            >>> from ehrgen.data.demo import demo_cohort
-            >>> from ehrgen.training import TrainingConfig
-            >>> model = PromptEHR(PromptEHRConfig.tiny()).fit(
-            ...     demo_cohort(16, seed=0), training=TrainingConfig(epochs=1)
-            ... )
-            >>> len(model.generate(3, conditions={"gender": "F"}, seed=0))
-            3
-        """
+    def _patient_sampler(self, fitted, generation, generator):
         from ehrgen.models.promptehr import synthesis
 
-        return synthesis.generate(
-            self._context(),
-            n,
-            conditions,
-            generation or GenerationConfig(),
-            new_seed(seed),
-            progress,
-        )
+        ctx = self._context()
+
+        def sample(statics):
+            return synthesis.sample_patients(ctx, statics, generation, generator)
+
+        return sample
 
     def continue_patients(
         self,

@@ -14,7 +14,9 @@
   baseline features and first visit as the prompt. It copies real data by design and
   leaks far more than generation from scratch: do not release its output as is.
 
-Synthetic patients get ids ``synthetic-N``, which no reader of real data produces.
+New patients get ids in the reserved synthetic range
+(:data:`ehrgen.models.trained.SYNTHETIC_ID_BASE` up), which no real patient may hold;
+imputation keeps the ids of the patients it completes (they are the user's own).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import torch
 from ehrgen.data import Cohort, Patient, Visit
 from ehrgen.errors import ConfigError, SchemaError
 from ehrgen.generation import GenerationConfig, VisitSampler
-from ehrgen.models.population import Population, per_patient
+from ehrgen.models.population import Population
 from ehrgen.models.trained import SYNTHETIC_ID_BASE, synthetic_ids
 from ehrgen.tokens.tokenizer import CodeTokenizer
 
@@ -38,9 +40,9 @@ __all__ = [
     "calibrate_end",
     "complete_visits",
     "continue_patients",
-    "generate",
     "generate_from_seeds",
     "impute_modality",
+    "sample_patients",
 ]
 
 Progress = Callable[[int], None]
@@ -72,39 +74,25 @@ class Context:
 # --------------------------------------------------------------------------- scratch
 
 
-def generate(
+def sample_patients(
     ctx: Context,
-    n: int,
-    conditions: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None,
+    statics: Sequence[Mapping[str, Any]],
     generation: GenerationConfig,
-    seed: int,
-    progress: Progress | None = None,
-) -> Cohort:
-    """``n`` synthetic patients from scratch (see the module docstring)."""
-    if not isinstance(n, int) or n < 1:
-        raise ConfigError(
-            f"The 'n' parameter of generate must be an int >= 1. Got {n!r}."
-        )
-    wanted = per_patient(conditions, n)
-    rng, generator = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
-    statics = ctx.population.sample_static(wanted, rng)
-    visits: list[list[list[int]]] = []
-    for start in range(0, n, generation.batch_size):
-        chunk = statics[start : start + generation.batch_size]
-        histories = [[] for _ in chunk]
-        _extend(
-            ctx,
-            histories,
-            chunk,
-            generation,
-            generator,
-            generation.max_visits,
-            must_continue=0,
-        )
-        visits.extend(histories)
-        if progress:
-            progress(len(chunk))
-    return _cohort(ctx, synthetic_ids(n), statics, visits, rng)
+    generator: torch.Generator,
+) -> list[list[Visit]]:
+    """The visits of a batch of new patients with these baseline features, from
+    scratch, the model deciding how many (see the module docstring)."""
+    histories: list[list[list[int]]] = [[] for _ in statics]
+    _extend(
+        ctx,
+        histories,
+        statics,
+        generation,
+        generator,
+        generation.max_visits,
+        must_continue=0,
+    )
+    return [[_decode_visit(ctx, tokens) for tokens in h] for h in histories]
 
 
 def _extend(
@@ -167,8 +155,7 @@ def calibrate_end(
     bias = np.zeros(cap + 1)
     ctx.end_bias = bias
     for round_ in range(rounds):
-        cohort = generate(ctx, n_samples, None, generation, seed + round_)
-        fake = np.diff(cohort.visit_offsets)
+        fake = _sampled_visit_counts(ctx, n_samples, generation, seed + round_)
         last = 0.0
         for t in range(1, cap):
             reach_real, reach_fake = (real >= t).sum(), (fake >= t).sum()
@@ -181,6 +168,19 @@ def calibrate_end(
             last = bias[t]
         ctx.end_bias = bias
     return bias
+
+
+def _sampled_visit_counts(
+    ctx: Context, n: int, generation: GenerationConfig, seed: int
+) -> np.ndarray:
+    """(n,) visits per patient of ``n`` patients sampled from scratch."""
+    rng, generator = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
+    statics = ctx.population.sample_static([{}] * n, rng)
+    counts: list[int] = []
+    for start in range(0, n, generation.batch_size):
+        chunk = statics[start : start + generation.batch_size]
+        counts += [len(v) for v in sample_patients(ctx, chunk, generation, generator)]
+    return np.asarray(counts)
 
 
 def _logit(p: float) -> float:
