@@ -115,3 +115,29 @@ def test_evaluate_errors(monkeypatch, capsys, trained):
         monkeypatch, capsys, "evaluate", cohort, "--cohort", cohort, "--out", out
     )
     assert code == 2 and "is not a model folder" in err
+
+
+def test_summary_marks_calibrated_visit_counts(monkeypatch):
+    """Check that the printed summary notes, beside the visits-per-patient figure
+    only, that a calibrated model was tuned to the training cohort's visit counts."""
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from ehrgen.cli import evaluate as command
+    from ehrgen.evaluation import evaluate
+    from tests.evaluation.test_suites import StubModel
+
+    real = demo_cohort(40, seed=0)
+    calibration = SimpleNamespace(cohort="training cohort", n_patients=20)
+    evaluation = evaluate(
+        StubModel(calibration), real[:20], real[20:], demo_cohort(20, seed=1),
+        suites="fidelity",
+    )  # fmt: skip
+    screen = Console(record=True, width=160)
+    monkeypatch.setattr(command, "console", screen)
+    command.print_summary(evaluation)
+    lines = screen.export_text().splitlines()
+    noted = [line for line in lines if "calibrated to the training cohort" in line]
+    assert len(noted) == 1 and "KS visits per patient" in noted[0]
+    assert "20 patients" in noted[0]

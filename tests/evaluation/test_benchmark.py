@@ -71,8 +71,10 @@ def test_table_has_one_row_per_model_and_protocol(benchmark):
     text = (out / "table2.md").read_text()
     assert text == table2_markdown(results, modalities)
     rows = [line.split(" | ") for line in text.splitlines() if line.startswith("| ")]
-    pairs = [(cells[0].removeprefix("| "), cells[1]) for cells in rows[1:]]
+    header, separator, *body = rows
+    pairs = [(cells[0].removeprefix("| "), cells[1]) for cells in body]
     assert pairs == [("lstm-mlp", "set"), ("gpt2", "chain"), ("gpt2", "set")]
+    assert separator[0] == "| ---" and header[1] == "protocol"
     assert all(len(cells) == 2 + 2 * len(modalities) for cells in rows)
     assert "lower is better" in text and "Budget: 1 epochs" in text
 

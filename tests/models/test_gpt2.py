@@ -16,6 +16,8 @@ from ehrgen.generation import GenerationConfig
 from ehrgen.models.base import CodeScores, Generator
 from ehrgen.models.baselines import gpt2
 from ehrgen.models.baselines.gpt2 import GPT2Baseline, GPT2BaselineConfig
+from ehrgen.tokens.grammar import VisitGrammar
+from ehrgen.tokens.tokenizer import CodeTokenizer
 from ehrgen.training import TrainingConfig
 
 TASKS = [("longitudinal", 1), ("cross_modal", 0)]  # (task, first scored visit)
@@ -111,19 +113,45 @@ def test_loss_covers_visits_to_eos_only():
         *train[0].visits,
     ))  # fmt: skip
     ids = gpt2._encode(fitted, patient, 256)
-    lookup = gpt2._structure(tok, fitted.prefix.vocab_size)
+    grammar = VisitGrammar(tok)
     n_prefix = len(train.schema.features)
     assert ids[n_prefix] == tok.bos_id and ids[-1] == tok.eos_id
+    # As in training: the recorded order, and visits reordered (blocks permuted).
+    reordered = gpt2._reorder_visits(ids, grammar, np.random.default_rng(0), True)
     batch = gpt2._collate(
-        [(ids, gpt2._grammar_rows(ids, lookup))], n_prefix, tok.pad_id, tok.unk_id
-    )
+        [(x, grammar.rows(x)) for x in (ids, reordered)],
+        n_prefix, tok.pad_id, tok.unk_id,
+    )  # fmt: skip
     expected = len(ids) - n_prefix - 1 - 1  # no prefix, no <bos>, one <unk>
     module = gpt2._LossModule(model.model_, tok)
     out = module(batch)
-    assert int(out.n_tokens) == expected and torch.isfinite(out.loss_sum)
-    labels, rows = batch["labels"][0], batch["rows"][0]
+    assert int(out.n_tokens) == 2 * expected and torch.isfinite(out.loss_sum)
+    labels, rows = batch["labels"], batch["rows"]
     allowed = module.allowed[rows[labels >= 0], labels[labels >= 0]]
     assert bool(allowed.all())
+
+
+def test_training_reorders_blocks_and_codes_within_visits():
+    """Check that the per-epoch reordering keeps the prefix, <bos>, <eos> and each
+    visit's blocks and codes, and puts the blocks of some visits in another order."""
+    train = demo_cohort(30, seed=3)
+    tok = CodeTokenizer.fit(train)
+    grammar, patient = VisitGrammar(tok), max(train, key=lambda p: len(p.visits))
+    visits = [tok.encode_visit(v) for v in patient.visits]
+    ids = np.array([99, tok.bos_id, *(t for v in visits for t in v), tok.eos_id])
+    rng, moved = np.random.default_rng(0), 0
+    for _ in range(10):
+        out = gpt2._reorder_visits(ids, grammar, rng, shuffle=True)
+        assert out[:2].tolist() == [99, tok.bos_id] and out[-1] == tok.eos_id
+        new = tok.decode(out[1:]).visits
+        assert len(new) == len(patient.visits)
+        for v, w in zip(new, patient.visits):
+            assert {m: set(c) for m, c in v.events.items()} == {
+                m: set(c) for m, c in w.events.items()
+            }
+        opens = [t for t in out.tolist() if t in tok.open_ids.values()]
+        moved += opens != [t for t in ids.tolist() if t in tok.open_ids.values()]
+    assert moved > 0
 
 
 def test_long_patients_lose_their_oldest_whole_visits():

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ehrgen.data import DEFAULT_MODALITIES, Cohort, CohortSchema, Patient, Visit
-from ehrgen.errors import ConfigError, SchemaError
+from ehrgen.errors import ConfigError
 from ehrgen.models.promptehr.tasks import (
     CROSS_MODAL,
     IGNORE_INDEX,
@@ -26,15 +26,10 @@ from ehrgen.models.promptehr.tasks import (
     validation_slots,
 )
 from ehrgen.tokens.encoded import TokenizedCohort
-from ehrgen.tokens.grammar import VisitGrammar
 from ehrgen.tokens.tokenizer import CodeTokenizer
 from tests.strategies import cohorts
+from tests.tokens.samples import SCHEMA, small_cohort
 
-SCHEMA = CohortSchema(
-    modalities=DEFAULT_MODALITIES,
-    categorical={"gender": ("F", "M")},
-    numerical=("age",),
-)
 CLEAN = TaskConfig(
     mask_rate=0.0,
     delete_rate=0.0,
@@ -47,29 +42,9 @@ CLEAN = TaskConfig(
 RNG = np.random.default_rng  # short alias for the many generators below
 
 
-def _cohort() -> Cohort:
-    visits_a = (
-        Visit({"diagnosis": ["d1", "d2"], "drug": ["r1"]}),
-        Visit({"diagnosis": ["d3"], "procedure": ["p1"], "lab": ["l1", "l2"]}),
-        Visit({"drug": ["r2"]}),
-    )
-    visits_c = (
-        Visit({"diagnosis": [f"c{i}" for i in range(8)], "drug": ["r1", "r2", "r3"]}),
-        Visit({"diagnosis": ["d1"], "lab": ["l1"]}),
-    )
-    return Cohort.from_patients(
-        [
-            Patient("a", {"gender": "F", "age": 70.0}, visits_a),
-            Patient("b", {}, (Visit({"diagnosis": ["d1"]}),)),
-            Patient("c", {"gender": "M"}, visits_c),
-        ],
-        SCHEMA,
-    )
-
-
 @pytest.fixture(scope="module")
 def data() -> TokenizedCohort:
-    cohort = _cohort()
+    cohort = small_cohort()
     return TokenizedCohort.from_cohort(cohort, CodeTokenizer.fit(cohort))
 
 
@@ -575,62 +550,6 @@ def test_task_config_rejects_unknown_keys():
         TaskConfig.from_dict({"mask_rat": 0.2})
 
 
-# --------------------------------------------------------------------------- data
-
-
-def test_tokenized_cohort_layout(data):
-    """Check event tokens, unknown codes and the block index."""
-    cohort = _cohort()
-    tokenizer = CodeTokenizer.fit(cohort, min_count=2)  # keeps d1, r1, r2, l1
-    rare = TokenizedCohort.from_cohort(cohort, tokenizer)
-    blocks = rare.visit_blocks(0)
-    assert [(k, _names(rare, c)) for k, c in blocks] == [
-        (0, "diagnosis:d1 <unk>"),
-        (2, "drug:r1"),
-    ]
-    assert data.n_modalities == 4 and len(data) == 3
-    assert data.visit_counts.tolist() == [3, 1, 2]
-    assert len(data.block_modality) == 2 + 3 + 1 + 1 + 2 + 2
-    assert not data.event_tokens.flags.writeable
-
-
-def test_tokenized_cohort_schema_errors():
-    """Check that modality mismatches and empty cohorts are SchemaErrors."""
-    cohort = _cohort()
-    other = Cohort.from_patients(
-        [Patient("z", {}, (Visit({"vitals": ["hr"]}),))],
-        CohortSchema(modalities=("vitals",)),
-    )
-    with pytest.raises(SchemaError, match=r"\['diagnosis'.*\['vitals'\]"):
-        TokenizedCohort.from_cohort(cohort, CodeTokenizer.fit(other))
-    with pytest.raises(SchemaError, match="no patient"):
-        TokenizedCohort.from_cohort(cohort[:0], CodeTokenizer.fit(cohort))
-
-
-def test_length_grouped_batches_are_a_permutation_with_less_padding():
-    """Check that length grouping visits every slot once and cuts padding."""
-    from ehrgen.data.demo import demo_cohort
-    from ehrgen.tokens.batching import length_grouped_order, source_lengths
-
-    cohort = demo_cohort(300, seed=0)
-    data = TokenizedCohort.from_cohort(cohort, CodeTokenizer.fit(cohort))
-    config = TaskConfig()
-    slots = example_slots(data, 0, 0, config)
-    lengths = source_lengths(data, slots, config.max_source_length)
-    dataset = ExampleDataset(data, slots, config, 0, 0, corrupt=False)
-    for i in (0, 7, len(slots) - 1):
-        assert lengths[i] == len(dataset[i].source)
-    order = length_grouped_order(lengths, 16, np.random.default_rng(0))
-    assert sorted(order.tolist()) == list(range(len(slots)))
-
-    def padding(permutation):
-        batches = [lengths[permutation[i : i + 16]] for i in range(0, len(slots), 16)]
-        return sum(int(b.max()) * len(b) - int(b.sum()) for b in batches)
-
-    random_order = np.random.default_rng(0).permutation(len(slots))
-    assert padding(order) < 0.3 * padding(random_order)
-
-
 def test_targets_are_shuffled_within_blocks_in_training_only(data):
     """Check that training targets list each block's codes in a random order, and
     validation targets (corrupt=False) in the recorded order."""
@@ -664,18 +583,3 @@ def test_target_blocks_are_permuted_in_training_only(data):
         firsts.add(visit[0][0])
         assert np.array_equal(ex.decoder_input[1:], ex.labels[:-1])
     assert firsts == {0, 1, 3}  # every modality of the visit opens it sometimes
-
-
-def test_label_modality_is_the_grammar_row(data):
-    """Check that every example's label modality selects the grammar's training
-    mask row for its decoder input (row m+1 in m's block, 0 elsewhere), and that
-    the row allows the label, permuted targets and cloze slots included."""
-    grammar, table = VisitGrammar(data.tokenizer), VisitGrammar(data.tokenizer).table()
-    config = TaskConfig(permute_target_rate=1.0, mask_rate=0.0)
-    dataset = ExampleDataset(data, validation_slots(data), config, seed=1)
-    for ex in dataset:
-        rows = grammar.rows(ex.decoder_input)
-        assert rows.tolist() == (ex.label_modality + 1).tolist()
-        learnt = ex.labels != IGNORE_INDEX
-        assert table[rows[learnt], ex.labels[learnt]].all()
-

@@ -70,7 +70,7 @@ class Evaluation:
         if "cohort" not in cohort:
             cohort += " cohort"
         n = calibration.get("n_patients")
-        return f"calibrated to the {cohort}" + (f" ({n:,} patients)" if n else "")
+        return f"calibrated to the {cohort}" + (f", {n:,} patients" if n else "")
 
     def to_dict(self) -> dict[str, Any]:
         """``metrics.json``: every figure of every suite that ran."""

@@ -12,8 +12,8 @@ import pytest
 from ehrgen.data import Cohort, Patient, Visit
 from ehrgen.data.demo import demo_cohort
 from ehrgen.errors import ConfigError
-from ehrgen.evaluation.fidelity import _stats as _fidelity_stats
 from ehrgen.evaluation.fidelity import KINDS, fidelity
+from ehrgen.evaluation.fidelity import _stats as _fidelity_stats
 
 
 def _patient(pid, static, *visits):

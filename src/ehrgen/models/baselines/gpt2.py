@@ -188,8 +188,7 @@ def _reorder_visits(
     (when ``shuffle``) and, in ``_PERMUTE_BLOCKS`` of the visits, the blocks in random
     order. Everything outside whole visits stays put (the prefix, ``<bos>``,
     ``<eos>``, a newest visit cut short by the window)."""
-    tok, n = grammar.tokenizer, len(ids)
-    position = np.arange(n)
+    tok, n, position = grammar.tokenizer, len(ids), np.arange(len(ids))
     ends = np.flatnonzero(ids == tok.visit_close_id)
     if not len(ends):
         return ids
@@ -280,10 +279,8 @@ class _CausalDecoder:
 
     def start(self, sources, categorical, numerical, prefix, *, use_cache: bool):
         """Read the contexts (the features live in their prefix tokens)."""
-        rows = [
-            torch.cat([torch.as_tensor(np.asarray(s), dtype=torch.long), p.long()])
-            for s, p in zip(sources, prefix)
-        ]
+        rows = [torch.cat([torch.as_tensor(s).long(), p.long()])
+                for s, p in zip(sources, prefix)]  # fmt: skip
         device = next(self.lm.parameters()).device
         ids = pad_sequence(rows, True, self.pad_id, "left").to(device)
         return _CausalDecoding(ids, (ids != self.pad_id).long(), use_cache)
@@ -307,7 +304,7 @@ class _CausalDecoder:
 
 
 def _CausalSampler(lm, tok, generation, generator) -> VisitSampler:
-    """A :class:`VisitSampler` over the GPT-2 network (through :class:`_CausalDecoder`)."""
+    """A :class:`VisitSampler` over GPT-2 (a factory, named as the class it was)."""
     return VisitSampler(_CausalDecoder(lm, tok.pad_id), tok, generation, generator)
 
 
