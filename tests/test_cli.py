@@ -336,3 +336,58 @@ def test_generate_and_impute(monkeypatch, capsys, tmp_path):
         str(tmp_path / "y"),
     )
     assert code == 2 and "--mode must be" in err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["gpt2", "lstm-mlp"])
+def test_baselines_train_generate_and_evaluate_like_promptehr(
+    monkeypatch, capsys, tmp_path, name
+):
+    """Check that `ehrgen train --model NAME`, `ehrgen generate` and `ehrgen
+    evaluate` work for a baseline exactly as for PromptEHR, that `--max-steps`
+    bounds training, and that imputation is refused with a clear message."""
+    from ehrgen.models.registry import load_model
+
+    cohort_dir, model_dir = tmp_path / "cohort", tmp_path / "model"
+    run(
+        monkeypatch,
+        capsys,
+        "data",
+        "demo",
+        "--patients",
+        "40",
+        "--out",
+        str(cohort_dir),
+    )
+    code, _, err = run(
+        monkeypatch, capsys, "train", str(cohort_dir), "--out", str(model_dir),
+        "--model", name, "--preset", "tiny", "--epochs", "5", "--max-steps", "3",
+    )  # fmt: skip
+    assert code == 0, err
+    model = load_model(model_dir)
+    assert model.name == name and model.training_.steps == 3
+    synthetic = tmp_path / "synthetic"
+    code, _, err = run(
+        monkeypatch, capsys, "generate", str(model_dir), "--n", "12",
+        "--max-visits", "4", "--out", str(synthetic),
+    )  # fmt: skip
+    assert code == 0, err
+    assert len(read_meds(synthetic)) == 12
+    code, _, err = run(
+        monkeypatch, capsys, "evaluate", str(model_dir), "--cohort", str(cohort_dir),
+        "--synthetic", str(synthetic), "--suite", "perplexity,fidelity",
+        "--resamples", "10", "--out", str(tmp_path / "evaluation"),
+    )  # fmt: skip
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "evaluation" / "metrics.json").read_text())
+    assert {"perplexity", "fidelity"} <= set(metrics)
+    code, _, err = run(
+        monkeypatch, capsys, "impute", str(model_dir), str(cohort_dir),
+        "--mode", "next-visit", "--out", str(tmp_path / "imputed"),
+    )  # fmt: skip
+    assert code == 2 and "imputation needs a PromptEHR model" in err
+    code, _, err = run(
+        monkeypatch, capsys, "train", str(cohort_dir), "--out", str(tmp_path / "x"),
+        "--model", "halo",
+    )  # fmt: skip
+    assert code == 2 and "known models are" in err

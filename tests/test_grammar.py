@@ -212,9 +212,9 @@ def test_promptehr_label_modalities_are_the_grammar_rows():
     grammar's mask row for its decoder input (row m+1 in m's block, 0 elsewhere),
     and that the row allows the label, permuted targets and cloze slots included."""
     from ehrgen.models.promptehr import tasks
-    from tests.models.test_tasks import _cohort
+    from tests.tokens.samples import small_cohort
 
-    cohort = _cohort()
+    cohort = small_cohort()
     data = TokenizedCohort.from_cohort(cohort, CodeTokenizer.fit(cohort))
     grammar, table = VisitGrammar(data.tokenizer), VisitGrammar(data.tokenizer).table()
     config = tasks.TaskConfig(permute_target_rate=1.0, mask_rate=0.0)

@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ehrgen.data import DEFAULT_MODALITIES, Cohort, CohortSchema, Patient, Visit
+from ehrgen.data import Cohort, Patient, Visit
 from ehrgen.errors import ConfigError
 from ehrgen.models.promptehr.tasks import (
     CROSS_MODAL,

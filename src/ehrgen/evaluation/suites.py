@@ -355,10 +355,11 @@ def _model_facts(model: Any) -> dict[str, Any]:
         return {"class": None, "parameters": None, "config": None, "training": {}}
     from ehrgen.models.base import length_calibration
 
-    info = dict(getattr(model, "info_", {}) or {})
     config = getattr(model, "config", None)
     fitted = getattr(model, "_fitted", None)
-    network = getattr(fitted, "model", None) or getattr(fitted, "network", None)
+    facts = getattr(fitted, "facts", None)
+    info = facts.to_dict() if facts is not None else {}
+    network = getattr(fitted, "network", None)
     parameters = None
     if network is not None and hasattr(network, "parameters"):
         parameters = int(sum(p.numel() for p in network.parameters()))
