@@ -126,7 +126,7 @@ class VisitSampler:
         self.generator = generator
         self.grammar = VisitGrammar(tokenizer)
 
-    def _max_steps(self) -> int:
+    def max_steps(self) -> int:
         """The most tokens one visit may take (the longest well-formed visit)."""
         return self.grammar.max_visit_length(self.config.max_codes_per_modality)
 

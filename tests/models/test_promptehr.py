@@ -189,10 +189,10 @@ def test_bad_input_is_refused(tmp_path):
         [Patient("1", {}, (Visit({"diagnosis": ["ICD9CM//4019"]}),))],
         CohortSchema(modalities=("diagnosis", "procedure", "drug")),
     )
-    with pytest.raises(SchemaError, match="Use a cohort of the same schema"):
+    with pytest.raises(SchemaError, match="Use a cohort of the same modalities"):
         model.perplexity(no_lab)
     model.save_pretrained(tmp_path / "m")
-    with pytest.raises(SchemaError, match="Use a cohort of the same schema"):
+    with pytest.raises(SchemaError, match="Use a cohort of the same modalities"):
         PromptEHR().fit(no_lab, resume_from=tmp_path / "m")
     with pytest.raises(ConfigError, match="'encoder_attention_heads' .* divisor of"):
         PromptEHRConfig(d_model=30, encoder_attention_heads=4)

@@ -1,4 +1,4 @@
-"""Build a :class:`~ehrgen.data.cohort.Cohort` patient by patient (readers, the demo)."""
+"""Build a :class:`~ehrgen.data.cohort.Cohort` patient by patient (readers, demo)."""
 
 from __future__ import annotations
 

@@ -1,1 +1,1 @@
-"""File formats: MEDS, JSON Lines, MIMIC-III/IV, OMOP CDM and the reference PromptEHR pickle."""
+"""File formats: MEDS, JSON Lines, MIMIC-III/IV, OMOP CDM, the PromptEHR pickle."""

@@ -1,5 +1,5 @@
-"""The table machinery behind :func:`ehrgen.data.formats.omop.read_omop`: the CDM tables and
-columns read, where they are read from, how their values are checked, and the
+"""The table machinery behind :func:`ehrgen.data.formats.omop.read_omop`: the CDM
+tables and columns read, where they are read from, how their values are checked, and the
 patients' baseline features.
 
 OMOP tables are read from a DuckDB database file or from a folder of CSV / Parquet

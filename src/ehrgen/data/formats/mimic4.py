@@ -3,8 +3,8 @@
 
 ``root`` is the ``hosp`` folder or the folder that holds ``hosp/``; tables are
 ``.csv.gz`` or ``.csv`` as distributed, file and column names in any case. The reader
-follows :mod:`ehrgen.data.formats.mimic3` (the same visits, drug and lab codes, orders within a
-visit, dropped rows, errors and streaming), with MIMIC-IV's columns:
+follows :mod:`ehrgen.data.formats.mimic3` (the same visits, drug and lab codes, orders
+within a visit, dropped rows, errors and streaming), with MIMIC-IV's columns:
 
 * ``patients`` (required): ``gender``, ``anchor_age`` and ``anchor_year``;
 * ``admissions`` (required): one visit per ``hadm_id`` at its ``admittime``; ``race``

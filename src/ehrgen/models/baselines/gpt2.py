@@ -303,11 +303,6 @@ class _CausalDecoder:
         return out.logits[:, -1].float().cpu()
 
 
-def _CausalSampler(lm, tok, generation, generator) -> VisitSampler:
-    """A :class:`VisitSampler` over GPT-2 (a factory, named as the class it was)."""
-    return VisitSampler(_CausalDecoder(lm, tok.pad_id), tok, generation, generator)
-
-
 # --------------------------------------------------------------------------- the model
 
 
@@ -430,18 +425,17 @@ class GPT2Baseline(TrainedGenerator):
     def _patient_sampler(self, fitted, generation, generator):
         """Visits sampled one at a time under the visit grammar, the model choosing
         ``<eos>`` after the first (capped by ``max_visits``)."""
-        sampler = _CausalSampler(
-            fitted.network, fitted.tokenizer, generation, generator
-        )
+        tok = fitted.tokenizer
+        decoder = _CausalDecoder(fitted.network, tok.pad_id)
+        sampler = VisitSampler(decoder, tok, generation, generator)
         # The context leaves room for the longest visit the sampler may write.
-        limit = self.config.n_positions - sampler._max_steps()
+        limit = self.config.n_positions - sampler.max_steps()
         if limit <= len(fitted.schema.features) + 1:
             raise ConfigError(
                 f"n_positions ({self.config.n_positions}) leaves no room for a history "
-                f"before a visit of up to {sampler._max_steps()} tokens; lower "
+                f"before a visit of up to {sampler.max_steps()} tokens; lower "
                 f"GenerationConfig.max_codes_per_modality or use a larger n_positions."
             )
-        tok = fitted.tokenizer
 
         def sample(statics):
             histories = _sample(fitted, sampler, statics, generation.max_visits, limit)
