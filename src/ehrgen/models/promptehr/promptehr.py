@@ -203,12 +203,8 @@ class PromptEHR(TrainedGenerator):
     ) -> Cohort:
         """Each patient of ``cohort`` with ``n_visits`` more visits (longitudinal
         imputation)."""
-        from ehrgen.models.promptehr import synthesis
-
-        generation = generation or GenerationConfig()
-        return synthesis.continue_patients(
-            self._context(), cohort, n_visits, generation, new_seed(seed), progress
-        )
+        args = (cohort, n_visits)
+        return self._mode("continue_patients", args, generation, seed, progress)
 
     def impute_modality(
         self,
@@ -221,18 +217,8 @@ class PromptEHR(TrainedGenerator):
     ) -> Cohort:
         """``modality`` of visit ``visit_index`` (negative counts from the end)
         decoded from the rest of the record (cross-modal imputation)."""
-        from ehrgen.models.promptehr import synthesis
-
-        generation = generation or GenerationConfig()
-        return synthesis.impute_modality(
-            self._context(),
-            cohort,
-            visit_index,
-            modality,
-            generation,
-            new_seed(seed),
-            progress,
-        )
+        args = (cohort, visit_index, modality)
+        return self._mode("impute_modality", args, generation, seed, progress)
 
     def complete_visits(
         self,
@@ -244,12 +230,8 @@ class PromptEHR(TrainedGenerator):
     ) -> Cohort:
         """Visit ``visit_index`` of each patient completed: its codes kept, the rest
         of the visit decoded around them."""
-        from ehrgen.models.promptehr import synthesis
-
-        generation = generation or GenerationConfig()
-        return synthesis.complete_visits(
-            self._context(), cohort, visit_index, generation, new_seed(seed), progress
-        )
+        args = (cohort, visit_index)
+        return self._mode("complete_visits", args, generation, seed, progress)
 
     def generate_from_seeds(
         self,
@@ -262,12 +244,23 @@ class PromptEHR(TrainedGenerator):
         """The reference implementation's mode: each real patient's baseline features
         and first visit start ``n_per_seed`` synthetic patients. The output contains
         those real first visits: it leaks much more than :meth:`generate`."""
+        args = (cohort, n_per_seed)
+        return self._mode("generate_from_seeds", args, generation, seed, progress)
+
+    def _mode(
+        self,
+        name: str,
+        args: tuple[Any, ...],
+        generation: GenerationConfig | None,
+        seed: int | None,
+        progress: Callable[[int], None] | None,
+    ) -> Cohort:
+        """Run the flexible mode ``name`` of :mod:`.synthesis` with this model."""
         from ehrgen.models.promptehr import synthesis
 
+        run = getattr(synthesis, name)
         generation = generation or GenerationConfig()
-        return synthesis.generate_from_seeds(
-            self._context(), cohort, n_per_seed, generation, new_seed(seed), progress
-        )
+        return run(self._context(), *args, generation, new_seed(seed), progress)
 
     def calibrate_length(
         self,
