@@ -3,7 +3,7 @@ errors (the contract every model meets is in test_contract.py)."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import numpy as np
 import pytest
@@ -16,6 +16,7 @@ from ehrgen.generation import GenerationConfig
 from ehrgen.models.base import CodeScores, Generator
 from ehrgen.models.baselines import gpt2
 from ehrgen.models.baselines.gpt2 import GPT2Baseline, GPT2BaselineConfig
+from ehrgen.tokens.encoded import TokenizedCohort
 from ehrgen.tokens.grammar import VisitGrammar
 from ehrgen.tokens.tokenizer import CodeTokenizer
 from ehrgen.training import TrainingConfig
@@ -108,11 +109,13 @@ def test_loss_covers_visits_to_eos_only():
     train = demo_cohort(6, seed=3)
     model = tiny_model(train, epochs=1)
     fitted, tok = model._fitted, model.tokenizer_
-    patient = Patient("x", train[0].static, (
-        Visit({"diagnosis": ("NEVER",), "drug": (tok.codes["drug"][0],)}),
-        *train[0].visits,
-    ))  # fmt: skip
-    ids = gpt2._encode(fitted, patient, 256)
+    first = Visit(
+        {"diagnosis": ("NEVER",), "drug": (tok.codes["drug"][0],)},
+        train[0].visits[0].time - timedelta(days=30),
+    )
+    patient = Patient("x", train[0].static, (first, *train[0].visits))  # fmt: skip
+    cohort = Cohort.from_patients([patient], train.schema)
+    ids = gpt2._encode(fitted, TokenizedCohort.from_cohort(cohort, tok), 256)[0]
     grammar = VisitGrammar(tok)
     n_prefix = len(train.schema.features)
     assert ids[n_prefix] == tok.bos_id and ids[-1] == tok.eos_id
@@ -163,7 +166,8 @@ def test_long_patients_lose_their_oldest_whole_visits():
         train, training=quick(epochs=1)
     )
     tok, n_prefix = model.tokenizer_, len(train.schema.features)
-    ids = gpt2._encode(model._fitted, long, 64).tolist()
+    data = TokenizedCohort.from_cohort(Cohort.from_patients([long], train.schema), tok)
+    ids = gpt2._encode(model._fitted, data, 64)[0].tolist()
     assert 64 - max(len(tok.encode_visit(v)) for v in long.visits) < len(ids) <= 64
     assert ids[n_prefix : n_prefix + 2] == [tok.bos_id, tok.visit_open_id]
     kept = tok.decode(ids[n_prefix:]).visits

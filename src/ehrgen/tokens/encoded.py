@@ -124,6 +124,18 @@ class TokenizedCohort:
         pairs = zip(modalities, bounds[:-1], bounds[1:])
         return [(m, self.event_tokens[a:b]) for m, a, b in pairs]
 
+    def visit_ids(self, v: int) -> list[int]:
+        """Visit ``v`` (global index) serialised: ``<v> <m> codes </m> ... </v>``."""
+        tok, ids = self.tokenizer, [self.tokenizer.visit_open_id]
+        for m, codes in self.visit_blocks(v):
+            ids += [self.open_ids[m], *codes.tolist(), self.close_ids[m]]
+        return [*ids, tok.visit_close_id]
+
+    def patient_visit_ids(self, p: int) -> list[list[int]]:
+        """Every visit of patient ``p``, serialised (see :meth:`visit_ids`)."""
+        first = int(self.visit_offsets[p])
+        return [self.visit_ids(first + t) for t in range(int(self.visit_counts[p]))]
+
 
 def _frozen(array: Any, dtype: Any) -> np.ndarray:
     view = np.asarray(array, dtype=dtype).view()  # freeze a view, not the caller's

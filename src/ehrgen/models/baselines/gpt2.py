@@ -16,8 +16,9 @@ inside a block only its modality's codes and close token, elsewhere only structu
 tokens. As PromptEHR does, each training epoch reorders every visit: the codes within
 each block are shuffled (``shuffle_codes``): a modality is a set, so the distribution
 after ``<m>`` becomes that of any of its codes (what the "set" protocol scores), not of
-the first one recorded; and in half the visits (``_PERMUTE_BLOCKS``) the blocks come in
-a random order, so that every modality is seen right after ``<v>``: chain scoring of
+the first one recorded; and in half the visits
+(:data:`~ehrgen.models.baselines.gpt2_sequences.PERMUTE_BLOCKS`) the blocks come in a
+random order, so that every modality is seen right after ``<v>``: chain scoring of
 modality m then reads ``<v> <m> c1 ... cj`` after the history, a context seen in
 training that holds none of the visit's other modalities. A patient longer than
 ``n_positions`` loses its oldest visits, never part of one (unless its newest visit
@@ -27,7 +28,7 @@ alone overflows: its beginning is kept, in its recorded order).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,12 +39,20 @@ from torch.nn.utils.rnn import pad_sequence
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from ehrgen._config import ConfigMixin, check, check_positive_ints
-from ehrgen.data import Cohort, CohortSchema, Patient, Visit
+from ehrgen.data import Cohort, CohortSchema
 from ehrgen.errors import ConfigError, SchemaError
 from ehrgen.generation import VisitSampler
 from ehrgen.models.base import CodeScores
+from ehrgen.models.baselines.gpt2_sequences import (
+    _encode,
+    _fit_context,
+    _reorder_visits,
+    _run_queries,
+    _Slots,
+)
 from ehrgen.models.folder import Fitted
 from ehrgen.models.trained import TrainedGenerator
+from ehrgen.tokens.encoded import TokenizedCohort
 from ehrgen.tokens.grammar import VisitGrammar
 from ehrgen.tokens.tokenizer import CodeTokenizer
 from ehrgen.training import TrainingConfig
@@ -55,7 +64,6 @@ logger = logging.getLogger(__name__)
 IGNORE = -100  # cross_entropy's default ignore_index
 FORMAT_VERSION = 1
 _N_BINS = 10  # deciles
-_PERMUTE_BLOCKS = 0.5  # per visit and epoch, the chance its blocks are permuted
 _FILES = ("config.json", "tokenizer.json", "schema.json", "model.safetensors")
 
 
@@ -150,68 +158,29 @@ class _Prefix:
 
     def ids(self, static: Mapping[str, Any]) -> list[int]:
         """One token per feature, in the schema's order."""
-        out = []
-        for name, categories in self.schema.categorical.items():
-            value = static.get(name)  # missing or unknown: the last token
+        categorical = []
+        for categories in self.schema.categorical.values():
+            value = static.get(self.schema.features[len(categorical)])
             known = value is not None and str(value) in categories
-            index = categories.index(str(value)) if known else len(categories)
-            out.append(self.start[name] + index)
-        for name in self.schema.numerical:
-            value = float(static.get(name, np.nan))
+            categorical.append(categories.index(str(value)) if known else -1)
+        numerical = [float(static.get(name, np.nan)) for name in self.schema.numerical]
+        return self.encoded_ids(np.array(categorical), np.array(numerical))
+
+    def encoded_ids(self, categorical: np.ndarray, numerical: np.ndarray) -> list[int]:
+        """:meth:`ids` of one patient of an encoded cohort: category indices (out of
+        range when missing or unknown: the last token), raw numbers (NaN: missing)."""
+        out = []
+        for j, (name, categories) in enumerate(self.schema.categorical.items()):
+            index = int(categorical[j])
+            out.append(
+                self.start[name]
+                + (index if 0 <= index < len(categories) else len(categories))
+            )
+        for j, name in enumerate(self.schema.numerical):
+            value = float(numerical[j])
             index = np.searchsorted(self.edges[name], value, side="right")
             out.append(self.start[name] + int(_N_BINS if np.isnan(value) else index))
         return out
-
-
-# --------------------------------------------------------------------------- sequences
-
-
-def _fit_context(head, visits: Sequence[Sequence[int]], tail, limit: int):
-    """``head`` + the newest whole visits that fit + ``tail``, at most ``limit`` ids,
-    and where ``tail`` starts. When even the newest visit does not fit, its
-    beginning is kept (the only cut inside a visit)."""
-    budget, kept = limit - len(head) - len(tail), []
-    for visit in reversed(visits):
-        if len(visit) > budget:
-            kept += [visit[:budget]] if not kept and budget > 0 else []
-            break
-        kept.append(visit)
-        budget -= len(visit)
-    ids = [*head, *(t for visit in reversed(kept) for t in visit)]
-    return [*ids, *tail][:limit], len(ids)
-
-
-def _reorder_visits(
-    ids: np.ndarray, grammar: VisitGrammar, rng: np.random.Generator, shuffle: bool
-) -> np.ndarray:
-    """``ids`` with, in each whole visit, the codes of every block in random order
-    (when ``shuffle``) and, in ``_PERMUTE_BLOCKS`` of the visits, the blocks in random
-    order. Everything outside whole visits stays put (the prefix, ``<bos>``,
-    ``<eos>``, a newest visit cut short by the window)."""
-    tok, n, position = grammar.tokenizer, len(ids), np.arange(len(ids))
-    ends = np.flatnonzero(ids == tok.visit_close_id)
-    if not len(ends):
-        return ids
-    starts = np.flatnonzero(ids == tok.visit_open_id)[: len(ends)]  # whole visits
-    visit = np.searchsorted(starts, position, side="right") - 1  # (T,) -1: before
-    in_visit = (visit >= 0) & (position <= ends[np.maximum(visit, 0)])
-    known = np.where(ids < grammar.vocab_size, ids, tok.pad_id)  # prefix ids: none
-    opens = grammar.open_modality.numpy()[known] >= 0
-    closes = grammar.close_modality.numpy()[known] >= 0
-    # Sort keys: the visit (its <v>'s position; a token outside: its own), then the
-    # block within the visit (<v> first, </v> last), then the place in the block.
-    segment = np.where(in_visit, starts[np.maximum(visit, 0)], position)
-    block_visit = visit[opens]  # (blocks,)
-    permuted = (rng.random(len(starts)) < _PERMUTE_BLOCKS)[block_visit]
-    block_key = np.where(permuted, rng.random(len(block_visit)), 0.0)
-    block_key += np.arange(len(block_visit)) * ~permuted  # kept: recorded order
-    block = np.maximum(np.cumsum(opens) - 1, 0)  # (T,) the block of each token
-    second = block_key[block] if len(block_visit) else np.zeros(n)
-    second[ids == tok.visit_open_id] = -np.inf
-    second[ids == tok.visit_close_id] = np.inf
-    within = rng.random(n) if shuffle else position / n  # in [0, 1)
-    third = np.where(opens, -1.0, np.where(closes, 2.0, within))
-    return ids[np.lexsort((third, second, segment))]
 
 
 @dataclass
@@ -409,10 +378,10 @@ class GPT2Baseline(TrainedGenerator):
         queries: list = []
         rows: list[tuple[int, int, int, str]] = []
         n_oov, limit = 0, self.config.n_positions
-        for p, patient in enumerate(cohort):
-            n_oov += _Slots(fitted, patient, limit).add(
-                p, task, protocol, queries, rows
-            )
+        data = TokenizedCohort.from_cohort(cohort, fitted.tokenizer)
+        for p in range(len(data)):
+            slots = _Slots(fitted, data, p, limit)
+            n_oov += slots.add(p, task, protocol, queries, rows)
         log_probs = _run_queries(fitted, queries, len(rows), batch_size)
         return CodeScores.from_rows(
             [(*row, lp) for row, lp in zip(rows, log_probs.tolist())],
@@ -447,14 +416,6 @@ class GPT2Baseline(TrainedGenerator):
 # --------------------------------------------------------------------------- helpers
 
 
-def _encode(fitted: Fitted, patient: Patient, limit: int) -> np.ndarray:
-    """prefix ``<bos>`` visits ``<eos>``, cut to ``limit`` from the oldest visit."""
-    tok = fitted.tokenizer
-    head = [*fitted.state.ids(patient.static), tok.bos_id]
-    visits = [tok.encode_visit(v) for v in patient.visits]
-    return np.array(_fit_context(head, visits, [tok.eos_id], limit)[0], dtype=np.int64)
-
-
 def _loaders(fitted: Fitted, train, val, training: TrainingConfig, config):
     """``train_loader(epoch)`` and the validation loader. Each epoch's order and
     reordering of visits (see the module docstring) follow from (seed, epoch), so a
@@ -465,7 +426,7 @@ def _loaders(fitted: Fitted, train, val, training: TrainingConfig, config):
 
     tok, first = fitted.tokenizer, len(fitted.state.schema.features)  # <bos> index
     grammar, limit = VisitGrammar(tok), config.n_positions
-    data = [_encode(fitted, patient, limit) for patient in train]
+    data = _encode(fitted, TokenizedCohort.from_cohort(train, tok), limit)
     lengths = np.array([len(ids) for ids in data])
 
     def collate(batch):
@@ -484,82 +445,9 @@ def _loaders(fitted: Fitted, train, val, training: TrainingConfig, config):
 
     if val is None:
         return train_loader, None
-    val_data = [_encode(fitted, patient, limit) for patient in val]
+    val_data = _encode(fitted, TokenizedCohort.from_cohort(val, tok), limit)
     val_data = [(ids, grammar.rows(ids)) for ids in val_data]
     return train_loader, DataLoader(val_data, training.batch_size, collate_fn=collate)
-
-
-class _Slots:
-    """The scoring contexts of one patient (see ``score_longitudinal`` and
-    ``score_cross_modal``)."""
-
-    def __init__(self, fitted: Fitted, patient: Patient, limit: int) -> None:
-        self.tok, self.patient, self.limit = fitted.tokenizer, patient, limit
-        self.head = [*fitted.state.ids(patient.static), self.tok.bos_id]
-        self.visits = [self.tok.encode_visit(v) for v in patient.visits]
-
-    def add(self, p: int, task: str, protocol: str, queries: list, rows: list) -> int:
-        """Append ``(ids, [(position, modality, token id, row index)])`` per context to
-        ``queries`` and ``(patient, visit, modality, code)`` to ``rows``; return the
-        number of out-of-vocabulary codes."""
-        n_oov, chain, tok = 0, protocol == "chain", self.tok
-        for t in range(1 if task == "longitudinal" else 0, len(self.visits)):
-            blocks = self._blocks(self.patient.visits[t])
-            for k, block in blocks.items():
-                before = []  # longitudinal: none of visit t's other blocks
-                if task == "cross_modal":  # all of them, in the schema's order
-                    before = [j for i, b in blocks.items() if i != k for j in b]
-                tail = [tok.visit_open_id, *before, *block[: -1 if chain else 1]]
-                ids, start = _fit_context(self.head, self.visits[:t], tail, self.limit)
-                at = start + 1 + len(before)  # the open token: it predicts code 0
-                codes = self.patient.visits[t].codes(tok.modalities[k])
-                items = []
-                for j, (code, token) in enumerate(zip(codes, block[1:-1])):
-                    position = at + j if chain else at
-                    if token == tok.unk_id:
-                        n_oov += 1
-                    elif position < len(ids):  # else a visit longer than the window
-                        items.append((position, k, token, len(rows)))
-                        rows.append((p, t, k, code))
-                if items:
-                    queries.append((ids, items))
-        return n_oov
-
-    def _blocks(self, visit: Visit) -> dict[int, list[int]]:
-        """Modality index -> ``<m> codes </m>``, for the modalities of the visit."""
-        tok = self.tok
-        return {
-            k: [tok.open_ids[m], *(tok.code_id(m, c) for c in codes), tok.close_ids[m]]
-            for k, m in enumerate(tok.modalities)
-            if (codes := visit.codes(m))
-        }
-
-
-@torch.no_grad()
-def _run_queries(fitted: Fitted, queries, n_rows: int, batch_size: int) -> np.ndarray:
-    """(n_rows,) the log-probability of every query item, by row index."""
-    lm, tok = fitted.network.eval(), fitted.tokenizer
-    device = next(lm.parameters()).device
-    out = np.full(n_rows, np.nan)
-    order = sorted(range(len(queries)), key=lambda i: len(queries[i][0]))  # less pad
-    for start in range(0, len(order), batch_size):
-        batch = [queries[i] for i in order[start : start + batch_size]]
-        ids = pad_sequence([torch.tensor(q) for q, _ in batch], True, tok.pad_id)
-        mask = (ids != tok.pad_id).long()
-        hidden = lm.transformer(
-            input_ids=ids.to(device), attention_mask=mask.to(device)
-        )
-        # (N, 5): batch row, position, modality, token, row index.
-        items = [[b, *item] for b, (_, its) in enumerate(batch) for item in its]
-        items = torch.tensor(items)
-        states = hidden.last_hidden_state[items[:, 0], items[:, 1]]  # (N, D)
-        logits = lm.lm_head(states).float().cpu()  # only the positions read: (N, V)
-        for k, m in enumerate(tok.modalities):
-            sel, (lo, hi) = items[:, 2] == k, tok.code_ranges[m]
-            log_p = logits[sel, lo:hi].log_softmax(-1)  # renormalised over m's codes
-            picked = log_p.gather(1, items[sel, 3:4] - lo)[:, 0]
-            out[items[sel, 4].numpy()] = picked.numpy()
-    return out
 
 
 def _sample(fitted: Fitted, sampler, statics, max_visits: int, limit: int):

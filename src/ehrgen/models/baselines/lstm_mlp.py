@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +49,7 @@ from ehrgen.models.trained import (
     static_arrays,
 )
 from ehrgen.tokens import CodeTokenizer
+from ehrgen.tokens.encoded import TokenizedCohort
 from ehrgen.training import TrainingConfig
 
 __all__ = ["LSTMMLP", "LSTMMLPConfig"]
@@ -95,39 +96,34 @@ def _ranges(starts: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndar
     return np.arange(counts.sum()) - first[owner] + starts[owner], owner
 
 
-def _stack(cohort: Cohort, names: Sequence[str], dtype) -> np.ndarray:
-    columns = [np.asarray(cohort.static[k], dtype) for k in names]
-    return np.stack(columns, 1) if columns else np.zeros((len(cohort), 0), dtype)
-
-
 def _code_offset(tokenizer: CodeTokenizer) -> int:
     """Token id of the first code: code blocks are contiguous, in modality order."""
     return tokenizer.code_ranges[tokenizer.modalities[0]][0]
 
 
 class _Encoded:
-    """A cohort as the network reads it, built from its flat arrays.
+    """A cohort as the network reads it: the shared encoded cohort
+    (:class:`~ehrgen.tokens.encoded.TokenizedCohort`) with each event's token as a
+    column of the multi-hot visit vector.
 
     Attributes:
+        cohort: the cohort encoded (its event-to-visit arrays are read for scoring).
         event_columns: (E,) the network column of each event's code, -1 if unknown.
-        categorical, numerical: (N, ·) category indices (-1 missing), raw values.
+        categorical, numerical: (N, ·) category indices (the cardinality when
+            missing), raw values.
         position: (V,) the index of each visit within its patient.
     """
 
     def __init__(self, cohort: Cohort, tokenizer: CodeTokenizer) -> None:
-        self.cohort, names = cohort, tokenizer.modalities
-        # One look-up per distinct code of the cohort, not one per event.
-        pairs = zip(cohort.code_modality.tolist(), cohort.code_values.tolist())
-        ids = np.array([tokenizer.code_id(names[m], c) for m, c in pairs], np.int64)
-        columns = np.where(ids == tokenizer.unk_id, -1, ids - _code_offset(tokenizer))
-        self.event_columns = columns[cohort.event_codes]
-        schema, counts = cohort.schema, np.diff(cohort.visit_offsets)
-        self.categorical = _stack(cohort, list(schema.categorical), np.int64)
-        self.numerical = _stack(cohort, schema.numerical, np.float32)
-        first = np.repeat(cohort.visit_offsets[:-1], counts)
-        self.position = np.arange(cohort.n_visits) - first
+        data = TokenizedCohort.from_cohort(cohort, tokenizer)
+        self.cohort, self.n_modalities = cohort, data.n_modalities
+        tokens = data.event_tokens.astype(np.int64)
+        unknown = tokens == tokenizer.unk_id
+        self.event_columns = np.where(unknown, -1, tokens - _code_offset(tokenizer))
+        self.categorical, self.numerical = data.categorical, data.numerical
+        first = np.repeat(data.visit_offsets[:-1], data.visit_counts)
+        self.position = np.arange(len(data.event_offsets) - 1) - first
         self.n_codes = tokenizer.vocab_size - _code_offset(tokenizer)
-        self.n_modalities = len(names)
 
     def random_targets(self, rng: np.random.Generator) -> np.ndarray:
         """(V,) one modality with known codes per visit, drawn uniformly; -1: none."""
