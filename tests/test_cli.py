@@ -345,7 +345,8 @@ def test_baselines_train_generate_and_evaluate_like_promptehr(
 ):
     """Check that `ehrgen train --model NAME`, `ehrgen generate` and `ehrgen
     evaluate` work for a baseline exactly as for PromptEHR, that `--max-steps`
-    bounds training, and that imputation is refused with a clear message."""
+    bounds training (and a run stopped inside an epoch is validated), and that
+    imputation is refused with a clear message."""
     from ehrgen.models.registry import load_model
 
     cohort_dir, model_dir = tmp_path / "cohort", tmp_path / "model"
@@ -366,6 +367,8 @@ def test_baselines_train_generate_and_evaluate_like_promptehr(
     assert code == 0, err
     model = load_model(model_dir)
     assert model.name == name and model.training_.steps == 3
+    # Stopped inside the first epoch, it is still validated once.
+    assert model.training_.best_val_perplexity > 1
     synthetic = tmp_path / "synthetic"
     code, _, err = run(
         monkeypatch, capsys, "generate", str(model_dir), "--n", "12",

@@ -286,6 +286,11 @@ class _Run:
                     self._validate(val_loader, bar)
                     if self.stopped_early:
                         break
+            if val_loader is not None and self.state.step_in_epoch > 0:
+                # Stopped inside an epoch (max_steps, time budget): the weights
+                # reached there still compete for best, and a run that never
+                # finished an epoch still gets a validation figure.
+                self._validate(val_loader, bar)
         return self._finish(val_loader is not None)
 
     def _done(self) -> bool:
