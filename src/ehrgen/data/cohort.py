@@ -355,6 +355,35 @@ class Cohort:
             metadata=self.metadata,
         )
 
+    def with_patient_ids(self, patient_ids: Sequence[str]) -> Cohort:
+        """The same cohort with these patient ids (one per patient, unique).
+
+        Example:
+            >>> p = Patient("a", {}, (Visit({"diagnosis": ("4019",)}),))
+            >>> Cohort.from_patients([p]).with_patient_ids(["7"])[0].patient_id
+            '7'
+        """
+        ids = np.asarray([str(i) for i in patient_ids], dtype=object)
+        if len(ids) != len(self) or len(set(ids.tolist())) != len(ids):
+            raise SchemaError(
+                f"with_patient_ids needs {len(self)} unique ids, one per patient. "
+                f"Got {len(ids)} ids, {len(set(ids.tolist()))} of them distinct."
+            )
+        return Cohort(
+            schema=self.schema,
+            patient_ids=ids,
+            static=self.static,
+            visit_offsets=self.visit_offsets,
+            visit_times=self.visit_times,
+            event_offsets=self.event_offsets,
+            event_codes=self.event_codes,
+            code_values=self.code_values,
+            code_modality=self.code_modality,
+            times_are_placeholders=self.times_are_placeholders,
+            labels=self.labels,
+            metadata=self.metadata,
+        )
+
     def split(self, fractions: Sequence[float], seed: int = 0) -> tuple[Cohort, ...]:
         """Split by patient into disjoint cohorts of the given fractions.
 

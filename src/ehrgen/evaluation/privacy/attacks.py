@@ -205,20 +205,7 @@ def _renumbered(cohort: Cohort) -> Cohort:
     """The cohort with its patients numbered 0, 1, ...: training refuses the ids
     reserved for synthetic patients (a guard against mixing them into real training
     data), and the shadow model is trained on synthetic patients on purpose."""
-    return Cohort(
-        schema=cohort.schema,
-        patient_ids=np.arange(len(cohort)).astype(str).astype(object),
-        static=cohort.static,
-        visit_offsets=cohort.visit_offsets,
-        visit_times=cohort.visit_times,
-        event_offsets=cohort.event_offsets,
-        event_codes=cohort.event_codes,
-        code_values=cohort.code_values,
-        code_modality=cohort.code_modality,
-        times_are_placeholders=cohort.times_are_placeholders,
-        labels=cohort.labels,
-        metadata=cohort.metadata,
-    )
+    return cohort.with_patient_ids(np.arange(len(cohort)).astype(str))
 
 
 def _shadow_features(
