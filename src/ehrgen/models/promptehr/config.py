@@ -89,19 +89,10 @@ class PromptEHRConfig(ConfigMixin):
     @classmethod
     def tiny(cls, **changes: Any) -> PromptEHRConfig:
         """A few thousand parameters: for tests and docs; trains in seconds."""
-        return cls(
-            d_model=32,
-            encoder_layers=1,
-            decoder_layers=1,
-            encoder_attention_heads=2,
-            decoder_attention_heads=2,
-            encoder_ffn_dim=64,
-            decoder_ffn_dim=64,
-            dropout=0.0,
-            attention_dropout=0.0,
-            max_position_embeddings=512,
-            prompt_hidden_dim=16,
-        ).replace(**changes)
+        sizes = _both_sides(layers=1, heads=2, ffn=64)
+        no_dropout = {"dropout": 0.0, "attention_dropout": 0.0}
+        small = {"d_model": 32, "max_position_embeddings": 512, "prompt_hidden_dim": 16}
+        return cls(**small, **sizes, **no_dropout).replace(**changes)
 
     @classmethod
     def small(cls, **changes: Any) -> PromptEHRConfig:
@@ -111,16 +102,8 @@ class PromptEHRConfig(ConfigMixin):
     @classmethod
     def paper(cls, **changes: Any) -> PromptEHRConfig:
         """BART-base sizes, as in the paper: 6+6 layers, d_model 768, 12 heads."""
-        return cls(
-            d_model=768,
-            encoder_layers=6,
-            decoder_layers=6,
-            encoder_attention_heads=12,
-            decoder_attention_heads=12,
-            encoder_ffn_dim=3072,
-            decoder_ffn_dim=3072,
-            prompt_hidden_dim=128,
-        ).replace(**changes)
+        sizes = _both_sides(layers=6, heads=12, ffn=3072)
+        return cls(d_model=768, **sizes, prompt_hidden_dim=128).replace(**changes)
 
     @classmethod
     def preset(cls, name: str, **changes: Any) -> PromptEHRConfig:
@@ -135,3 +118,13 @@ class PromptEHRConfig(ConfigMixin):
         data.pop("prompt_hidden_dim")
         data.pop("use_prompts")
         return data
+
+
+def _both_sides(layers: int, heads: int, ffn: int) -> dict[str, int]:
+    """The same depth, heads and feed-forward width for the encoder and decoder."""
+    return {
+        f"{side}_{name}": value
+        for side in ("encoder", "decoder")
+        for name, value in (("layers", layers), ("attention_heads", heads),
+                            ("ffn_dim", ffn))
+    }  # fmt: skip
