@@ -394,3 +394,27 @@ def test_baselines_train_generate_and_evaluate_like_promptehr(
         "--model", "halo",
     )  # fmt: skip
     assert code == 2 and "known models are" in err
+
+
+def test_data_export_omop(monkeypatch, capsys, tmp_path):
+    """Check that `data export --format omop` writes a CDM that reads back with the
+    cohort's patients, visits and events, and refuses to overwrite it."""
+    from ehrgen.data.formats.omop import read_omop
+
+    demo, cdm = str(tmp_path / "demo"), str(tmp_path / "cdm")
+    code, _, _ = run(
+        monkeypatch, capsys, "data", "demo", "--patients", "12", "--out", demo
+    )
+    assert code == 0
+    args = ("data", "export", demo, "--format", "omop", "--out", cdm)
+    code, out, _ = run(monkeypatch, capsys, *args)
+    assert code == 0 and "12 patients" in out
+    cohort = read_meds(demo)
+    back = read_omop(cdm, code_source="source_value")
+    assert (len(back), back.n_visits, back.n_events) == (
+        len(cohort),
+        cohort.n_visits,
+        cohort.n_events,
+    )
+    code, _, err = run(monkeypatch, capsys, *args)
+    assert code == 2 and "already exists" in err

@@ -39,6 +39,7 @@ _EXPORTS = {
     "read_mimic3": "ehrgen.data.formats.mimic3",
     "read_mimic4": "ehrgen.data.formats.mimic4",
     "read_omop": "ehrgen.data.formats.omop",
+    "write_omop": "ehrgen.data.formats.omop_writer",
     "read_promptehr_pickle": "ehrgen.data.formats.promptehr_pickle",
     "CodeTokenizer": "ehrgen.tokens",
     # models
@@ -78,6 +79,7 @@ if TYPE_CHECKING:
     from ehrgen.data.formats.mimic3 import read_mimic3
     from ehrgen.data.formats.mimic4 import read_mimic4
     from ehrgen.data.formats.omop import read_omop
+    from ehrgen.data.formats.omop_writer import write_omop
     from ehrgen.data.formats.promptehr_pickle import read_promptehr_pickle
     from ehrgen.data.preprocess import Preprocessing
     from ehrgen.errors import ConfigError, EhrgenError, NotFittedError, SchemaError

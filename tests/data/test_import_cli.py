@@ -1,10 +1,11 @@
-"""Tests of `ehrgen data import` for MIMIC-III, MIMIC-IV, OMOP and the
-preprocessing options."""
+"""Tests of `ehrgen data import` for MIMIC-III, MIMIC-IV, OMOP, other tools' MEDS and
+the preprocessing options."""
 
 from __future__ import annotations
 
 import sys
 import types
+from datetime import datetime
 
 import pytest
 from typer.testing import CliRunner
@@ -15,6 +16,7 @@ from ehrgen.data.formats.jsonl import write_jsonl
 from ehrgen.data.formats.meds import read_meds, write_meds
 from ehrgen.data.formats.mimic3 import read_mimic3
 from ehrgen.data.preprocess import Preprocessing, preprocess
+from tests.data.fixtures_meds_extract import write_meds_extract, write_testing_helpers
 from tests.data.test_mimic3 import write_mimic3
 from tests.data.test_mimic4 import write_mimic4
 
@@ -145,6 +147,16 @@ def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str]:
         (("--min-visits", "0"), "'min_visits' parameter of Preprocessing"),
         (("--lab-code", "label"), "--lab-code apply to mimic3 and mimic4"),
         (("--modalities", "diagnoses"), "Did you mean 'diagnosis'"),
+        (("--prefix-map", "DIAGNOSIS"), "--prefix-map must be PREFIX=modality pairs"),
+        (("--prefix-map", "DX=Diag"), "Got 'DX=Diag' instead"),
+        (("--prefix-map", "A=drug,A=lab"), "maps 'A' to both 'drug' and 'lab'"),
+        (("--unknown-prefixes", "keep"), "--unknown-prefixes must be 'error' or"),
+        (("--static-prefix", "GENDER//F"), "--static-prefix takes code prefixes"),
+        (
+            ("--prefix-map", "DIAGNOSIS=diagnosis", "--static-prefix", "DIAGNOSIS"),
+            "both static (static_prefixes, --static-prefix) and mapped",
+        ),
+        (("--visit-id-column", "hadm_id"), "missing column 'hadm_id'"),
     ],
 )
 def test_bad_options_are_one_line_errors(tmp_path, monkeypatch, capsys, args, message):
@@ -195,3 +207,106 @@ def test_mimic_schema_error_is_one_line(tmp_path, monkeypatch, capsys):
         str(tmp_path / "out"),
     )
     assert code == 2 and "no table ADMISSIONS" in err
+
+
+MEDS_EXTRACT_ARGS = (
+    "--prefix-map",
+    "DIAGNOSIS=diagnosis,MEDICATION=drug",
+    "--prefix-map",
+    "LAB=lab",
+    "--unknown-prefixes",
+    "drop",
+    "--visit-id-column",
+    "hadm_id",
+)
+
+
+def test_meds_extract_import_gives_one_visit_per_admission(tmp_path):
+    """Check that MEDS-Extract's MIMIC-IV conventions import with a prefix map and
+    hadm_id visits, and that the summary lists every row not used, with its reason."""
+    src = write_meds_extract(tmp_path / "src")
+    result = invoke(
+        "data", "import", "meds", str(src), "--out", str(tmp_path / "out"),
+        *MEDS_EXTRACT_ARGS,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    cohort = read_meds(tmp_path / "out")
+    assert cohort.schema.modalities == ("diagnosis", "drug", "lab")
+    first, second = cohort
+    assert [v.events for v in first.visits] == [
+        {
+            "diagnosis": ("ICD//9//4019", "ICD//9//25000"),
+            "drug": ("START//Heparin",),
+            "lab": ("50912//mg/dL",),
+        },
+        {"diagnosis": ("ICD//10//I10",), "lab": ("50971//mEq/L",)},
+    ]
+    # A visit is at its admission's earliest row (ED registration), whatever it maps to.
+    assert [v.time for v in first.visits] == [
+        datetime(2020, 1, 1, 6),
+        datetime(2020, 6, 1, 8),
+    ]
+    assert second.visits[0].events == {
+        "diagnosis": ("ICD//10//E119",),
+        "drug": ("START//Insulin",),
+    }
+    assert first.static["gender"] == "F" and second.static["gender"] == "M"
+    assert first.static["age"] == pytest.approx(60.0, abs=0.01)
+    lines = [line.strip() for line in result.output.splitlines()]
+    summary = lines[lines.index("Not used while reading:") + 1 :][:6]
+    assert summary == [
+        "HOSPITAL_ADMISSION 3 events: no modality mapped",
+        "HOSPITAL_DISCHARGE 3 events: no modality mapped",
+        "RACE 3 events: no modality mapped",
+        "ED_REGISTRATION 1 events: no modality mapped",
+        "LAB 1 events: no hadm_id",
+        "MEDS_DEATH 1 events: MEDS code, not used",
+    ]
+
+
+def test_static_prefix_makes_timed_codes_baseline_features(tmp_path):
+    """Check that --static-prefix RACE gives each patient their earliest race."""
+    src = write_meds_extract(tmp_path / "src")
+    result = invoke(
+        "data", "import", "meds", str(src), "--out", str(tmp_path / "out"),
+        *MEDS_EXTRACT_ARGS, "--static-prefix", "GENDER,RACE",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    cohort = read_meds(tmp_path / "out")
+    assert [p.static["race"] for p in cohort] == ["WHITE", "ASIAN"]
+    assert "RACE 1 events: a later value of a static prefix" in result.output
+    assert "RACE 3 events" not in result.output
+
+
+def test_meds_testing_helpers_dataset_imports(tmp_path):
+    """Check the meds-testing-helpers conventions (static//N, dynamic//N)."""
+    src = write_testing_helpers(tmp_path / "src")
+    result = invoke(
+        "data", "import", "meds", str(src), "--out", str(tmp_path / "out"),
+        "--prefix-map", "dynamic=diagnosis", "--unknown-prefixes", "drop",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    cohort = read_meds(tmp_path / "out")
+    assert [[v.events for v in p.visits] for p in cohort] == [
+        [{"diagnosis": ("5", "2")}, {"diagnosis": ("5",)}],
+        [{"diagnosis": ("1",)}],
+    ]
+    assert [p.static["static"] for p in cohort] == ["3", "0"]
+    assert "other 1 events: no modality mapped" in result.output
+
+
+def test_unmapped_prefixes_error_names_the_options(tmp_path, monkeypatch, capsys):
+    """Check that without a map the error is one line naming the CLI options, and
+    that the MEDS options are refused for other kinds."""
+    src = write_meds_extract(tmp_path / "src")
+    out = str(tmp_path / "out")
+    code, err = run_main(
+        monkeypatch, capsys, "data", "import", "meds", str(src), "--out", out
+    )
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "--prefix-map PREFIX=modality" in err and "--unknown-prefixes drop" in err
+    code, err = run_main(
+        monkeypatch, capsys, "data", "import", "jsonl", str(src), "--out", out,
+        "--visit-id-column", "hadm_id",
+    )  # fmt: skip
+    assert code == 2 and "--visit-id-column apply to meds imports only" in err

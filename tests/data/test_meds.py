@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from ehrgen._io import OutputExistsError
 from ehrgen.data import Cohort, Patient, Visit
 from ehrgen.data.formats.meds import read_meds, write_meds
-from ehrgen.errors import SchemaError
+from ehrgen.errors import ConfigError, SchemaError
 from tests.strategies import cohorts
 
 
@@ -244,3 +244,58 @@ def test_non_integer_patient_ids_survive(tmp_path):
     assert ids.type == pa.int64()
     assert list(read_meds(root).patient_ids) == ["p-01"]
     assert np.array_equal(read_meds(root).labels.get("x", np.zeros(0)), np.zeros(0))
+
+
+def test_unused_rows_are_listed_by_prefix_and_reason(tmp_path):
+    """Check metadata["unused_events"] for each reason a row goes unused."""
+    t1, t2 = datetime(2020, 1, 1), datetime(2020, 1, 2)
+    table = _foreign_table(
+        ["ADMIT//x", "DIAGNOSIS//a", "DIAGNOSIS", "DIAGNOSIS//b", "MEDS_DEATH", "FOO"],
+        times=[t1, t2, t2, t2, t2, None],
+    ).append_column("adm", pa.array([5, 5, 5, None, None, None], pa.int64()))
+    root = _write_foreign(tmp_path / "f", table)
+    cohort = read_meds(root, visit_id_column="adm", unknown_prefixes="drop")
+    assert cohort.metadata["unused_events"] == [
+        {"prefix": "ADMIT", "events": 1, "reason": "no modality mapped"},
+        {"prefix": "DIAGNOSIS", "events": 1, "reason": "no adm"},
+        {"prefix": "DIAGNOSIS", "events": 1, "reason": "no value after the prefix"},
+        {"prefix": "FOO", "events": 1, "reason": "static code with no value and no "
+         "numeric_value"},
+        {"prefix": "MEDS_DEATH", "events": 1, "reason": "MEDS code, not used"},
+    ]  # fmt: skip
+    # The visit is at its admission's earliest row, though that row maps to nothing.
+    assert [(v.time, v.events) for v in cohort[0].visits] == [
+        (t1, {"diagnosis": ("a",)})
+    ]
+
+
+def test_static_prefixes(tmp_path):
+    """Check that static_prefixes turn timed codes into features (earliest value),
+    leave out other static rows, and may not name a mapped prefix."""
+    t1, t2 = datetime(2020, 1, 1), datetime(2020, 2, 1)
+    table = _foreign_table(
+        ["RACE//B", "RACE//A", "DIAGNOSIS//a", "DIAGNOSIS//b", "GENDER//F"],
+        times=[t2, t1, t1, t2, None],
+    )
+    root = _write_foreign(tmp_path / "f", table)
+    cohort = read_meds(root, static_prefixes=["RACE"])
+    assert cohort[0].static == {"race": "A"}
+    assert [v.events["diagnosis"] for v in cohort[0].visits] == [("a",), ("b",)]
+    reasons = {u["prefix"]: u["reason"] for u in cohort.metadata["unused_events"]}
+    assert reasons == {
+        "RACE": "a later value of a static prefix",
+        "GENDER": "static; prefix not in static_prefixes",
+    }
+    with pytest.raises(ConfigError, match=r"\['DIAGNOSIS'\] are both static"):
+        read_meds(root, static_prefixes=["DIAGNOSIS"])
+    with pytest.raises(ConfigError, match="must be a list of prefixes"):
+        read_meds(root, static_prefixes="RACE")
+
+
+def test_visit_id_column_with_no_ids_is_an_error(tmp_path):
+    """Check that a visit-id column holding only nulls is a clear error."""
+    table = _foreign_table(["DIAGNOSIS//a"]).append_column(
+        "adm", pa.array([None], pa.int64())
+    )
+    with pytest.raises(SchemaError, match="No visit event has a 'adm'"):
+        read_meds(_write_foreign(tmp_path / "f", table), visit_id_column="adm")

@@ -33,6 +33,7 @@ class Preset(str, enum.Enum):
 class OutputFormat(str, enum.Enum):
     meds = "meds"
     jsonl = "jsonl"
+    omop = "omop"
 
 
 def _sampling(temperature, top_k, top_p, max_visits, batch_size):
@@ -57,7 +58,14 @@ MaxVisits = Annotated[
 ]
 BatchSize = Annotated[int, typer.Option("--batch-size", help="Patients per batch.")]
 Seed = Annotated[int, typer.Option("--seed", help="Random seed.")]
-Format = Annotated[OutputFormat, typer.Option("--format", help="Output format.")]
+Format = Annotated[
+    OutputFormat,
+    typer.Option(
+        "--format",
+        help="Output format (omop: a folder of Parquet tables, or a DuckDB file when "
+        "--out ends with .duckdb).",
+    ),
+]
 
 
 def _write(cohort: Cohort, out: Path, fmt: OutputFormat, overwrite: bool) -> None:
@@ -65,6 +73,10 @@ def _write(cohort: Cohort, out: Path, fmt: OutputFormat, overwrite: bool) -> Non
         from ehrgen.data.formats.jsonl import write_jsonl
 
         write_jsonl(cohort, out, overwrite=overwrite)
+    elif fmt is OutputFormat.omop:
+        from ehrgen.data.formats.omop_writer import write_omop
+
+        write_omop(cohort, out, overwrite=overwrite)
     else:
         from ehrgen.data.formats.meds import write_meds
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -11,8 +12,10 @@ import typer
 
 from ehrgen.cli import data_app
 from ehrgen.cli._common import (
+    OutputFormat,
     Overwrite,
     _read,
+    _write,
     _write_splits,
     console,
     print_stats,
@@ -51,6 +54,7 @@ class InvalidRows(str, enum.Enum):
 class ExportFormat(str, enum.Enum):
     jsonl = "jsonl"
     meds = "meds"
+    omop = "omop"
 
 
 @data_app.command("demo")
@@ -130,6 +134,38 @@ def data_import(
             help="MIMIC rows whose values do not parse: error or drop.",
         ),
     ] = None,
+    prefix_map: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--prefix-map",
+            help="MEDS code prefixes to modalities, replacing the default map: "
+            "DIAGNOSIS=diagnosis,MEDICATION=drug (commas or repeated).",
+        ),
+    ] = None,
+    unknown_prefixes: Annotated[
+        str | None,
+        typer.Option(
+            "--unknown-prefixes",
+            help="MEDS codes whose prefix maps to no modality: error (default) or "
+            "drop.",
+        ),
+    ] = None,
+    visit_id_column: Annotated[
+        str | None,
+        typer.Option(
+            "--visit-id-column",
+            help="MEDS: one visit per value of this column (e.g. hadm_id), not per "
+            "timestamp.",
+        ),
+    ] = None,
+    static_prefix: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--static-prefix",
+            help="MEDS prefixes whose codes are baseline features, timed or not "
+            "(GENDER,RACE; commas or repeated).",
+        ),
+    ] = None,
     overwrite: Overwrite = False,
 ) -> None:
     """Import a cohort (MIMIC-III, MIMIC-IV, OMOP, MEDS, the reference PromptEHR
@@ -149,6 +185,20 @@ def data_import(
         raise ConfigError(
             f"{flags} apply to mimic3 and mimic4 imports only. Got {kind.value}."
         )
+    meds_flags = {
+        "--prefix-map": prefix_map,
+        "--unknown-prefixes": unknown_prefixes,
+        "--visit-id-column": visit_id_column,
+        "--static-prefix": static_prefix,
+    }
+    flags = ", ".join(k for k, v in meds_flags.items() if v is not None)
+    if flags and kind is not ImportFormat.meds:
+        raise ConfigError(f"{flags} apply to meds imports only. Got {kind.value}.")
+    meds_options = _meds_options(
+        prefix_map, unknown_prefixes, visit_id_column, static_prefix
+    )
+    if meds_options:
+        reader_options = meds_options
     with console.status(f"Reading {src}..."):
         cohort = _import(kind, src, options, reader_options)
     _print_drops(cohort)
@@ -199,6 +249,84 @@ def _top_k(text: str | None) -> int | dict[str, int] | None:
         ) from None
 
 
+_NAME = re.compile(r"[a-z][a-z0-9_]*")  # modality and feature names
+
+
+def _meds_options(
+    prefix_map: list[str] | None,
+    unknown_prefixes: str | None,
+    visit_id_column: str | None,
+    static_prefix: list[str] | None,
+) -> dict[str, Any]:
+    """The keyword arguments of read_meds that the MEDS options ask for."""
+    options: dict[str, Any] = {}
+    if prefix_map is not None:
+        options["prefix_to_modality"] = _prefix_map(prefix_map)
+    if unknown_prefixes is not None:
+        if unknown_prefixes not in ("error", "drop"):
+            raise ConfigError(
+                f"--unknown-prefixes must be 'error' or 'drop'. Got "
+                f"{unknown_prefixes!r} instead."
+            )
+        options["unknown_prefixes"] = unknown_prefixes
+    if visit_id_column is not None:
+        if not visit_id_column.strip():
+            raise ConfigError(
+                "--visit-id-column must name a column of the MEDS shards (hadm_id). "
+                "Got an empty name instead."
+            )
+        options["visit_id_column"] = visit_id_column.strip()
+    if static_prefix is not None:
+        options["static_prefixes"] = _static_prefixes(static_prefix)
+    return options
+
+
+def _items(texts: list[str]) -> list[str]:
+    """The comma-separated items of a repeated option, stripped, empty ones left out."""
+    return [item.strip() for text in texts for item in text.split(",") if item.strip()]
+
+
+def _prefix_map(texts: list[str]) -> dict[str, str]:
+    """``PREFIX=modality`` pairs, each prefix mapped once."""
+    mapping: dict[str, str] = {}
+    items = _items(texts)
+    for item in items:
+        prefix, sep, modality = (part.strip() for part in item.partition("="))
+        if not sep or not prefix or "//" in prefix or not _NAME.fullmatch(modality):
+            raise ConfigError(
+                f"--prefix-map must be PREFIX=modality pairs, the modality a "
+                f"lower-case identifier (DIAGNOSIS=diagnosis,MEDICATION=drug). Got "
+                f"{item!r} instead."
+            )
+        if mapping.get(prefix, modality) != modality:
+            raise ConfigError(
+                f"--prefix-map maps {prefix!r} to both {mapping[prefix]!r} and "
+                f"{modality!r}; map each prefix once."
+            )
+        mapping[prefix] = modality
+    if not mapping:
+        raise ConfigError(
+            "--prefix-map must hold at least one PREFIX=modality pair "
+            "(DIAGNOSIS=diagnosis). Got none."
+        )
+    return mapping
+
+
+def _static_prefixes(texts: list[str]) -> list[str]:
+    """Prefixes whose lower-case forms name baseline features."""
+    prefixes = _items(texts)
+    for prefix in prefixes:
+        if not _NAME.fullmatch(prefix.lower()):
+            raise ConfigError(
+                f"--static-prefix takes code prefixes (GENDER, not GENDER//F), whose "
+                f"lower-case form names the feature and must be an identifier. Got "
+                f"{prefix!r} instead."
+            )
+    if not prefixes:
+        raise ConfigError("--static-prefix must name a prefix (GENDER). Got none.")
+    return list(dict.fromkeys(prefixes))
+
+
 def _import(
     kind: ImportFormat,
     src: Path,
@@ -219,7 +347,14 @@ def _import(
                 f"The OMOP reader is not available in this installation ({error})."
             ) from None
         return read_omop(src, preprocessing=options)
-    cohort = _read(src, kind.value)
+    if kind is ImportFormat.meds and reader_options:
+        from ehrgen.data.formats.meds import read_meds
+
+        if not src.exists():
+            raise ConfigError(f"{src}: no such file or folder.")
+        cohort = read_meds(src, **reader_options)
+    else:
+        cohort = _read(src, kind.value)
     if options is None:
         return cohort
     from ehrgen.data.preprocess import preprocess
@@ -232,6 +367,16 @@ def _print_drops(cohort: Cohort) -> None:
     parts = _nonzero(cohort.metadata.get("dropped", {}))
     if parts:
         console.print("Dropped while reading: " + "; ".join(parts) + ".")
+    unused = cohort.metadata.get("unused_events") or []
+    if unused:
+        console.print("Not used while reading:")
+    for item in unused:
+        console.print(
+            f"  {item['prefix']} {item['events']:,} events: {item['reason']}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
     report = cohort.metadata.get("preprocessing")
     if not report:
         return
@@ -271,23 +416,22 @@ def _nonzero(counts: dict[str, Any]) -> list[str]:
 @data_app.command("export")
 def data_export(
     src: Annotated[Path, typer.Argument(help="A MEDS folder.")],
-    out: Annotated[Path, typer.Option("--out", help="Output file or folder.")],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            help="Output file or folder (omop: a folder of Parquet tables, or a "
+            "DuckDB file ending with .duckdb).",
+        ),
+    ],
     fmt: Annotated[
         ExportFormat, typer.Option("--format", help="Output format.")
     ] = ExportFormat.jsonl,
     overwrite: Overwrite = False,
 ) -> None:
-    """Export a MEDS cohort (to JSONL: one patient per line)."""
+    """Export a MEDS cohort (JSONL: one patient per line; MEDS; OMOP CDM v5.4)."""
     cohort = _read(src, "meds")
-    if fmt is ExportFormat.jsonl:
-        from ehrgen.data.formats.jsonl import write_jsonl
-
-        write_jsonl(cohort, out, overwrite=overwrite)
-    else:
-        from ehrgen.data.formats.meds import write_meds
-
-        write_meds(cohort, out, overwrite=overwrite)
-    console.print(f"Wrote {len(cohort):,} patients to [bold]{out}[/bold].")
+    _write(cohort, out, OutputFormat(fmt.value), overwrite)
 
 
 @data_app.command("stats")

@@ -58,6 +58,7 @@ __all__ = [
     "new_seed",
     "static_arrays",
     "synthetic_ids",
+    "synthetic_metadata",
 ]
 
 #: Synthetic patients get the integer ids ``SYNTHETIC_ID_BASE + i``: far above the
@@ -70,6 +71,15 @@ SYNTHETIC_ID_BASE = 10**15
 def synthetic_ids(n: int) -> list[str]:
     """Ids of ``n`` synthetic patients, in the reserved range."""
     return [str(SYNTHETIC_ID_BASE + i) for i in range(n)]
+
+
+def synthetic_metadata(n: int, source: str) -> dict[str, Any]:
+    """The metadata of ``n`` new patients: who made them, and their id range
+    ``[first, stop)`` (kept in MEDS ``metadata/ehrgen.json``)."""
+    return {
+        "source": source,
+        "synthetic_subject_ids": [SYNTHETIC_ID_BASE, SYNTHETIC_ID_BASE + n],
+    }
 
 
 def check_patient_ids(cohort: Cohort) -> None:
@@ -398,8 +408,7 @@ class TrainedGenerator(FittedState):
                 history = [Visit(v.events, t) for v, t in zip(history, times[p])]
             patients.append(Patient(ids[p], dict(static), tuple(history)))
         metadata = {
-            "source": type(self).__name__,
-            "synthetic_subject_ids": [SYNTHETIC_ID_BASE, SYNTHETIC_ID_BASE + len(ids)],
+            **synthetic_metadata(len(ids), type(self).__name__),
             **(metadata or {}),
         }
         return Cohort.from_patients(patients, fitted.schema, metadata=metadata)

@@ -9,7 +9,7 @@ and to keep the source's order among ties).
 
 from __future__ import annotations
 
-import logging
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,12 +23,10 @@ import pyarrow.parquet as pq
 from ehrgen.data import CohortSchema
 from ehrgen.errors import SchemaError
 
-logger = logging.getLogger(__name__)
-
 SEP = "//"
 LABEL_PREFIX = "LABEL"
 BIRTH_CODE = "MEDS_BIRTH"
-_NO_VISIT = np.iinfo(np.int64).min
+NO_VISIT = np.iinfo(np.int64).min
 
 
 @dataclass
@@ -39,7 +37,7 @@ class Rows:
     time: np.ndarray  # datetime64[us], NaT for static rows
     code: np.ndarray  # int32 index into `codes`
     value: np.ndarray  # float32, NaN when absent
-    visit: np.ndarray | None  # int64 visit key (_NO_VISIT when null), if asked for
+    visit: np.ndarray | None  # int64 visit key (NO_VISIT when null), if asked for
     file: np.ndarray  # int32 index into `files`
     row: np.ndarray  # int32 row within its file
     codes: list[str]
@@ -117,7 +115,7 @@ def _read_shard(
     else:
         value = np.full(n, np.nan, np.float32)
     if visit_id_column:
-        visit = _intern_column(table.column(visit_id_column), visit_ids, _NO_VISIT)
+        visit = _intern_column(table.column(visit_id_column), visit_ids, NO_VISIT)
     else:
         visit = np.zeros(0, np.int64)
     return (
@@ -211,7 +209,7 @@ def build_visits(rows: Rows, code_modality: np.ndarray) -> dict[str, np.ndarray]
     time is then its earliest row's); codes repeated in a visit are kept once."""
     modality = code_modality.astype(np.int8)[rows.code]
     if rows.visit is not None:
-        rows, modality = _visit_times_from_ids(rows, modality)
+        rows = visit_times_from_ids(rows)
     visit_keys = [rows.time] if rows.visit is None else [rows.time, rows.visit]
     # Stable sorts keep the source's row order among ties.
     order = np.lexsort((modality, *visit_keys[::-1], rows.subject))
@@ -242,11 +240,9 @@ def build_visits(rows: Rows, code_modality: np.ndarray) -> dict[str, np.ndarray]
     }
 
 
-def _visit_times_from_ids(rows: Rows, modality: np.ndarray) -> tuple[Rows, np.ndarray]:
-    missing = rows.visit == _NO_VISIT
-    if missing.any():
-        logger.warning("Dropped %d event rows with no visit id.", int(missing.sum()))
-        rows, modality = rows.take(~missing), modality[~missing]
+def visit_times_from_ids(rows: Rows) -> Rows:
+    """The rows, each at the earliest time of its (subject, visit id); every row has
+    a visit id (read_meds drops and counts those without)."""
     order = np.lexsort((rows.visit, rows.subject))
     subject, visit = rows.subject[order], rows.visit[order]
     starts = np.flatnonzero(
@@ -256,18 +252,7 @@ def _visit_times_from_ids(rows: Rows, modality: np.ndarray) -> tuple[Rows, np.nd
     group = np.repeat(np.arange(len(starts)), np.diff(np.append(starts, len(order))))
     time = np.empty(len(order), dtype=np.int64)
     time[order] = earliest[group]
-    rows = Rows(
-        rows.subject,
-        time.astype("datetime64[us]"),
-        rows.code,
-        rows.value,
-        rows.visit,
-        rows.file,
-        rows.row,
-        rows.codes,
-        rows.files,
-    )
-    return rows, modality
+    return dataclasses.replace(rows, time=time.astype("datetime64[us]"))
 
 
 def _repeated(*keys: np.ndarray) -> np.ndarray:

@@ -22,43 +22,50 @@ How a cohort maps onto it:
   written by ehrgen reads back equal to itself.
 
 Datasets written by other tools read too. Visits are the events of a subject that share
-a timestamp, or an admission id when the caller names that column; the modality comes
-from the code's prefix through ``prefix_to_modality``. Codes whose prefix maps to no
-modality are an error listing them (or, with ``unknown_prefixes="drop"``, dropped with a
-warning and counted in the cohort's metadata), never silently lost. ``MEDS_BIRTH`` gives
-the ``age`` feature (years at the first visit) when the data have no ``AGE`` row; other
-``MEDS_*`` codes (``MEDS_DEATH``) are counted in the metadata and not used.
+a timestamp, or an admission id when the caller names that column (the visit then sits
+at the earliest row of its admission, whatever that row's code); the modality comes from
+the code's prefix through ``prefix_to_modality``, and the rest of the code, systems and
+units included, is the cohort's code (``LAB//50912//mg/dL`` -> lab ``50912//mg/dL``).
+Codes whose prefix maps to no modality are an error listing them (or, with
+``unknown_prefixes="drop"``, dropped with a warning), never silently lost.
+``MEDS_BIRTH`` gives the ``age`` feature (years at the first visit) when the data have
+no ``AGE`` row; other ``MEDS_*`` codes (``MEDS_DEATH``) are not used. Baseline features
+come from the static rows, or from the prefixes the caller names in ``static_prefixes``.
+``metadata["unused_events"]`` counts every row not used, by prefix and reason.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
-from collections.abc import Mapping
-from datetime import datetime, timezone
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ehrgen._io import atomic_directory
 from ehrgen.data import Cohort, CohortSchema
 from ehrgen.data.formats._meds_columns import (
     BIRTH_CODE,
     LABEL_PREFIX,
-    SEP,
+    NO_VISIT,
     Rows,
     age_at_first_visit,
     build_visits,
     read_rows,
     split_codes,
     static_columns,
+    visit_times_from_ids,
 )
-from ehrgen.errors import SchemaError
+from ehrgen.data.formats.meds_writer import (
+    MEDS_VERSION,
+    write_meds,
+)
+from ehrgen.errors import ConfigError, SchemaError
 
 __all__ = [
     "DEFAULT_PREFIX_TO_MODALITY",
@@ -69,7 +76,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-MEDS_VERSION = "0.4.1"
 DEFAULT_PREFIX_TO_MODALITY: dict[str, str] = {
     "DIAGNOSIS": "diagnosis",
     "PROCEDURE": "procedure",
@@ -77,228 +83,6 @@ DEFAULT_PREFIX_TO_MODALITY: dict[str, str] = {
     "MEDICATION": "drug",
     "LAB": "lab",
 }
-SHARD_PATIENTS = 100_000
-
-DATA_SCHEMA = pa.schema(
-    [
-        pa.field("subject_id", pa.int64(), nullable=False),
-        pa.field("time", pa.timestamp("us")),
-        pa.field("code", pa.string(), nullable=False),
-        pa.field("numeric_value", pa.float32()),
-    ]
-)
-
-
-# --------------------------------------------------------------------------- writing
-
-
-def write_meds(
-    cohort: Cohort | Mapping[str, Cohort],
-    root: str | os.PathLike[str],
-    *,
-    overwrite: bool = False,
-    dataset_name: str = "ehrgen",
-    shard_patients: int = SHARD_PATIENTS,
-) -> Path:
-    """Write a cohort (or ``{split: cohort}``) as a MEDS dataset, atomically.
-
-    Args:
-        cohort: one cohort (all of it in split ``train``), or a mapping from split name
-            (``train``, ``tuning``, ``held_out``, ...) to cohort; patient ids must be
-            unique across splits and the schemas equal.
-        root: the dataset folder; written under a temporary name, then renamed.
-        overwrite: replace an existing ``root``.
-        dataset_name: ``dataset_name`` in ``metadata/dataset.json``.
-        shard_patients: patients per Parquet shard.
-
-    Example:
-        >>> import tempfile
-        >>> from ehrgen.data.demo import demo_cohort
-        >>> c = demo_cohort(20, seed=0)
-        >>> root = write_meds(c, Path(tempfile.mkdtemp()) / "demo")
-        >>> read_meds(root) == c
-        True
-    """
-    splits = {"train": cohort} if isinstance(cohort, Cohort) else dict(cohort)
-    if not splits:
-        raise SchemaError("write_meds needs at least one cohort. Got an empty mapping.")
-    first = next(iter(splits.values()))
-    for name, part in splits.items():
-        if part.schema != first.schema:
-            raise SchemaError(
-                f"All splits must share one schema; split {name!r} differs from the "
-                f"first split's."
-            )
-    subject_ids, mapped = _subject_ids(splits)
-    codes: set[str] = set()
-    with atomic_directory(root, overwrite) as tmp:
-        for (name, part), ids in zip(splits.items(), subject_ids):
-            folder = tmp / "data" / name
-            folder.mkdir(parents=True)
-            for shard, start in enumerate(range(0, len(part), shard_patients)):
-                rows = np.arange(start, min(start + shard_patients, len(part)))
-                table = _events_table(part.select(rows), ids[rows])
-                codes.update(pc_unique_strings(table.column("code")))
-                pq.write_table(table, folder / f"{shard}.parquet")
-        _write_metadata(
-            tmp / "metadata", splits, subject_ids, mapped, codes, dataset_name
-        )
-    return Path(root)
-
-
-def pc_unique_strings(column: pa.ChunkedArray) -> list[str]:
-    """The distinct strings of an Arrow column."""
-    return column.unique().to_pylist()
-
-
-def _subject_ids(splits: Mapping[str, Cohort]) -> tuple[list[np.ndarray], bool]:
-    """int64 subject ids per split: the patient ids when they are canonical integers,
-    else positions (and the caller stores the mapping)."""
-    all_ids = np.concatenate([c.patient_ids for c in splits.values()])
-    if len(set(all_ids.tolist())) != len(all_ids):
-        raise SchemaError("Patient ids must be unique across splits.")
-    try:
-        numeric = np.array([int(i) for i in all_ids], dtype=np.int64)
-        mapped = not all(str(n) == i for n, i in zip(numeric.tolist(), all_ids))
-    except (ValueError, OverflowError):
-        mapped = True
-    if mapped:
-        numeric = np.arange(len(all_ids), dtype=np.int64)
-    bounds = np.cumsum([0] + [len(c) for c in splits.values()])
-    return [numeric[a:b] for a, b in zip(bounds, bounds[1:])], mapped
-
-
-def _events_table(cohort: Cohort, subject_ids: np.ndarray) -> pa.Table:
-    """One shard: static rows first, then visit events, sorted by subject and time."""
-    schema = cohort.schema
-    prefixes = [_modality_prefix(m) for m in schema.modalities]
-    code_strings = np.array(
-        [
-            f"{prefixes[m]}{SEP}{v}"
-            for m, v in zip(cohort.code_modality.tolist(), cohort.code_values.tolist())
-        ],
-        dtype=object,
-    )
-    subjects, keys, codes, values, times = [], [], [], [], []
-    for rank, (names, numbers, present) in enumerate(_static_rows(cohort)):
-        subjects.append(np.flatnonzero(present))
-        keys.append(np.full(present.sum(), rank, dtype=np.int64))
-        codes.append(names[present])
-        values.append(numbers[present])
-        times.append(np.full(present.sum(), np.datetime64("NaT"), "datetime64[us]"))
-    subjects.append(cohort.visit_patient[cohort.event_visit])
-    # Static rows sort before events; events keep their stored order.
-    keys.append(np.arange(cohort.n_events, dtype=np.int64) + len(keys))
-    codes.append(code_strings[cohort.event_codes])
-    values.append(np.full(cohort.n_events, np.nan, dtype=np.float32))
-    times.append(cohort.visit_times[cohort.event_visit])
-    patient, key = np.concatenate(subjects), np.concatenate(keys)
-    # MEDS shards are sorted by subject id; the cohort's own order is kept by
-    # subject_splits.parquet, which read_meds follows.
-    order = np.lexsort((key, subject_ids[patient]))
-    time = np.concatenate(times)[order]
-    numbers = np.concatenate(values)[order]
-    return pa.Table.from_arrays(
-        [
-            pa.array(subject_ids[patient[order]], pa.int64()),
-            pa.array(time, pa.timestamp("us"), mask=np.isnat(time)),
-            pa.array(np.concatenate(codes)[order], pa.string()),
-            pa.array(numbers, pa.float32(), mask=np.isnan(numbers)),
-        ],
-        schema=DATA_SCHEMA,
-    )
-
-
-def _static_rows(cohort: Cohort):
-    """(codes, numeric values, present) per static feature and label, all (P,)."""
-    n = len(cohort)
-    for name, categories in cohort.schema.categorical.items():
-        index = cohort.static[name]
-        names = np.array([f"{name.upper()}{SEP}{c}" for c in categories] + [""], object)
-        yield names[index], np.full(n, np.nan, np.float32), index >= 0
-    for name in cohort.schema.numerical:
-        values = cohort.static[name]
-        yield np.full(n, name.upper(), object), values, ~np.isnan(values)
-    for name, values in cohort.labels.items():
-        code = f"{LABEL_PREFIX}{SEP}{name}"
-        yield np.full(n, code, object), values, ~np.isnan(values)
-
-
-def _modality_prefix(modality: str) -> str:
-    return modality.upper()
-
-
-def _write_metadata(
-    folder: Path,
-    splits: Mapping[str, Cohort],
-    subject_ids: list[np.ndarray],
-    mapped: bool,
-    codes: set[str],
-    dataset_name: str,
-) -> None:
-    from ehrgen import __version__
-
-    folder.mkdir()
-    first = next(iter(splits.values()))
-    dataset = {
-        "dataset_name": dataset_name,
-        "dataset_version": "1",
-        "etl_name": "ehrgen",
-        "etl_version": __version__,
-        "meds_version": MEDS_VERSION,
-        "created_at": datetime.now(timezone.utc).isoformat(),
-    }
-    (folder / "dataset.json").write_text(json.dumps(dataset, indent=2))
-    ordered = sorted(codes)
-    pq.write_table(
-        pa.table(
-            {
-                "code": pa.array(ordered, pa.string()),
-                "description": pa.nulls(len(ordered), pa.string()),
-                "parent_codes": pa.array([[] for _ in ordered], pa.list_(pa.string())),
-            }
-        ),
-        folder / "codes.parquet",
-    )
-    pq.write_table(
-        pa.table(
-            {
-                "subject_id": pa.array(np.concatenate(subject_ids), pa.int64()),
-                "split": pa.array(
-                    [name for name, c in splits.items() for _ in range(len(c))],
-                    pa.string(),
-                ),
-            }
-        ),
-        folder / "subject_splits.parquet",
-    )
-    extra = {
-        "schema": first.schema.to_dict(),
-        "modality_prefixes": {m: _modality_prefix(m) for m in first.schema.modalities},
-        "times_are_placeholders": first.times_are_placeholders,
-        "labels": sorted(first.labels),
-        "metadata": _json_ready(first.metadata),
-    }
-    if mapped:
-        pq.write_table(
-            pa.table(
-                {
-                    "subject_id": pa.array(np.concatenate(subject_ids), pa.int64()),
-                    "patient_id": pa.array(
-                        np.concatenate(
-                            [c.patient_ids for c in splits.values()]
-                        ).tolist(),
-                        pa.string(),
-                    ),
-                }
-            ),
-            folder / "ehrgen_subject_ids.parquet",
-        )
-    (folder / "ehrgen.json").write_text(json.dumps(extra, indent=2))
-
-
-def _json_ready(value: Any) -> Any:
-    return json.loads(json.dumps(value, default=str))
 
 
 # --------------------------------------------------------------------------- reading
@@ -311,6 +95,7 @@ def read_meds(
     prefix_to_modality: Mapping[str, str] | None = None,
     visit_id_column: str | None = None,
     unknown_prefixes: Literal["error", "drop"] = "error",
+    static_prefixes: Sequence[str] | None = None,
 ) -> Cohort:
     """Read a MEDS dataset (ehrgen's own, or another tool's) into a :class:`Cohort`.
 
@@ -325,9 +110,18 @@ def read_meds(
             instead of by timestamp; a visit's time is its earliest event's.
         unknown_prefixes: ``"error"`` (default) or ``"drop"`` codes whose prefix maps
             to no modality; dropped codes are counted in ``cohort.metadata``.
+        static_prefixes: prefixes whose rows give the baseline features, timed or not
+            (``["GENDER", "RACE"]``): a feature keeps its earliest value, static rows
+            (null time) first. Default: every static row gives a feature, and timed
+            rows never do. When given, static rows of other prefixes are not used.
+
+    ``cohort.metadata["unused_events"]`` lists the rows not used, by prefix and
+    reason, most frequent first: ``{"prefix": "HOSPITAL_ADMISSION", "events": 12,
+    "reason": "no modality mapped"}``.
 
     Raises:
         SchemaError: naming the file, row and column of malformed input.
+        ConfigError: a prefix both in ``prefix_to_modality`` and ``static_prefixes``.
     """
     root = Path(root)
     extra = _read_json(root / "metadata" / "ehrgen.json")
@@ -343,22 +137,38 @@ def read_meds(
         if schema
         else tuple(dict.fromkeys(prefix_to_modality.values()))
     )
+    _check_static_prefixes(static_prefixes, prefix_to_modality)
     rows = read_rows(_data_files(root), visit_id_column)
     if split is not None:
         rows = rows.take(np.isin(rows.subject, _split_subjects(root, split)))
     prefixes, values = split_codes(rows.codes)
     report: dict[str, Any] = {"source": str(root), "format": "MEDS"}
+    unused = _Unused(prefixes)
     static = np.isnat(rows.time)
+    if static_prefixes is not None:
+        named = set(static_prefixes)
+        static |= np.array([p in named for p in prefixes], dtype=bool)[rows.code]
     events = rows.take(~static)
+    if visit_id_column:
+        events = _admission_times(events)
     births = _special_codes(events, report)
     code_modality = _code_modalities(prefixes, values, prefix_to_modality, modalities)
-    events = _known_modalities(
-        events, code_modality, prefixes, unknown_prefixes, report
+    valueless = np.array(
+        [v is None and p in prefix_to_modality for p, v in zip(prefixes, values)],
+        dtype=bool,
     )
+    events = _known_modalities(
+        events, code_modality, prefixes, valueless, unknown_prefixes, report, unused
+    )
+    if visit_id_column:
+        events = _with_visit_ids(events, visit_id_column, unused)
     parts = build_visits(events, code_modality)
     subjects, used = parts.pop("subjects"), parts.pop("used_codes")
+    baseline = _baseline_rows(
+        rows.take(static), subjects, prefixes, values, static_prefixes, unused
+    )
     columns, labels, schema = static_columns(
-        rows.take(static), subjects, prefixes, values, schema, modalities
+        baseline, subjects, prefixes, values, schema, modalities
     )
     for name in extra["labels"] if extra else ():
         labels.setdefault(name, np.full(len(subjects), np.nan, np.float32))
@@ -370,7 +180,14 @@ def read_meds(
             categorical=schema.categorical,
             numerical=(*schema.numerical, "age"),
         )
+    elif births:
+        count = report["ignored_meds_codes"][BIRTH_CODE]
+        unused.add_count(BIRTH_CODE, "the data give the age", count)
     _report_subjects_without_visits(rows.subject[static], subjects, report)
+    report["unused_events"] = unused.listing()
+    if report["unused_events"]:
+        # Debug, not info: the CLI prints this list from the metadata.
+        logger.debug("Rows not used: %s.", unused.summary())
     report.update(_source_metadata(root))
     cohort = Cohort(
         schema=schema,
@@ -384,6 +201,116 @@ def read_meds(
         **parts,
     )
     return _in_split_file_order(root, cohort, subjects)
+
+
+class _Unused:
+    """Counts of the rows a read does not use, by (prefix, reason)."""
+
+    def __init__(self, prefixes: list[str]) -> None:
+        self.prefixes = prefixes
+        self.counts: dict[tuple[str, str], int] = {}
+
+    def add(self, rows: Rows, mask: np.ndarray, reason: str) -> None:
+        """Count ``rows[mask]`` under their prefixes."""
+        per_code = np.bincount(rows.code[mask], minlength=len(self.prefixes))
+        for code in np.flatnonzero(per_code).tolist():
+            self.add_count(self.prefixes[code], reason, int(per_code[code]))
+
+    def add_count(self, prefix: str, reason: str, n: int) -> None:
+        key = (prefix, reason)
+        self.counts[key] = self.counts.get(key, 0) + n
+
+    def listing(self) -> list[dict[str, Any]]:
+        """``{"prefix", "events", "reason"}`` dicts, most frequent first."""
+        ranked = sorted(self.counts.items(), key=lambda item: (-item[1], item[0]))
+        return [{"prefix": p, "events": n, "reason": r} for (p, r), n in ranked]
+
+    def summary(self) -> str:
+        return "; ".join(
+            f"{u['prefix']} {u['events']:,} ({u['reason']})" for u in self.listing()
+        )
+
+
+def _check_static_prefixes(
+    static_prefixes: Sequence[str] | None, prefix_to_modality: Mapping[str, str]
+) -> None:
+    if static_prefixes is None:
+        return
+    if isinstance(static_prefixes, str):
+        raise ConfigError(
+            f"The 'static_prefixes' parameter of read_meds must be a list of "
+            f"prefixes. Got the string {static_prefixes!r} instead; pass "
+            f"[{static_prefixes!r}]."
+        )
+    both = sorted(set(static_prefixes) & set(prefix_to_modality))
+    if both:
+        raise ConfigError(
+            f"The prefixes {both} are both static (static_prefixes, --static-prefix) "
+            f"and mapped to a modality (prefix_to_modality, --prefix-map); name each "
+            f"in one only."
+        )
+
+
+def _admission_times(events: Rows) -> Rows:
+    """Each row with a visit id at its visit's earliest time over all codes (the
+    admission row, usually), so that a visit's time does not depend on which codes
+    map to a modality; rows without a visit id keep theirs."""
+    has_id = events.visit != NO_VISIT
+    if not has_id.any():
+        return events
+    time = events.time.copy()
+    time[has_id] = visit_times_from_ids(events.take(has_id)).time
+    return dataclasses.replace(events, time=time)
+
+
+def _with_visit_ids(events: Rows, column: str, unused: _Unused) -> Rows:
+    """The events that have a visit id; the others are counted as unused."""
+    missing = events.visit == NO_VISIT
+    if missing.any():
+        logger.warning("Dropped %d event rows with no %s.", int(missing.sum()), column)
+        unused.add(events, missing, f"no {column}")
+    if missing.all():
+        raise SchemaError(
+            f"No visit event has a {column!r}: the cohort is empty. Check "
+            f"visit_id_column (--visit-id-column), or leave it out to group the "
+            f"events into visits by time."
+        )
+    return events.take(~missing)
+
+
+def _baseline_rows(
+    rows: Rows,
+    subjects: np.ndarray,
+    prefixes: list[str],
+    values: list[str | None],
+    static_prefixes: Sequence[str] | None,
+    unused: _Unused,
+) -> Rows:
+    """The static rows that give baseline features and labels; the others counted."""
+    no_visit = ~np.isin(rows.subject, subjects)
+    unused.add(rows, no_visit, "subject has no visit event")
+    rows = rows.take(~no_visit)
+    prefix = np.array(prefixes, dtype=object)[rows.code]
+    label = prefix == LABEL_PREFIX
+    no_value = np.array([v is None for v in values], dtype=bool)[rows.code]
+    empty = no_value & np.isnan(rows.value) & ~label
+    unused.add(rows, empty, "static code with no value and no numeric_value")
+    keep = ~empty
+    if static_prefixes is not None:
+        other = ~np.isin(prefix, static_prefixes) & ~label
+        unused.add(rows, other & keep, "static; prefix not in static_prefixes")
+        keep &= ~other
+        # Earliest value first (a null time is the smallest int64), one per feature.
+        order = np.lexsort((rows.time.astype(np.int64), prefix, rows.subject))
+        later = np.zeros(len(order), dtype=bool)
+        same = (rows.subject[order][1:] == rows.subject[order][:-1]) & (
+            prefix[order][1:] == prefix[order][:-1]
+        )
+        later[order[1:][same]] = True
+        later &= ~label
+        unused.add(rows, later & keep, "a later value of a static prefix")
+        keep &= ~later
+    return rows.take(keep)
 
 
 def _special_codes(events: Rows, report: dict[str, Any]) -> dict[int, np.datetime64]:
@@ -421,10 +348,16 @@ def _known_modalities(
     events: Rows,
     code_modality: np.ndarray,
     prefixes: list[str],
+    valueless: np.ndarray,
     unknown_prefixes: str,
     report: dict[str, Any],
+    unused: _Unused,
 ) -> Rows:
+    """The events of a modality; the others are an error, or dropped and counted
+    (``valueless``: per code, True for a mapped prefix with no value after it)."""
     special = np.array([c.startswith("MEDS_") for c in events.codes] + [False])
+    birth = np.array([c == BIRTH_CODE for c in events.codes] + [False])
+    unused.add(events, (special & ~birth)[events.code], "MEDS code, not used")
     unknown = (code_modality[events.code] < 0) & ~special[events.code]
     if unknown.any():
         names = np.array(prefixes, dtype=object)[events.code[unknown]]
@@ -436,11 +369,15 @@ def _known_modalities(
             code = events.codes[events.code[i]]
             raise SchemaError(
                 f"{events.where(i)}, column 'code': code {code!r} has no known "
-                f"modality prefix. Unknown prefixes: {listing}. Map them "
-                f"with prefix_to_modality=, or pass unknown_prefixes='drop'."
+                f"modality prefix. Unknown prefixes: {listing}. Map them with "
+                f"prefix_to_modality= (--prefix-map PREFIX=modality), or pass "
+                f"unknown_prefixes='drop' (--unknown-prefixes drop)."
             )
         logger.warning("Dropped codes with unknown prefixes: %s.", listing)
         report["dropped_unknown_prefixes"] = dict(ranked)
+        no_value = valueless[events.code]
+        unused.add(events, unknown & no_value, "no value after the prefix")
+        unused.add(events, unknown & ~no_value, "no modality mapped")
     events = events.take(code_modality[events.code] >= 0)
     if len(events.subject) == 0:
         raise SchemaError("The MEDS dataset holds no visit event: the cohort is empty.")

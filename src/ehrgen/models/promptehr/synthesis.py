@@ -33,7 +33,7 @@ from ehrgen.data import Cohort, Patient, Visit
 from ehrgen.errors import ConfigError, SchemaError
 from ehrgen.generation import GenerationConfig, VisitSampler
 from ehrgen.models.population import Population
-from ehrgen.models.trained import SYNTHETIC_ID_BASE, synthetic_ids
+from ehrgen.models.trained import synthetic_ids, synthetic_metadata
 from ehrgen.tokens.tokenizer import CodeTokenizer
 
 __all__ = [
@@ -473,10 +473,7 @@ def _cohort(ctx, ids, statics, visits, rng) -> Cohort:
         if times is not None:
             decoded = [Visit(v.events, t) for v, t in zip(decoded, times[p])]
         patients.append(Patient(pid, static, tuple(decoded)))
-    metadata = {
-        "source": "PromptEHR",
-        "synthetic_subject_ids": [SYNTHETIC_ID_BASE, SYNTHETIC_ID_BASE + len(ids)],
-    }
+    metadata = synthetic_metadata(len(ids), "PromptEHR")
     return Cohort.from_patients(patients, ctx.schema, metadata=metadata)
 
 
