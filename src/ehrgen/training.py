@@ -180,7 +180,10 @@ class Trainer:
         from accelerate import Accelerator
 
         accelerator = Accelerator(
-            mixed_precision=self._precision(), step_scheduler_with_optimizer=False
+            mixed_precision=self._precision(),
+            step_scheduler_with_optimizer=False,
+            # On CPU, Accelerate joins torchrun's processes only when told so.
+            cpu=not torch.cuda.is_available(),
         )
         # Batches per process: Accelerate shards each epoch's loader.
         steps_per_epoch = len(accelerator.prepare_data_loader(train_loader(0)))

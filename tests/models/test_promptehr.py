@@ -154,8 +154,8 @@ def test_checkpoints_are_complete_models(tmp_path):
 
 @pytest.mark.slow
 def test_two_processes_on_cpu(tmp_path):
-    """Check that `accelerate launch --num_processes 2 --cpu` trains and writes one
-    valid checkpoint."""
+    """Check that two processes (torchrun, as `accelerate launch --multi_gpu` on
+    GPUs) train together and write one valid checkpoint."""
     script = Path(__file__).with_name("_ddp_train.py")
     env = {
         **os.environ,
@@ -163,12 +163,14 @@ def test_two_processes_on_cpu(tmp_path):
         "PYTHONPATH": os.pathsep.join(sys.path),
     }
     result = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2",
-         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-         "--cpu", str(script), str(tmp_path)],
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+         "--rdzv_backend", "c10d", "--rdzv_endpoint", "localhost:0", str(script),
+         str(tmp_path)],
         capture_output=True, text=True, timeout=300, env=env,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0] == ranks[1] and ranks[0]["world"] == 2
     checkpoints = list((tmp_path / "checkpoints").iterdir())
     assert checkpoints
     model = PromptEHR.from_pretrained(checkpoints[-1])

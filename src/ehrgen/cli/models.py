@@ -153,7 +153,15 @@ def _train_and_validation(
 @app.command("generate")
 def generate(
     model_dir: Annotated[Path, typer.Argument(help="A trained model folder.")],
-    n: Annotated[int, typer.Option("--n", help="Synthetic patients to generate.")],
+    n: Annotated[
+        int,
+        typer.Option(
+            "--n",
+            "--patients",
+            help="Synthetic patients to generate (--patients under torchrun, whose "
+            "own options --n would abbreviate).",
+        ),
+    ],
     out: Annotated[Path, typer.Option("--out", help="Output folder (or .jsonl).")],
     condition: Annotated[
         list[str] | None,
@@ -170,15 +178,65 @@ def generate(
 ) -> None:
     """Generate synthetic patients from scratch, optionally under conditions, with
     any trained model. Their subject ids lie in a reserved range that no real
-    patient's id can take."""
+    patient's id can take. Under `accelerate launch`, the N patients are split over
+    the processes (each on its own device, with its own seed derived from --seed),
+    and each process writes its MEDS shards into one dataset."""
     from ehrgen.models.registry import load_model
 
     conditions = _parse_conditions(condition or [])
     model = load_model(model_dir)
     sampling = _sampling(temperature, top_k, top_p, max_visits, batch_size)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        _generate_across_processes(
+            model, n, conditions, sampling, seed, out, fmt, overwrite
+        )
+        return
     with _bar("Generating", n) as advance:
         cohort = model.generate(n, conditions, sampling, seed=seed, progress=advance)
     _write(cohort, out, fmt, overwrite)
+
+
+def _generate_across_processes(
+    model, n: int, conditions, sampling, seed: int, out: Path, fmt, overwrite: bool
+) -> None:
+    """Process r of R generates patients ``n*r//R .. n*(r+1)//R - 1`` (ids and seed
+    from r, so the same n, seed and R give the same patients), writes them as a MEDS
+    part, and rank 0 merges the parts into ``out``, metadata last."""
+    import numpy as np
+    from accelerate import PartialState
+
+    from ehrgen.data.formats.meds import write_meds
+    from ehrgen.data.formats.meds_writer import merge_meds_parts
+
+    if fmt is not OutputFormat.meds:
+        raise ConfigError(
+            f"Generation across processes writes MEDS; got --format {fmt.value}. "
+            f"Convert the merged dataset with `ehrgen data export` afterwards."
+        )
+    if out.exists() and not overwrite:
+        raise ConfigError(f"{out} already exists; pass --overwrite to replace it.")
+    import torch
+
+    # On CPU, Accelerate joins the processes of torchrun only when told it is on CPU.
+    state = PartialState(cpu=not torch.cuda.is_available())
+    rank, world = state.process_index, state.num_processes
+    model.model_.to(state.device)
+    start, stop = n * rank // world, n * (rank + 1) // world
+    part_seed = int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
+    with _bar(f"Generating (process {rank + 1} of {world})", stop - start) as advance:
+        cohort = model.generate(
+            stop - start, conditions, sampling, seed=part_seed, progress=advance,
+            first_id=start,
+        )  # fmt: skip
+    parts = [out.parent / f".{out.name}.part-{r}" for r in range(world)]
+    write_meds(cohort, parts[rank], overwrite=True)
+    state.wait_for_everyone()
+    if state.is_main_process:
+        merge_meds_parts(parts, out, overwrite=overwrite)
+        console.print(
+            f"Wrote {n:,} patients from {world} processes to [bold]{out}[/bold]."
+        )
+    state.wait_for_everyone()
 
 
 @app.command("impute")

@@ -68,18 +68,16 @@ __all__ = [
 SYNTHETIC_ID_BASE = 10**15
 
 
-def synthetic_ids(n: int) -> list[str]:
-    """Ids of ``n`` synthetic patients, in the reserved range."""
-    return [str(SYNTHETIC_ID_BASE + i) for i in range(n)]
+def synthetic_ids(n: int, first: int = 0) -> list[str]:
+    """Ids of synthetic patients ``first .. first + n - 1``, in the reserved range."""
+    return [str(SYNTHETIC_ID_BASE + first + i) for i in range(n)]
 
 
-def synthetic_metadata(n: int, source: str) -> dict[str, Any]:
-    """The metadata of ``n`` new patients: who made them, and their id range
-    ``[first, stop)`` (kept in MEDS ``metadata/ehrgen.json``)."""
-    return {
-        "source": source,
-        "synthetic_subject_ids": [SYNTHETIC_ID_BASE, SYNTHETIC_ID_BASE + n],
-    }
+def synthetic_metadata(n: int, source: str, first: int = 0) -> dict[str, Any]:
+    """The metadata of new patients ``first .. first + n - 1``: who made them, and
+    their id range ``[start, stop)`` (kept in MEDS ``metadata/ehrgen.json``)."""
+    start = SYNTHETIC_ID_BASE + first
+    return {"source": source, "synthetic_subject_ids": [start, start + n]}
 
 
 def check_patient_ids(cohort: Cohort) -> None:
@@ -333,6 +331,7 @@ class TrainedGenerator(FittedState):
         generation: GenerationConfig | None = None,
         seed: int | None = None,
         progress: Callable[[int], None] | None = None,
+        first_id: int = 0,
     ) -> Cohort:
         """``n`` synthetic patients from scratch.
 
@@ -344,6 +343,9 @@ class TrainedGenerator(FittedState):
             generation: sampling settings (temperature, top-k, top-p, max visits...).
             seed: makes the output reproducible.
             progress: called with the number of patients finished after each batch.
+            first_id: the number of the first patient (its id is
+                ``SYNTHETIC_ID_BASE + first_id``), so that cohorts generated apart
+                (one per process) never share an id.
 
         Returns:
             A cohort whose patient ids lie in the reserved synthetic range
@@ -367,7 +369,7 @@ class TrainedGenerator(FittedState):
             visits += sample(chunk)
             if progress:
                 progress(len(chunk))
-        return self._synthetic_cohort(statics, visits, rng)
+        return self._synthetic_cohort(statics, visits, rng, first_id=first_id)
 
     def _patient_sampler(
         self, fitted: Fitted, generation: GenerationConfig, generator: Any
@@ -395,20 +397,21 @@ class TrainedGenerator(FittedState):
         visits: Sequence[Sequence[Any]],
         rng: np.random.Generator,
         metadata: Mapping[str, Any] | None = None,
+        first_id: int = 0,
     ) -> Cohort:
         """A cohort of new patients: ids in the reserved synthetic range, visit
         times from the population's gaps. ``visits`` holds each patient's
         :class:`~ehrgen.data.Visit` objects (their times are replaced)."""
         fitted = self._check_fitted()
         times = fitted.population.sample_times([len(v) for v in visits], rng)
-        ids = synthetic_ids(len(visits))
+        ids = synthetic_ids(len(visits), first_id)
         patients = []
         for p, (static, history) in enumerate(zip(statics, visits)):
             if times is not None:
                 history = [Visit(v.events, t) for v, t in zip(history, times[p])]
             patients.append(Patient(ids[p], dict(static), tuple(history)))
         metadata = {
-            **synthetic_metadata(len(ids), type(self).__name__),
+            **synthetic_metadata(len(ids), type(self).__name__, first_id),
             **(metadata or {}),
         }
         return Cohort.from_patients(patients, fitted.schema, metadata=metadata)

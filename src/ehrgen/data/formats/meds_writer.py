@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+import shutil
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,13 @@ from ehrgen.data import Cohort
 from ehrgen.data.formats._meds_columns import LABEL_PREFIX, SEP
 from ehrgen.errors import SchemaError
 
-__all__ = ["DATA_SCHEMA", "MEDS_VERSION", "SHARD_PATIENTS", "write_meds"]
+__all__ = [
+    "DATA_SCHEMA",
+    "MEDS_VERSION",
+    "SHARD_PATIENTS",
+    "merge_meds_parts",
+    "write_meds",
+]
 
 MEDS_VERSION = "0.4.1"
 SHARD_PATIENTS = 100_000
@@ -87,6 +94,74 @@ def write_meds(
             tmp / "metadata", splits, subject_ids, mapped, codes, dataset_name
         )
     return Path(root)
+
+
+def merge_meds_parts(
+    parts: Sequence[str | os.PathLike[str]],
+    root: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+) -> Path:
+    """One MEDS dataset from several written by :func:`write_meds` (one per
+    process), atomically: every part's data shards under their split, renamed
+    ``<part>-<shard>.parquet``; the codes, subject splits and ehrgen facts merged;
+    the metadata written last. The parts are moved, not copied, and removed.
+
+    Subject ids must not repeat across parts (synthetic parts generated with
+    distinct ``first_id`` never do); a part with mapped (non-integer) ids is
+    refused, since its positions would collide.
+    """
+    parts = [Path(p) for p in parts]
+    if not parts:
+        raise SchemaError("merge_meds_parts needs at least one part.")
+    infos = [json.loads((p / "metadata" / "ehrgen.json").read_text()) for p in parts]
+    if any((p / "metadata" / "ehrgen_subject_ids.parquet").exists() for p in parts):
+        raise SchemaError(
+            f"{parts}: a part maps non-integer patient ids to positions; merged "
+            f"parts need integer ids that differ across parts."
+        )
+    splits = [pq.read_table(p / "metadata" / "subject_splits.parquet") for p in parts]
+    subject_splits = pa.concat_tables(splits)
+    ids = subject_splits.column("subject_id").to_numpy()
+    if len(np.unique(ids)) != len(ids):
+        raise SchemaError(f"{parts}: subject ids repeat across parts.")
+    codes: set[str] = set()
+    for part in parts:
+        table = pq.read_table(part / "metadata" / "codes.parquet", columns=["code"])
+        codes.update(table.column("code").to_pylist())
+    with atomic_directory(root, overwrite) as tmp:
+        for i, part in enumerate(parts):
+            for shard in sorted((part / "data").rglob("*.parquet")):
+                split = shard.parent.relative_to(part / "data")
+                (tmp / "data" / split).mkdir(parents=True, exist_ok=True)
+                shard.rename(tmp / "data" / split / f"{i}-{shard.name}")
+        metadata = tmp / "metadata"
+        metadata.mkdir()
+        pq.write_table(subject_splits, metadata / "subject_splits.parquet")
+        pq.write_table(_codes_table(codes), metadata / "codes.parquet")
+        info = _merged_info(infos)
+        (metadata / "ehrgen.json").write_text(json.dumps(info, indent=2))
+        dataset = (parts[0] / "metadata" / "dataset.json").read_text()
+        (metadata / "dataset.json").write_text(dataset)
+    for part in parts:
+        shutil.rmtree(part, ignore_errors=True)
+    return Path(root)
+
+
+def _merged_info(infos: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """ehrgen.json of merged parts: the first part's, with the synthetic id ranges
+    joined (they are contiguous when the parts were generated in order)."""
+    info = dict(infos[0])
+    ranges = [i.get("metadata", {}).get("synthetic_subject_ids") for i in infos]
+    if all(ranges):
+        info["metadata"] = {
+            **info.get("metadata", {}),
+            "synthetic_subject_ids": [
+                min(r[0] for r in ranges),
+                max(r[1] for r in ranges),
+            ],
+        }
+    return info
 
 
 def pc_unique_strings(column: pa.ChunkedArray) -> list[str]:
@@ -192,17 +267,7 @@ def _write_metadata(
         "created_at": datetime.now(timezone.utc).isoformat(),
     }
     (folder / "dataset.json").write_text(json.dumps(dataset, indent=2))
-    ordered = sorted(codes)
-    pq.write_table(
-        pa.table(
-            {
-                "code": pa.array(ordered, pa.string()),
-                "description": pa.nulls(len(ordered), pa.string()),
-                "parent_codes": pa.array([[] for _ in ordered], pa.list_(pa.string())),
-            }
-        ),
-        folder / "codes.parquet",
-    )
+    pq.write_table(_codes_table(codes), folder / "codes.parquet")
     pq.write_table(
         pa.table(
             {
@@ -238,6 +303,18 @@ def _write_metadata(
             folder / "ehrgen_subject_ids.parquet",
         )
     (folder / "ehrgen.json").write_text(json.dumps(extra, indent=2))
+
+
+def _codes_table(codes: set[str]) -> pa.Table:
+    """``metadata/codes.parquet``: every code used, sorted, without descriptions."""
+    ordered = sorted(codes)
+    return pa.table(
+        {
+            "code": pa.array(ordered, pa.string()),
+            "description": pa.nulls(len(ordered), pa.string()),
+            "parent_codes": pa.array([[] for _ in ordered], pa.list_(pa.string())),
+        }
+    )
 
 
 def _json_ready(value: Any) -> Any:
