@@ -79,3 +79,23 @@ def test_the_check_catches_a_violation(tmp_path):
     pq.write_table(table.set_column(0, "subject_id", ids), shard)
     with pytest.raises(Exception, match="subject_id"):
         validate_meds_folder(root)
+
+
+def test_the_reader_accepts_what_the_standard_allows(tmp_path):
+    """Check that a dataset over several shards whose shards carry the optional
+    ``text_value`` column and an extra column still validates and reads back as the
+    same cohort."""
+    import pyarrow as pa
+
+    from ehrgen.data.formats.meds import read_meds
+
+    cohort = demo_cohort(20, seed=0)
+    root = write_meds(cohort, tmp_path / "demo", shard_patients=7)
+    for shard in sorted((root / "data").rglob("*.parquet")):
+        table = pq.read_table(shard)
+        n = table.num_rows
+        table = table.append_column("text_value", pa.nulls(n, pa.large_string()))
+        table = table.append_column("hadm_id", pa.array(range(n), pa.int64()))
+        pq.write_table(table, shard)
+    validate_meds_folder(root)
+    assert read_meds(root) == cohort
