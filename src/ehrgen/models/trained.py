@@ -162,6 +162,11 @@ class TrainedGenerator(FittedState):
         raise NotImplementedError
 
     @classmethod
+    def _config_from_dict(cls, data: Mapping[str, Any]) -> Any:
+        """The architecture config from a saved ``config.json``."""
+        return cls.config_class.from_dict(data)
+
+    @classmethod
     def _state_from_dict(
         cls, data: Mapping[str, Any], tokenizer: CodeTokenizer, schema: CohortSchema
     ) -> Any:
@@ -246,7 +251,7 @@ class TrainedGenerator(FittedState):
         check_patient_ids(train)
         if resume_from is not None:
             folder = read_model_folder(
-                resume_from, self.name, self.config_class.from_dict
+                resume_from, self.name, self._config_from_dict
             )
             self.config, tokenizer, schema = (
                 folder.config,
@@ -301,7 +306,7 @@ class TrainedGenerator(FittedState):
     @classmethod
     def from_pretrained(cls, path: str | Path) -> Any:
         """Load a folder written by :meth:`save_pretrained` (or a checkpoint)."""
-        folder = read_model_folder(path, cls.name, cls.config_class.from_dict)
+        folder = read_model_folder(path, cls.name, cls._config_from_dict)
         self = cls(folder.config)
         state = cls._state_from_dict(folder.state, folder.tokenizer, folder.schema)
         network = self._empty_network(folder.tokenizer, folder.schema, state)

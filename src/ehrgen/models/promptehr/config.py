@@ -15,6 +15,7 @@ from ehrgen._config import ConfigMixin, check, check_positive_ints
 __all__ = ["PromptEHRConfig"]
 
 _ACTIVATIONS = ("gelu", "relu", "silu", "gelu_new", "tanh")
+OBJECTIVES = ("one-pass", "paper")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,6 +49,10 @@ class PromptEHRConfig(ConfigMixin):
     prompt_hidden_dim: int = 64
     # False: no conditional prompts at all (the paper's ablation, "promptehr-noprompt").
     use_prompts: bool = True
+    # How the network learns and reads a patient: "one-pass" (a visit-block-causal
+    # encoder and every target of a patient in one pass, ``one_pass``) or "paper" (one
+    # (history, target) example per target, a bidirectional encoder, ``tasks``).
+    objective: str = "one-pass"
 
     def __post_init__(self) -> None:
         name = type(self).__name__
@@ -76,6 +81,8 @@ class PromptEHRConfig(ConfigMixin):
             value = getattr(self, field)
             check(0.0 <= value < 1.0, name, field, "in [0, 1)", value)
         check(self.init_std > 0, name, "init_std", "positive", self.init_std)
+        ok = self.objective in OBJECTIVES
+        check(ok, name, "objective", f"one of {list(OBJECTIVES)}", self.objective)
         check(
             self.activation_function in _ACTIVATIONS,
             name,
@@ -115,8 +122,8 @@ class PromptEHRConfig(ConfigMixin):
     def bart_kwargs(self) -> dict[str, Any]:
         """The fields that :class:`transformers.BartConfig` takes, by BART's names."""
         data = self.to_dict()
-        data.pop("prompt_hidden_dim")
-        data.pop("use_prompts")
+        for own in ("prompt_hidden_dim", "use_prompts", "objective"):
+            data.pop(own)
         return data
 
 

@@ -31,6 +31,8 @@ def loaders(
     from ehrgen.tokens.batching import length_grouped_order, source_lengths
 
     tasks: TaskConfig = fitted.state
+    if fitted.network.objective == "one-pass":
+        return _patient_loaders(fitted, train, val, training)
     data = task_lib.TokenizedCohort.from_cohort(train, fitted.tokenizer)
     pad = fitted.tokenizer.pad_id
 
@@ -68,6 +70,55 @@ def loaders(
     return train_loader, DataLoader(
         dataset, batch_size=training.batch_size, collate_fn=collate
     )
+
+
+def _patient_loaders(
+    fitted: Fitted, train: Cohort, val: Cohort | None, training: TrainingConfig
+):
+    """The one-pass objective's loaders: one item per patient (``one_pass``)."""
+    from torch.utils.data import DataLoader
+
+    from ehrgen.models.promptehr import one_pass
+    from ehrgen.tokens.batching import length_grouped_order
+    from ehrgen.tokens.encoded import TokenizedCohort
+
+    tasks: TaskConfig = fitted.state
+    pad = fitted.tokenizer.pad_id
+    data = TokenizedCohort.from_cohort(train, fitted.tokenizer)
+    lengths = patient_lengths(data, tasks)
+
+    def collate(items):
+        return one_pass.collate_patients(items, pad)
+
+    def train_loader(epoch: int) -> DataLoader:
+        order = length_grouped_order(
+            lengths, training.batch_size, np.random.default_rng([training.seed, epoch, 7])
+        )
+        dataset = one_pass.PatientDataset(data, order, tasks, training.seed, epoch)
+        return DataLoader(
+            dataset,
+            batch_size=training.batch_size,
+            collate_fn=collate,
+            num_workers=training.num_workers,
+        )
+
+    if val is None:
+        return train_loader, None
+    val_data = TokenizedCohort.from_cohort(val, fitted.tokenizer)
+    dataset = one_pass.PatientDataset(
+        val_data, np.arange(len(val_data)), tasks, training.seed, corrupt=False
+    )
+    return train_loader, DataLoader(
+        dataset, batch_size=training.batch_size, collate_fn=collate
+    )
+
+
+def patient_lengths(data, tasks: TaskConfig) -> np.ndarray:
+    """(P,) the encoder tokens of each patient (before windows and cloze copies)."""
+    from ehrgen.models.promptehr.one_pass import visit_lengths
+
+    per_visit = np.concatenate([[0], np.cumsum(visit_lengths(data, tasks))])
+    return np.diff(per_visit[data.visit_offsets])
 
 
 def fit_positions(

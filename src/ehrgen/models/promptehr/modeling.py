@@ -14,6 +14,12 @@ for the same reason); at the other positions, only the structural tokens (``<v>`
 The loss is the negative log-likelihood under these restricted distributions, over
 label positions only (never prompts, padding or ``<unk>``).
 
+Two objectives share these parameters (``PromptEHRConfig.objective``): ``"paper"`` runs
+BART's own bidirectional encoder over one history per example; ``"one-pass"`` runs the
+same layers with a visit-block-causal encoder (:mod:`.blockwise`, :mod:`.one_pass`),
+both on packed patients in training and on single histories when scoring or decoding
+without the cache (:mod:`.incremental` decodes with it), so both paths agree.
+
 :class:`PromptBart` is also the sampler's :class:`~ehrgen.generation.Decoder`: the
 encoder runs once per visit, then the decoder one token per step (with its key/value
 cache when asked).
@@ -47,12 +53,16 @@ class PromptBartOutput:
     Attributes:
         loss_sum: summed negative log-likelihood of the label tokens (nats).
         n_tokens: number of label tokens scored.
-        logits: (B, T, V) restricted logits (disallowed tokens at the dtype's minimum).
+        logits: (B, T, V) restricted logits (disallowed tokens at the dtype's minimum);
+            for packed patients, (N, V) at the N label positions only.
+        token_nll: packed patients only: (R, T) each label's negative log-likelihood
+            (0 elsewhere), for per-target losses.
     """
 
     loss_sum: torch.Tensor
     n_tokens: torch.Tensor
     logits: torch.Tensor
+    token_nll: torch.Tensor | None = None
 
 
 class PromptBart(nn.Module):
@@ -96,6 +106,8 @@ class PromptBart(nn.Module):
         }
         self.encoder_prompts = PromptFeaturizer(**featurizer)
         self.decoder_prompts = PromptFeaturizer(**featurizer)
+        self.objective = config.objective
+        self.visit_open_id, self.eos_id = tokenizer.visit_open_id, tokenizer.eos_id
         self.final_logits_bias = nn.Parameter(torch.zeros(tokenizer.vocab_size))
         allowed = VisitGrammar(tokenizer).table()  # (M+1, V), by label modality + 1
         self.register_buffer("allowed", allowed, persistent=False)
@@ -124,7 +136,14 @@ class PromptBart(nn.Module):
         categorical: torch.Tensor,
         numerical: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run the encoder over [prompts; tokens]; return states and their mask."""
+        """Run the encoder over [prompts; tokens]; return states and their mask.
+
+        The mask is (B, P+S), 0 where a position is not seen (padding; the one-pass
+        objective's trailing ``<eos>``); under the one-pass objective a seen position
+        holds its visit level + 1 (1 for the prompts and ``<bos>``).
+        """
+        if self.objective == "one-pass":
+            return self._encode_blockwise(input_ids, attention_mask, categorical, numerical)
         tokens = self.embed(input_ids)  # (B, S, D)
         prompts = self.encoder_prompts(*self._used(categorical, numerical))
         embeds = torch.cat([prompts.to(tokens.dtype), tokens], 1)  # (B, P+S, D)
@@ -133,6 +152,29 @@ class PromptBart(nn.Module):
         )
         states = self.bart.encoder(inputs_embeds=embeds, attention_mask=mask)
         return states.last_hidden_state, mask  # (B, P+S, D), (B, P+S)
+
+    def _encode_blockwise(self, input_ids, attention_mask, categorical, numerical):
+        from ehrgen.models.promptehr import blockwise
+        from ehrgen.models.promptehr.one_pass import PAD_GROUP, sees
+
+        prompts = self.encoder_prompts(*self._used(categorical, numerical))
+        tokens = self.embed(input_ids)
+        embeds = torch.cat([prompts.to(tokens.dtype), tokens], 1)  # (B, P+S, D)
+        batch, n_prompts = prompts.shape[:2]
+        zeros = input_ids.new_zeros(batch, n_prompts)
+        level = torch.cat([zeros, (input_ids == self.visit_open_id).cumsum(1)], 1)
+        valid = (attention_mask > 0) & (input_ids != self.eos_id)
+        valid = torch.cat([zeros == 0, valid], 1)
+        group = torch.where(valid, 0, PAD_GROUP)
+        positions = torch.arange(embeds.shape[1], device=embeds.device)
+        encoder = self.bart.encoder
+        hidden = blockwise.embed(
+            encoder, embeds, positions.expand(batch, -1), self.training
+        )
+        states, _ = blockwise.encoder_layers(
+            encoder, hidden, sees(level, group, level, group), training=self.training
+        )
+        return states, torch.where(valid, level + 1, 0)
 
     def decode(
         self,
@@ -150,6 +192,17 @@ class PromptBart(nn.Module):
         Returns the hidden states of the token positions only, (B, T, D), and the
         cache.
         """
+        if self.objective == "one-pass":
+            return self._decode_blockwise(
+                decoder_input_ids,
+                decoder_attention_mask,
+                encoder_states,
+                encoder_mask,
+                categorical,
+                numerical,
+                cache,
+                use_cache,
+            )
         embeds = self.embed(decoder_input_ids)  # (B, T, D)
         first_call = cache is None or cache.get_seq_length() == 0
         n_prompts = self.n_prompts if first_call else 0
@@ -169,6 +222,56 @@ class PromptBart(nn.Module):
             use_cache=use_cache,
         )
         return out.last_hidden_state[:, n_prompts:], out.cache
+
+    def _decode_blockwise(
+        self, ids, ids_mask, states, encoder_mask, categorical, numerical, cache, use_cache
+    ):
+        """The one-pass decoder over single targets: causal self-attention, every
+        seen encoder position for the tokens, level 0 only for the prompts (as in
+        the packed pass). ``cache``: None or ``{"self", "cross", "length"}``."""
+        from ehrgen.models.promptehr import blockwise
+
+        embeds = self.embed(ids)
+        past = 0 if cache is None else cache["length"]
+        n_prompts = self.n_prompts if past == 0 else 0
+        batch = embeds.shape[0]
+        if n_prompts:
+            prompts = self.decoder_prompts(*self._used(categorical, numerical))
+            embeds = torch.cat([prompts.to(embeds.dtype), embeds], 1)
+        length, device = embeds.shape[1], embeds.device
+        index = torch.arange(past, past + length, device=device)
+        decoder = self.bart.decoder
+        hidden = blockwise.embed(
+            decoder, embeds, index.expand(batch, -1), self.training
+        )
+        total = past + length
+        self_mask = torch.arange(total, device=device)[None, :] <= index[:, None]
+        self_mask = self_mask.expand(batch, length, total)
+        if ids_mask is not None and past == 0:
+            keys = torch.cat([ids_mask.new_ones(batch, n_prompts), ids_mask], 1) > 0
+            self_mask = self_mask & keys[:, None, :]
+        cross = (
+            cache["cross"]
+            if cache is not None
+            else blockwise.cross_keys_values(decoder, states)
+        )
+        is_prompt = (index < self.n_prompts)[None, :, None]
+        seen = (encoder_mask > 0)[:, None, :]
+        cross_mask = seen & (~is_prompt | (encoder_mask <= 1)[:, None, :])
+        hidden, new = blockwise.decoder_layers(
+            decoder,
+            hidden,
+            self_mask,
+            cross,
+            cross_mask,
+            past=None if cache is None else cache["self"],
+            training=self.training,
+        )
+        if not use_cache:
+            return hidden[:, n_prompts:], None
+        if cache is not None:
+            new = [blockwise.concat(a, b) for a, b in zip(cache["self"], new)]
+        return hidden[:, n_prompts:], {"self": new, "cross": cross, "length": total}
 
     def logits(
         self, hidden: torch.Tensor, label_modality: torch.Tensor
@@ -237,7 +340,10 @@ class PromptBart(nn.Module):
         return self.unrestricted_logits(hidden[:, -1]).cpu()
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> PromptBartOutput:
-        """Teacher-forced loss of a collated batch (see ``tasks.collate``)."""
+        """Teacher-forced loss of a collated batch: examples (``tasks.collate``) or
+        packed patients (``one_pass.collate_patients``)."""
+        if "encoder_ids" in batch:
+            return self._forward_packed(batch)
         states, mask = self.encode(
             batch["input_ids"],
             batch["attention_mask"],
@@ -262,6 +368,76 @@ class PromptBart(nn.Module):
         )
         return PromptBartOutput(
             loss_sum=nll, n_tokens=(labels != IGNORE).sum(), logits=logits
+        )
+
+
+    def _forward_packed(self, batch: Mapping[str, torch.Tensor]) -> PromptBartOutput:
+        """Every target of each row in one encoder and one decoder pass (the
+        one-pass objective; masks in :mod:`.one_pass`)."""
+        from ehrgen.models.promptehr import blockwise
+        from ehrgen.models.promptehr.one_pass import sees
+
+        categorical, numerical = self._used(batch["categorical"], batch["numerical"])
+        n_prompts = self.n_prompts
+
+        def with_prompts(prompts, ids, positions, *columns):
+            tokens = self.embed(ids)
+            rows = tokens.shape[0]
+            zeros = ids.new_zeros(rows, n_prompts)
+            prompt_positions = torch.arange(n_prompts, device=ids.device)
+            return (
+                torch.cat([prompts.to(tokens.dtype), tokens], 1),
+                torch.cat([prompt_positions.expand(rows, -1), positions + n_prompts], 1),
+                *(torch.cat([zeros, c], 1) for c in columns),
+            )
+
+        embeds, positions, level, group = with_prompts(
+            self.encoder_prompts(categorical, numerical),
+            batch["encoder_ids"],
+            batch["encoder_positions"],
+            batch["encoder_level"],
+            batch["encoder_group"],
+        )
+        encoder = self.bart.encoder
+        hidden = blockwise.embed(encoder, embeds, positions, self.training)
+        states, _ = blockwise.encoder_layers(
+            encoder, hidden, sees(level, group, level, group), training=self.training
+        )
+        embeds, positions, segment, query_level, query_group = with_prompts(
+            self.decoder_prompts(categorical, numerical),
+            batch["decoder_ids"],
+            batch["decoder_positions"],
+            batch["decoder_segment"],
+            batch["decoder_level"],
+            batch["decoder_group"],
+        )
+        decoder = self.bart.decoder
+        hidden = blockwise.embed(decoder, embeds, positions, self.training)
+        index = torch.arange(hidden.shape[1], device=hidden.device)
+        same = (segment[:, None, :] == segment[:, :, None]) | (segment[:, None, :] == 0)
+        self_mask = same & (index[None, None, :] <= index[None, :, None])
+        cross_mask = sees(query_level, query_group, level, group)
+        hidden, _ = blockwise.decoder_layers(
+            decoder,
+            hidden,
+            self_mask,
+            blockwise.cross_keys_values(decoder, states),
+            cross_mask,
+            training=self.training,
+        )
+        labels = batch["labels"]
+        labels = labels.masked_fill(labels == self.unk_id, IGNORE)
+        scored = labels != IGNORE  # (R, T): only these positions reach the output layer
+        logits = self.logits(
+            hidden[:, n_prompts:][scored], batch["label_modality"][scored]
+        )  # (N, V)
+        nll = nn.functional.cross_entropy(
+            logits.float(), labels[scored], reduction="none"
+        )
+        token_nll = torch.zeros(labels.shape, dtype=nll.dtype, device=nll.device)
+        token_nll[scored] = nll
+        return PromptBartOutput(
+            loss_sum=nll.sum(), n_tokens=scored.sum(), logits=logits, token_nll=token_nll
         )
 
 

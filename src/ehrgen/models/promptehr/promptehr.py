@@ -125,6 +125,11 @@ class PromptEHR(TrainedGenerator):
         return fitting.loaders(fitted, train, val, training)
 
     @classmethod
+    def _config_from_dict(cls, data) -> PromptEHRConfig:
+        # A config saved without an objective predates the one-pass objective.
+        return PromptEHRConfig.from_dict({"objective": "paper", **data})
+
+    @classmethod
     def _state_from_dict(cls, data, tokenizer, schema) -> TaskConfig:
         from ehrgen.models.promptehr.tasks import TaskConfig
 
@@ -147,17 +152,25 @@ class PromptEHR(TrainedGenerator):
 
         from ehrgen.models.promptehr import tasks as task_lib
 
+        from ehrgen.models.promptehr import one_pass
+
         fitted = self._check_fitted()
         check_schema(cohort, fitted.schema, "PromptEHR.perplexity")
         data = task_lib.TokenizedCohort.from_cohort(cohort, fitted.tokenizer)
-        tasks = fitted.state
-        dataset = task_lib.ExampleDataset(
-            data, task_lib.validation_slots(data), tasks, 0, 0, corrupt=False
-        )
+        tasks, pad = fitted.state, fitted.tokenizer.pad_id
+        if fitted.network.objective == "one-pass":
+            dataset = one_pass.PatientDataset(
+                data, np.arange(len(data)), tasks, 0, corrupt=False
+            )
+            collate = one_pass.collate_patients
+            batch_size = max(batch_size // 8, 1)  # a patient holds many targets
+        else:
+            dataset = task_lib.ExampleDataset(
+                data, task_lib.validation_slots(data), tasks, 0, 0, corrupt=False
+            )
+            collate = task_lib.collate
         loader = DataLoader(
-            dataset,
-            batch_size=batch_size,
-            collate_fn=lambda batch: task_lib.collate(batch, fitted.tokenizer.pad_id),
+            dataset, batch_size=batch_size, collate_fn=lambda b: collate(b, pad)
         )
         loss, tokens = 0.0, 0
         fitted.network.eval()

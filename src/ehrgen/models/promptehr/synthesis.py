@@ -32,6 +32,7 @@ import torch
 from ehrgen.data import Cohort, Patient, Visit
 from ehrgen.errors import ConfigError, SchemaError
 from ehrgen.generation import GenerationConfig, VisitSampler
+from ehrgen.models.promptehr.incremental import PatientCache
 from ehrgen.models.population import Population
 from ehrgen.models.trained import synthetic_ids, synthetic_metadata
 from ehrgen.tokens.tokenizer import CodeTokenizer
@@ -106,13 +107,21 @@ def _extend(
 ) -> None:
     """Append up to ``max_new`` visits to each history; a patient may end (``<eos>``)
     once it has a visit and ``must_continue`` new visits."""
-    sampler = VisitSampler(ctx.model, ctx.tokenizer, generation, generator)
     categorical, numerical = _features(ctx, statics)
+    cache = None
+    if generation.use_cache and ctx.model.objective == "one-pass":
+        cache = PatientCache(ctx.model, categorical, numerical, ctx.max_source_length)
+        cache.extend_all(histories)
+    sampler = VisitSampler(ctx.model, ctx.tokenizer, generation, generator)
     active = list(range(len(histories)))
     for step in range(max_new):
         if not active:
             break
-        sources = [_history_source(ctx, histories[i]) for i in active]
+        if cache is None:
+            sources = [_history_source(ctx, histories[i]) for i in active]
+        else:  # the cache holds the histories: nothing is read again
+            sampler.decoder = cache.decoder(active)
+            sources = [np.zeros(0, np.int64)] * len(active)
         allow_end = np.array(
             [step >= must_continue and len(histories[i]) > 0 for i in active]
         )
@@ -128,6 +137,8 @@ def _extend(
                 histories[i].append(tokens)
                 still.append(i)
         active = still
+        if cache is not None and active and step + 1 < max_new:
+            cache.extend(active, [histories[i][-1] for i in active], histories)
 
 
 # --------------------------------------------------------------------------- length

@@ -91,10 +91,15 @@ class TaskConfig(ConfigMixin):
     # random order (see the module docstring), so that every modality is seen
     # opening a visit; the other targets keep the schema's order.
     permute_target_rate: float = 0.5
+    # One-pass objective only (PromptEHRConfig.objective): the share of visits that
+    # also give a cross-modal (cloze) target, on a random modality of the visit. The
+    # paper's objective draws each example's task with ``longitudinal_share``.
+    cloze_rate: float = 0.5
 
     def __post_init__(self) -> None:
         name = type(self).__name__
-        for field in (*_RATES, "shuffle_rate", "permute_rate", "permute_target_rate"):
+        rates = ("shuffle_rate", "permute_rate", "permute_target_rate", "cloze_rate")
+        for field in (*_RATES, *rates):
             value = getattr(self, field)
             check(_is_real(value) and 0 <= value <= 1, name, field, "in [0, 1]", value)
         lam = self.poisson_lambda
