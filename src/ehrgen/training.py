@@ -12,7 +12,11 @@ rate schedule, optimizer hyper-parameters, best validation perplexity). Nothing 
 pickled. Resuming is explicit (``resume_from=``), never guessed from a folder.
 
 The model is any ``nn.Module`` whose ``forward(batch)`` returns an object with
-``loss_sum`` (summed negative log-likelihood) and ``n_tokens``.
+``loss_sum`` (summed negative log-likelihood) and ``n_tokens``. The loss optimised is
+``loss_sum / n_tokens``, or ``loss_sum / loss_denominator`` when the output has one: a
+batch of whole patients, grouped by length, holds a number of tokens that varies with
+the patients' lengths, and dividing by it would weigh a short patient's tokens (and
+its end) more than a long one's.
 """
 
 from __future__ import annotations
@@ -313,7 +317,10 @@ class _Run:
         window_tokens, window_start = 0, time.perf_counter()
         for batch in loader:
             out = self.model(batch)
-            loss = out.loss_sum / out.n_tokens.clamp(min=1)
+            denominator = getattr(out, "loss_denominator", None)
+            if denominator is None:
+                denominator = out.n_tokens.clamp(min=1)
+            loss = out.loss_sum / denominator
             self.accelerator.backward(loss)
             self.accelerator.clip_grad_norm_(
                 self.model.parameters(), self.config.max_grad_norm

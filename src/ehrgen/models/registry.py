@@ -57,6 +57,12 @@ MODELS: dict[str, ModelEntry] = {
     "promptehr": ModelEntry(
         "ehrgen.models.promptehr.promptehr", "PromptEHR", "PromptEHRConfig"
     ),
+    "promptehr-paper": ModelEntry(
+        "ehrgen.models.promptehr.promptehr",
+        "PromptEHR",
+        "PromptEHRConfig",
+        {"objective": "paper"},
+    ),
     "promptehr-noprompt": ModelEntry(
         "ehrgen.models.promptehr.promptehr",
         "PromptEHR",

@@ -86,9 +86,15 @@ def _patient_loaders(
     pad = fitted.tokenizer.pad_id
     data = TokenizedCohort.from_cohort(train, fitted.tokenizer)
     lengths = patient_lengths(data, tasks)
+    # Label tokens per patient, about: its visits' tokens, one cloze block each
+    # (cloze_rate of them), the end of the patient.
+    per_patient = float(lengths.mean()) * (1 + tasks.cloze_rate / 3) + 1
 
     def collate(items):
         return one_pass.collate_patients(items, pad)
+
+    def collate_train(items):
+        return one_pass.collate_patients(items, pad, per_patient)
 
     def train_loader(epoch: int) -> DataLoader:
         order = length_grouped_order(
@@ -98,7 +104,7 @@ def _patient_loaders(
         return DataLoader(
             dataset,
             batch_size=training.batch_size,
-            collate_fn=collate,
+            collate_fn=collate_train,
             num_workers=training.num_workers,
         )
 

@@ -76,6 +76,7 @@ class PatientCache:
         self.cross = blockwise.cross_keys_values(net.bart.decoder, states)
         self.seen = torch.ones(rows, width, dtype=torch.bool, device=device)
         self.lengths = np.full(rows, 1, dtype=np.int64)  # tokens after the prompts
+        self.visits = np.zeros(rows, dtype=np.int64)  # visits encoded
         # The decoder prompts, once: causal among themselves, level 0 of the encoder.
         n_prompts = net.n_prompts
         decoder_prompts = net.decoder_prompts(*used)
@@ -130,6 +131,7 @@ class PatientCache:
         grown[index] = new_seen
         self.seen = torch.cat([self.seen, grown], 1)
         self.lengths[list(rows)] += [len(v) for v in visits]
+        self.visits[list(rows)] += 1
 
     def extend(
         self,
@@ -196,6 +198,7 @@ class _Decoding:
     self_cache: list
     length: int  # decoder positions cached (prompts included)
     pending: torch.Tensor  # (r, L) tokens to read on the first call
+    visits: torch.Tensor  # (r, 1) visits in each row's context
 
 
 class _CachedDecoder:
@@ -218,6 +221,7 @@ class _CachedDecoder:
             [(k[rows], v[rows]) for k, v in cache.prompt_keys_values],
             net.n_prompts,
             pending,
+            torch.as_tensor(cache.visits[self.rows.numpy()], device=device)[:, None],
         )
 
     @torch.no_grad()
@@ -227,9 +231,8 @@ class _CachedDecoder:
         step = step.to(state.cross_mask.device)
         rows, length = step.shape
         index = torch.arange(state.length, state.length + length, device=step.device)
-        hidden = blockwise.embed(
-            net.bart.decoder, net.embed(step), index.expand(rows, -1), False
-        )
+        embeds = net.embed_target(step, state.visits)
+        hidden = blockwise.embed(net.bart.decoder, embeds, index.expand(rows, -1), False)
         total = state.length + length
         causal = torch.arange(total, device=step.device)[None, :] <= index[:, None]
         hidden, new = blockwise.decoder_layers(

@@ -44,6 +44,7 @@ from ehrgen.tokens.tokenizer import CodeTokenizer
 __all__ = ["PromptBart", "PromptBartOutput"]
 
 IGNORE = -100
+MAX_VISIT_COUNT = 63  # visits in a context beyond this share one count embedding
 
 
 @dataclass
@@ -57,12 +58,15 @@ class PromptBartOutput:
             for packed patients, (N, V) at the N label positions only.
         token_nll: packed patients only: (R, T) each label's negative log-likelihood
             (0 elsewhere), for per-target losses.
+        loss_denominator: packed patients only: what the trainer divides the loss
+            by (the batch's expected label tokens, ``one_pass.collate_patients``).
     """
 
     loss_sum: torch.Tensor
     n_tokens: torch.Tensor
     logits: torch.Tensor
     token_nll: torch.Tensor | None = None
+    loss_denominator: torch.Tensor | None = None
 
 
 class PromptBart(nn.Module):
@@ -107,6 +111,12 @@ class PromptBart(nn.Module):
         self.encoder_prompts = PromptFeaturizer(**featurizer)
         self.decoder_prompts = PromptFeaturizer(**featurizer)
         self.objective = config.objective
+        if self.objective == "one-pass":
+            # Attention averages, so it cannot count: the decoder is told how many
+            # visits its context holds (the paper's encoder shows it through the
+            # position of its trailing <eos>), which the end of a patient hangs on.
+            self.visit_count = nn.Embedding(MAX_VISIT_COUNT + 1, config.d_model)
+            nn.init.normal_(self.visit_count.weight, std=config.init_std)
         self.visit_open_id, self.eos_id = tokenizer.visit_open_id, tokenizer.eos_id
         self.final_logits_bias = nn.Parameter(torch.zeros(tokenizer.vocab_size))
         allowed = VisitGrammar(tokenizer).table()  # (M+1, V), by label modality + 1
@@ -128,6 +138,12 @@ class PromptBart(nn.Module):
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         """Scaled token embeddings, (B, T) -> (B, T, D)."""
         return self.bart.shared(ids)
+
+    def embed_target(self, ids: torch.Tensor, visits: torch.Tensor) -> torch.Tensor:
+        """One-pass decoder inputs: token embeddings plus that of the number of
+        visits in the context, (B, T) and (B, T) or (B, 1) -> (B, T, D)."""
+        count = self.visit_count(visits.clamp(0, MAX_VISIT_COUNT))
+        return self.embed(ids) + count
 
     def encode(
         self,
@@ -231,8 +247,9 @@ class PromptBart(nn.Module):
         the packed pass). ``cache``: None or ``{"self", "cross", "length"}``."""
         from ehrgen.models.promptehr import blockwise
 
-        embeds = self.embed(ids)
         past = 0 if cache is None else cache["length"]
+        count = cache["count"] if cache is not None else encoder_mask.amax(1) - 1
+        embeds = self.embed_target(ids, count[:, None])
         n_prompts = self.n_prompts if past == 0 else 0
         batch = embeds.shape[0]
         if n_prompts:
@@ -271,7 +288,8 @@ class PromptBart(nn.Module):
             return hidden[:, n_prompts:], None
         if cache is not None:
             new = [blockwise.concat(a, b) for a, b in zip(cache["self"], new)]
-        return hidden[:, n_prompts:], {"self": new, "cross": cross, "length": total}
+        cache = {"self": new, "cross": cross, "length": total, "count": count}
+        return hidden[:, n_prompts:], cache
 
     def logits(
         self, hidden: torch.Tensor, label_modality: torch.Tensor
@@ -380,8 +398,8 @@ class PromptBart(nn.Module):
         categorical, numerical = self._used(batch["categorical"], batch["numerical"])
         n_prompts = self.n_prompts
 
-        def with_prompts(prompts, ids, positions, *columns):
-            tokens = self.embed(ids)
+        def with_prompts(prompts, ids, positions, *columns, visits=None):
+            tokens = self.embed(ids) if visits is None else self.embed_target(ids, visits)
             rows = tokens.shape[0]
             zeros = ids.new_zeros(rows, n_prompts)
             prompt_positions = torch.arange(n_prompts, device=ids.device)
@@ -410,6 +428,8 @@ class PromptBart(nn.Module):
             batch["decoder_segment"],
             batch["decoder_level"],
             batch["decoder_group"],
+            # A cloze segment's context holds visits < t and the cloze copy of t.
+            visits=batch["decoder_level"] + (batch["decoder_group"] > 0).long(),
         )
         decoder = self.bart.decoder
         hidden = blockwise.embed(decoder, embeds, positions, self.training)
@@ -437,7 +457,11 @@ class PromptBart(nn.Module):
         token_nll = torch.zeros(labels.shape, dtype=nll.dtype, device=nll.device)
         token_nll[scored] = nll
         return PromptBartOutput(
-            loss_sum=nll.sum(), n_tokens=scored.sum(), logits=logits, token_nll=token_nll
+            loss_sum=nll.sum(),
+            n_tokens=scored.sum(),
+            logits=logits,
+            token_nll=token_nll,
+            loss_denominator=batch.get("loss_denominator"),
         )
 
 
