@@ -1,87 +1,135 @@
-"""Training benchmark: PromptEHR on the demo cohort and on the reference pickle.
+"""Training benchmark: PromptEHR's one-pass objective against the paper's, per second.
 
-Prints parameters, tokens/s, patients/s, peak RSS and best validation perplexity;
-asserts nothing. Usage::
+Each (cohort, objective) pair trains in its own process for the same wall-clock budget
+(so that peak RSS is its own) and prints target tokens per second, patients per
+second (patient-epochs: a patient counts once all its targets of an epoch were
+trained) and peak RSS. Cohorts: ``demo`` (the embedded demo, 2,000 patients, about
+3.6 visits each) and ``long`` (demo visits chained into patients of about 40 visits,
+as lifelong OMOP records are). Asserts nothing. Usage::
 
-    python bench/train_bench.py [--preset small] [--epochs 3] [--batch-size 16]
-        [--patients 2000] [--pickle ../shared/data/promptehr_demo/data.pkl]
+    python bench/train_bench.py [--preset small] [--minutes 1.5] [--batch-size 16]
+        [--cohorts demo,long] [--objectives one-pass,paper]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import resource
-import tempfile
+import subprocess
+import sys
 import time
-from pathlib import Path
 
-from ehrgen.data import Cohort
+from ehrgen.data import Cohort, Patient, Visit
 from ehrgen.data.demo import demo_cohort
-from ehrgen.models.promptehr import PromptEHR, PromptEHRConfig
-from ehrgen.training import TrainingConfig
-
-DEFAULT_PICKLE = (
-    Path(__file__).resolve().parents[2] / "shared/data/promptehr_demo/data.pkl"
-)
 
 
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def long_cohort(n_patients: int, visits: int = 40, seed: int = 0) -> Cohort:
+    """Demo visits chained into patients of ``visits`` visits (times dropped)."""
+    source = demo_cohort(n_patients * visits // 3, seed=seed)
+    pool = [Visit(v.events) for p in source for v in p.visits]
+    patients = [
+        Patient(str(i), source[i].static, tuple(pool[i * visits : (i + 1) * visits]))
+        for i in range(min(n_patients, len(pool) // visits))
+    ]
+    return Cohort.from_patients(patients, source.schema)
 
 
-def run(name: str, train: Cohort, val: Cohort, args: argparse.Namespace) -> None:
+def cohort_named(name: str) -> Cohort:
+    if name == "demo":
+        return demo_cohort(2000, seed=0)
+    return long_cohort(200)
+
+
+def run_one(args: argparse.Namespace) -> dict:
+    from ehrgen.models.promptehr import PromptEHR, PromptEHRConfig
+    from ehrgen.models.promptehr import tasks as task_lib
+    from ehrgen.tokens import CodeTokenizer
+    from ehrgen.tokens.encoded import TokenizedCohort
+    from ehrgen.training import TrainingConfig
+
+    cohort = cohort_named(args.cohort)
     training = TrainingConfig(
-        epochs=args.epochs,
+        epochs=1000,
         batch_size=args.batch_size,
-        learning_rate=args.lr,
+        learning_rate=5e-4,
         checkpoint_every_steps=None,
         patience=None,
+        time_budget_minutes=args.minutes,
     )
-    config = PromptEHRConfig.preset(args.preset)
+    config = PromptEHRConfig.preset(args.preset, objective=args.objective)
+    model = PromptEHR(config)
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        model = PromptEHR(config).fit(train, val, training, output_dir=tmp)
+    model.fit(cohort, training=training)
     seconds = time.perf_counter() - start
     info = model.training_.to_dict()
-    n_params = sum(p.numel() for p in model.model_.parameters())
-    print(
-        f"[{name}] preset {args.preset}: {n_params:,} parameters; "
-        f"{len(train):,} train / {len(val):,} validation patients"
-    )
-    print(
-        f"[{name}] {info['steps']:,} steps in {seconds:.1f} s: "
-        f"{info['train_tokens'] / seconds:,.0f} target tokens/s, "
-        f"{len(train) * info['epochs_completed'] / seconds:,.1f} patients/s"
-    )
-    print(
-        f"[{name}] best validation perplexity {info['best_val_perplexity']:.2f} "
-        f"(epoch {info['best_epoch']}); peak RSS {peak_rss_mib():,.0f} MiB"
-    )
+    if args.objective == "paper":
+        data = TokenizedCohort.from_cohort(cohort, CodeTokenizer.fit(cohort))
+        items = len(task_lib.example_slots(data, 0, 0, model.tasks_))
+    else:
+        items = len(cohort)
+    steps_per_epoch = math.ceil(items / args.batch_size)
+    patient_epochs = info["steps"] / steps_per_epoch * len(cohort)
+    return {
+        "cohort": args.cohort,
+        "objective": args.objective,
+        "patients": len(cohort),
+        "visits_per_patient": round(cohort.n_visits / len(cohort), 1),
+        "parameters": sum(p.numel() for p in model.model_.parameters()),
+        "steps": info["steps"],
+        "seconds": round(seconds, 1),
+        "tokens_per_s": round(info["train_tokens"] / seconds),
+        "patients_per_s": round(patient_epochs / seconds, 2),
+        "peak_rss_mib": round(
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        ),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--preset", default="small")
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--minutes", type=float, default=1.5)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=5e-4)
-    parser.add_argument("--patients", type=int, default=2000)
-    parser.add_argument("--pickle", type=Path, default=DEFAULT_PICKLE)
-    parser.add_argument("--only", choices=["demo", "pickle"], default=None)
+    parser.add_argument("--cohorts", default="demo,long")
+    parser.add_argument("--objectives", default="one-pass,paper")
+    parser.add_argument("--cohort", help=argparse.SUPPRESS)
+    parser.add_argument("--objective", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.only != "pickle":
-        train, val, _ = demo_cohort(args.patients, seed=0).split(
-            [0.8, 0.1, 0.1], seed=0
-        )
-        run("demo", train, val, args)
-    if args.only != "demo":
-        if not args.pickle.exists():
-            print(f"[pickle] {args.pickle} not found; skipped")
-            return
-        from ehrgen.data.formats.promptehr_pickle import read_promptehr_pickle
-
-        cohort = read_promptehr_pickle(args.pickle)
-        run("pickle", cohort[0:800], cohort[800:900], args)
+    if args.cohort:  # one run, in this process
+        print(json.dumps(run_one(args)))
+        return
+    results = []
+    for cohort in args.cohorts.split(","):
+        for objective in args.objectives.split(","):
+            command = [
+                sys.executable, __file__, "--cohort", cohort, "--objective", objective,
+                "--preset", args.preset, "--minutes", str(args.minutes),
+                "--batch-size", str(args.batch_size),
+            ]  # fmt: skip
+            out = subprocess.run(command, capture_output=True, text=True, check=True)
+            result = json.loads(out.stdout.strip().splitlines()[-1])
+            results.append(result)
+            print(
+                f"[{cohort}] {objective:>8}: {result['tokens_per_s']:>8,} target "
+                f"tokens/s, {result['patients_per_s']:>7.2f} patients/s, "
+                f"{result['steps']} steps in {result['seconds']} s, peak RSS "
+                f"{result['peak_rss_mib']:,} MiB ({result['patients']} patients, "
+                f"{result['visits_per_patient']} visits each, "
+                f"{result['parameters']:,} parameters)",
+                flush=True,
+            )
+    for cohort in args.cohorts.split(","):
+        rows = {r["objective"]: r for r in results if r["cohort"] == cohort}
+        if {"one-pass", "paper"} <= set(rows):
+            new, old = rows["one-pass"], rows["paper"]
+            print(
+                f"[{cohort}] one-pass / paper: "
+                f"{new['tokens_per_s'] / old['tokens_per_s']:.1f}x target tokens/s, "
+                f"{new['patients_per_s'] / old['patients_per_s']:.1f}x patients/s, "
+                f"peak RSS {new['peak_rss_mib'] / old['peak_rss_mib']:.2f}x"
+            )
 
 
 if __name__ == "__main__":

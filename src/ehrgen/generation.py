@@ -33,7 +33,9 @@ if TYPE_CHECKING:
     from ehrgen.tokens.grammar import VisitState
     from ehrgen.tokens.tokenizer import CodeTokenizer
 
-__all__ = ["Decoder", "GenerationConfig", "VisitSampler"]
+__all__ = ["DEFAULT_MAX_VISITS", "Decoder", "GenerationConfig", "VisitSampler"]
+
+DEFAULT_MAX_VISITS = 20  # the visit cap of a model that does not know its cohort's
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -50,7 +52,9 @@ class GenerationConfig(ConfigMixin):
     top_p: float | None = None
     # Greedy decoding: always the most likely allowed token (temperature ignored).
     greedy: bool = False
-    max_visits: int = 20
+    # None: the longest history of the model's training cohort (kept with the model;
+    # 20 for a model saved without it), so lifelong records are not cut short.
+    max_visits: int | None = None
     max_codes_per_modality: int = 20
     batch_size: int = 64
     # The key/value cache; off only to measure what it saves.
@@ -66,7 +70,19 @@ class GenerationConfig(ConfigMixin):
         check(ok, name, "top_k", "a positive int or None", self.top_k)
         ok = self.top_p is None or 0 < self.top_p <= 1
         check(ok, name, "top_p", "in (0, 1] or None", self.top_p)
-        check_positive_ints(self, "max_visits", "max_codes_per_modality", "batch_size")
+        check_positive_ints(self, "max_codes_per_modality", "batch_size")
+        visits = self.max_visits
+        ok = visits is None or (
+            isinstance(visits, int) and not isinstance(visits, bool) and visits > 0
+        )
+        check(ok, name, "max_visits", "a positive int or None", visits)
+
+    def with_visit_cap(self, longest: int | None) -> GenerationConfig:
+        """This config with ``max_visits`` set, from ``longest`` (the training
+        cohort's longest history) when it is None."""
+        if self.max_visits is not None:
+            return self
+        return self.replace(max_visits=longest or DEFAULT_MAX_VISITS)
 
 
 @runtime_checkable

@@ -14,8 +14,7 @@ from hypothesis import strategies as st
 from ehrgen.data import Cohort, Patient, Visit
 from ehrgen.data.demo import demo_cohort
 from ehrgen.generation import GenerationConfig
-from ehrgen.models.promptehr import PromptEHR, PromptEHRConfig
-from ehrgen.models.promptehr import blockwise, one_pass
+from ehrgen.models.promptehr import PromptEHR, PromptEHRConfig, blockwise, one_pass
 from ehrgen.models.promptehr import tasks as task_lib
 from ehrgen.models.registry import load_model
 from ehrgen.tokens.encoded import TokenizedCohort
@@ -82,7 +81,9 @@ def test_packed_pass_equals_separate_passes(model, cohort):
         if k < 0:
             example = task_lib.longitudinal_example(data, patient, t, rng, tasks, False)
         else:
-            example = task_lib.cross_modal_example(data, patient, t, k, rng, tasks, False)
+            example = task_lib.cross_modal_example(
+                data, patient, t, k, rng, tasks, False
+            )
         batch = task_lib.collate([example], model.tokenizer_.pad_id)
         with torch.no_grad():
             out = model.model_(batch)
@@ -112,9 +113,7 @@ def test_a_later_visit_leaves_earlier_targets_unchanged(model, cohort):
     assert abs(losses[1][(2, -1)] - losses[0][(2, -1)]) > 1e-3
     assert abs(losses[1][(3, -1)] - losses[0][(3, -1)]) > 1e-6
     for task in ("longitudinal", "cross_modal"):
-        before, after = (
-            getattr(model, f"score_{task}")(c, "chain") for c in cohorts
-        )
+        before, after = (getattr(model, f"score_{task}")(c, "chain") for c in cohorts)
         early = before.visit <= 1
         assert np.allclose(before.log_prob[early], after.log_prob[after.visit <= 1])
 

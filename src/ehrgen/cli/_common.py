@@ -54,7 +54,11 @@ Temperature = Annotated[
 TopK = Annotated[int | None, typer.Option("--top-k", help="Keep the k likeliest.")]
 TopP = Annotated[float | None, typer.Option("--top-p", help="Nucleus sampling mass.")]
 MaxVisits = Annotated[
-    int, typer.Option("--max-visits", help="Visits per patient, at most.")
+    int | None,
+    typer.Option(
+        "--max-visits",
+        help="Visits per patient, at most (default: the training cohort's longest).",
+    ),
 ]
 BatchSize = Annotated[int, typer.Option("--batch-size", help="Patients per batch.")]
 Seed = Annotated[int, typer.Option("--seed", help="Random seed.")]

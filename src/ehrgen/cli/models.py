@@ -170,7 +170,7 @@ def generate(
     temperature: Temperature = 1.0,
     top_k: TopK = None,
     top_p: TopP = None,
-    max_visits: MaxVisits = 20,
+    max_visits: MaxVisits = None,
     batch_size: BatchSize = 64,
     seed: Seed = 0,
     fmt: Format = OutputFormat.meds,

@@ -38,6 +38,8 @@ class Population:
     missing: dict[str, float]
     first_time: list[float] | None  # quantiles of the first visit, seconds since 1970
     gaps: dict[str, list[float]] | None  # visit index (as str) -> gap quantiles (s)
+    # The most visits a training patient has (None: a model saved before it was kept).
+    max_visits: int | None = None
 
     @classmethod
     def from_cohort(cls, cohort: Cohort) -> Population:
@@ -64,7 +66,8 @@ class Population:
             starts = cohort.visit_offsets[:-1]
             first_time = _quantiles(seconds[starts])
             gaps = _gap_quantiles(seconds, cohort.visit_offsets)
-        return cls(schema, categorical, numerical, missing, first_time, gaps)
+        longest = int(np.diff(cohort.visit_offsets).max()) if len(cohort) else None
+        return cls(schema, categorical, numerical, missing, first_time, gaps, longest)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -74,6 +77,7 @@ class Population:
             "missing": self.missing,
             "first_time": self.first_time,
             "gaps": self.gaps,
+            "max_visits": self.max_visits,
         }
 
     @classmethod
@@ -85,6 +89,7 @@ class Population:
             dict(data["missing"]),
             data["first_time"],
             data["gaps"],
+            data.get("max_visits"),
         )
 
     # ---- conditions and static features

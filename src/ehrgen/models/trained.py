@@ -250,9 +250,7 @@ class TrainedGenerator(FittedState):
         check_cohorts(train, val, type(self).__name__)
         check_patient_ids(train)
         if resume_from is not None:
-            folder = read_model_folder(
-                resume_from, self.name, self._config_from_dict
-            )
+            folder = read_model_folder(resume_from, self.name, self._config_from_dict)
             self.config, tokenizer, schema = (
                 folder.config,
                 folder.tokenizer,
@@ -359,10 +357,8 @@ class TrainedGenerator(FittedState):
         """
         import torch
 
-        from ehrgen.generation import GenerationConfig
-
         fitted = self._check_fitted()
-        generation = generation or GenerationConfig()
+        generation = self._generation(generation)
         seed = new_seed(seed)
         rng = np.random.default_rng(seed)
         generator = torch.Generator().manual_seed(seed % 2**63)
@@ -375,6 +371,14 @@ class TrainedGenerator(FittedState):
             if progress:
                 progress(len(chunk))
         return self._synthetic_cohort(statics, visits, rng, first_id=first_id)
+
+    def _generation(self, generation: GenerationConfig | None) -> GenerationConfig:
+        """The sampling settings, the visit cap defaulting to the training cohort's
+        longest history."""
+        from ehrgen.generation import GenerationConfig
+
+        generation = generation or GenerationConfig()
+        return generation.with_visit_cap(self._check_fitted().population.max_visits)
 
     def _patient_sampler(
         self, fitted: Fitted, generation: GenerationConfig, generator: Any

@@ -57,6 +57,13 @@ def _heads(x: torch.Tensor, attention: nn.Module) -> torch.Tensor:
     return x.view(batch, length, heads, width // heads).transpose(1, 2)
 
 
+def additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B, Lq, Lk) bool -> (B, 1, Lq, Lk) 0 / -inf, made once for every layer (the
+    attention kernels would otherwise convert a bool mask at each call)."""
+    out = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
+    return out.masked_fill_(~mask, float("-inf")).unsqueeze(1)
+
+
 def _attend(
     attention: nn.Module,
     hidden: torch.Tensor,
@@ -65,12 +72,12 @@ def _attend(
     training: bool,
 ) -> torch.Tensor:
     """Attention of ``hidden`` (B, Lq, D) over ``keys_values`` under ``mask``
-    (B, Lq, Lk) bool."""
+    (B, 1, Lq, Lk) additive (see :func:`additive`)."""
     query = _heads(attention.q_proj(hidden), attention)
     out = F.scaled_dot_product_attention(
         query,
         *keys_values,
-        attn_mask=mask.unsqueeze(1),
+        attn_mask=mask,
         dropout_p=attention.dropout if training else 0.0,
     )  # (B, H, Lq, d_head)
     batch, heads, length, size = out.shape
@@ -111,6 +118,7 @@ def encoder_layers(
         positions only (append them to the cache).
     """
     new: list[KeyValues] = []
+    mask = additive(mask, hidden.dtype)
     for index, layer in enumerate(encoder.layers):
         attention = layer.self_attn
         own = project(attention, hidden)
@@ -147,6 +155,8 @@ def decoder_layers(
         The new positions' states and, per layer, their own keys and values.
     """
     new: list[KeyValues] = []
+    self_mask = additive(self_mask, hidden.dtype)
+    cross_mask = additive(cross_mask, hidden.dtype)
     for index, layer in enumerate(decoder.layers):
         own = project(layer.self_attn, hidden)
         new.append(own)

@@ -37,7 +37,10 @@ class PromptEHRConfig(ConfigMixin):
     encoder_ffn_dim: int = 512
     decoder_ffn_dim: int = 512
     dropout: float = 0.1
-    attention_dropout: float = 0.1
+    # Dropping attention weights keeps CPU and GPU attention off their fused kernels,
+    # which never hold the (length x length) weights: measured 3.7x slower and 3x
+    # the memory on the demo cohort's longest patients (docs/benchmarks.md).
+    attention_dropout: float = 0.0
     activation_dropout: float = 0.0
     activation_function: str = "gelu"
     # Positions cover the prompt vectors too (one per baseline feature).
@@ -110,7 +113,8 @@ class PromptEHRConfig(ConfigMixin):
     def paper(cls, **changes: Any) -> PromptEHRConfig:
         """BART-base sizes, as in the paper: 6+6 layers, d_model 768, 12 heads."""
         sizes = _both_sides(layers=6, heads=12, ffn=3072)
-        return cls(d_model=768, **sizes, prompt_hidden_dim=128).replace(**changes)
+        bart_base = {"d_model": 768, "attention_dropout": 0.1, "prompt_hidden_dim": 128}
+        return cls(**bart_base, **sizes).replace(**changes)
 
     @classmethod
     def preset(cls, name: str, **changes: Any) -> PromptEHRConfig:

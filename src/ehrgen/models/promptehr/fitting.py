@@ -98,7 +98,9 @@ def _patient_loaders(
 
     def train_loader(epoch: int) -> DataLoader:
         order = length_grouped_order(
-            lengths, training.batch_size, np.random.default_rng([training.seed, epoch, 7])
+            lengths,
+            training.batch_size,
+            np.random.default_rng([training.seed, epoch, 7]),
         )
         dataset = one_pass.PatientDataset(data, order, tasks, training.seed, epoch)
         return DataLoader(

@@ -99,9 +99,7 @@ class PatientCache:
         if not len(rows):
             return
         net, device = self.net, self.seen.device
-        if any(
-            self.lengths[r] + len(v) > self.budget for r, v in zip(rows, visits)
-        ):
+        if any(self.lengths[r] + len(v) > self.budget for r, v in zip(rows, visits)):
             raise _Overflow
         index = torch.as_tensor(np.asarray(rows), device=device)
         width = max(len(v) for v in visits)
@@ -225,14 +223,18 @@ class _CachedDecoder:
         )
 
     @torch.no_grad()
-    def next_logits(self, state: _Decoding, tokens: torch.Tensor | None) -> torch.Tensor:
+    def next_logits(
+        self, state: _Decoding, tokens: torch.Tensor | None
+    ) -> torch.Tensor:
         net = self.cache.net
         step = state.pending if tokens is None else tokens.long().unsqueeze(1)
         step = step.to(state.cross_mask.device)
         rows, length = step.shape
         index = torch.arange(state.length, state.length + length, device=step.device)
         embeds = net.embed_target(step, state.visits)
-        hidden = blockwise.embed(net.bart.decoder, embeds, index.expand(rows, -1), False)
+        hidden = blockwise.embed(
+            net.bart.decoder, embeds, index.expand(rows, -1), False
+        )
         total = state.length + length
         causal = torch.arange(total, device=step.device)[None, :] <= index[:, None]
         hidden, new = blockwise.decoder_layers(

@@ -159,7 +159,9 @@ class PromptBart(nn.Module):
         holds its visit level + 1 (1 for the prompts and ``<bos>``).
         """
         if self.objective == "one-pass":
-            return self._encode_blockwise(input_ids, attention_mask, categorical, numerical)
+            return self._encode_blockwise(
+                input_ids, attention_mask, categorical, numerical
+            )
         tokens = self.embed(input_ids)  # (B, S, D)
         prompts = self.encoder_prompts(*self._used(categorical, numerical))
         embeds = torch.cat([prompts.to(tokens.dtype), tokens], 1)  # (B, P+S, D)
@@ -240,7 +242,15 @@ class PromptBart(nn.Module):
         return out.last_hidden_state[:, n_prompts:], out.cache
 
     def _decode_blockwise(
-        self, ids, ids_mask, states, encoder_mask, categorical, numerical, cache, use_cache
+        self,
+        ids,
+        ids_mask,
+        states,
+        encoder_mask,
+        categorical,
+        numerical,
+        cache,
+        use_cache,
     ):
         """The one-pass decoder over single targets: causal self-attention, every
         seen encoder position for the tokens, level 0 only for the prompts (as in
@@ -388,7 +398,6 @@ class PromptBart(nn.Module):
             loss_sum=nll, n_tokens=(labels != IGNORE).sum(), logits=logits
         )
 
-
     def _forward_packed(self, batch: Mapping[str, torch.Tensor]) -> PromptBartOutput:
         """Every target of each row in one encoder and one decoder pass (the
         one-pass objective; masks in :mod:`.one_pass`)."""
@@ -399,13 +408,17 @@ class PromptBart(nn.Module):
         n_prompts = self.n_prompts
 
         def with_prompts(prompts, ids, positions, *columns, visits=None):
-            tokens = self.embed(ids) if visits is None else self.embed_target(ids, visits)
+            tokens = (
+                self.embed(ids) if visits is None else self.embed_target(ids, visits)
+            )
             rows = tokens.shape[0]
             zeros = ids.new_zeros(rows, n_prompts)
             prompt_positions = torch.arange(n_prompts, device=ids.device)
             return (
                 torch.cat([prompts.to(tokens.dtype), tokens], 1),
-                torch.cat([prompt_positions.expand(rows, -1), positions + n_prompts], 1),
+                torch.cat(
+                    [prompt_positions.expand(rows, -1), positions + n_prompts], 1
+                ),
                 *(torch.cat([zeros, c], 1) for c in columns),
             )
 

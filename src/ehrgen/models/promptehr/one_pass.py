@@ -1,4 +1,4 @@
-"""The one-pass objective: every target of a patient from one encoder and one decoder pass.
+"""The one-pass objective: every target of a patient in one encoder and decoder pass.
 
 The paper's objective (:mod:`.tasks`) makes one (history, target) example per target
 visit, so a patient with T visits re-encodes its history about T times: O(T²) tokens
@@ -110,8 +110,9 @@ class PatientItem:
 
 
 def visit_lengths(data: TokenizedCohort, config: TaskConfig) -> np.ndarray:
-    """(V,) the most encoder tokens each visit may take: its serialised length, capped
-    at ``max_target_length``, plus one per block (span infilling may add a ``<mask>``)."""
+    """(V,) the most encoder tokens each visit may take: its serialised length,
+    capped at ``max_target_length``, plus one per block (span infilling may add a
+    ``<mask>``)."""
     n_events = np.diff(data.event_offsets)
     n_blocks = np.diff(data.visit_block_offsets)
     return np.minimum(2 + n_events + 2 * n_blocks, config.max_target_length) + n_blocks
@@ -166,8 +167,8 @@ def patient_item(
         >>> data = TokenizedCohort.from_cohort(cohort, CodeTokenizer.fit(cohort))
         >>> item = patient_item(data, 0, np.random.default_rng(0), TaskConfig(), False)
         >>> row = item.rows[0]
-        >>> " ".join(data.tokenizer.tokens[i] for i in row.encoder_ids)
-        '<bos> <v> <lab> lab:hb </lab> </v> <v> <lab> lab:na </lab> </v> <v> <lab> <mask> </lab> </v> <v> <lab> <mask> </lab> </v>'
+        >>> " ".join(data.tokenizer.tokens[i] for i in row.encoder_ids[11:])
+        '<v> <lab> <mask> </lab> </v> <v> <lab> <mask> </lab> </v>'
         >>> row.encoder_level.tolist()[:6], row.segment_modality.tolist()
         ([0, 1, 1, 1, 1, 1], [-1, 0, -1, 0, -1])
     """

@@ -150,9 +150,8 @@ class PromptEHR(TrainedGenerator):
         import torch
         from torch.utils.data import DataLoader
 
-        from ehrgen.models.promptehr import tasks as task_lib
-
         from ehrgen.models.promptehr import one_pass
+        from ehrgen.models.promptehr import tasks as task_lib
 
         fitted = self._check_fitted()
         check_schema(cohort, fitted.schema, "PromptEHR.perplexity")
@@ -272,7 +271,7 @@ class PromptEHR(TrainedGenerator):
         from ehrgen.models.promptehr import synthesis
 
         run = getattr(synthesis, name)
-        generation = generation or GenerationConfig()
+        generation = self._generation(generation)
         return run(self._context(), *args, generation, new_seed(seed), progress)
 
     def calibrate_length(
@@ -299,7 +298,7 @@ class PromptEHR(TrainedGenerator):
 
         if len(cohort) == 0:
             raise ConfigError("calibrate_length needs a cohort with patients.")
-        generation = generation or GenerationConfig()
+        generation = self._generation(generation)
         ctx = self._context()
         ctx.end_bias = None
         bias = synthesis.calibrate_end(

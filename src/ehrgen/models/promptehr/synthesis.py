@@ -32,8 +32,8 @@ import torch
 from ehrgen.data import Cohort, Patient, Visit
 from ehrgen.errors import ConfigError, SchemaError
 from ehrgen.generation import GenerationConfig, VisitSampler
-from ehrgen.models.promptehr.incremental import PatientCache
 from ehrgen.models.population import Population
+from ehrgen.models.promptehr.incremental import PatientCache
 from ehrgen.models.trained import synthetic_ids, synthetic_metadata
 from ehrgen.tokens.tokenizer import CodeTokenizer
 
