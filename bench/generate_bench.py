@@ -29,7 +29,7 @@ from ehrgen.models.promptehr import PromptEHR, PromptEHRConfig
 from ehrgen.training import TrainingConfig
 
 sys.path.insert(0, str(Path(__file__).parent))
-from train_bench import long_cohort  # noqa: E402
+from train_bench import long_cohort
 
 
 def main() -> None:
@@ -48,9 +48,7 @@ def main() -> None:
     histories = long_cohort(64, visits=40, seed=1)
     for objective in args.objectives.split(","):
         start = time.perf_counter()
-        model = PromptEHR(
-            PromptEHRConfig.preset(args.preset, objective=objective)
-        ).fit(
+        model = PromptEHR(PromptEHRConfig.preset(args.preset, objective=objective)).fit(
             cohort, training=TrainingConfig(epochs=1, batch_size=16, learning_rate=1e-3)
         )
         print(

@@ -8,6 +8,7 @@ real-vs-synthetic classifier and the shape of visits per patient. Prints figures
 asserts nothing::
 
     python bench/halo_comparison.py [--epochs 15] [--preset small] [--top-p 0.95]
+        [--objective one-pass|paper] [--time-budget 10] [--no-calibration]
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--pickle", type=Path, default=DEFAULT_PICKLE)
     parser.add_argument("--preset", default="small")
+    parser.add_argument("--objective", default="one-pass")
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--time-budget", type=float, default=None, help="Minutes.")
     parser.add_argument("--temperature", type=float, default=1.0)
@@ -57,9 +59,8 @@ def main() -> None:
         time_budget_minutes=args.time_budget,
         seed=args.seed,
     )
-    model = PromptEHR(PromptEHRConfig.preset(args.preset)).fit(
-        train, val, training=training
-    )
+    config = PromptEHRConfig.preset(args.preset, objective=args.objective)
+    model = PromptEHR(config).fit(train, val, training=training)
     training_seconds = time.perf_counter() - start
     if not args.no_calibration:
         start_calibration = time.perf_counter()
@@ -67,7 +68,9 @@ def main() -> None:
         print(f"length calibration in {time.perf_counter() - start_calibration:.0f} s")
     info = model.training_.to_dict()
     print(
-        f"PromptEHR ({args.preset}) on patients 0-799: {info['steps']} steps, "
+        f"PromptEHR ({args.preset}, {args.objective} objective, length calibration "
+        f"{'off' if args.no_calibration else 'on'}) on patients 0-799: "
+        f"{info['steps']} steps, "
         f"{info['epochs_completed']} epochs, {training_seconds:.0f} s, "
         f"best validation perplexity {info['best_val_perplexity']:.2f}"
     )
