@@ -41,7 +41,10 @@ def train(
         str,
         typer.Option(
             "--model",
-            help="A registered model: promptehr, promptehr-noprompt, lstm-mlp, gpt2.",
+            help=(
+                "A registered model: promptehr, promptehr-paper, promptehr-noprompt, "
+                "lstm-mlp, gpt2."
+            ),
         ),
     ] = "promptehr",
     preset: Annotated[Preset, typer.Option("--preset", help="Model size.")] = (
@@ -340,7 +343,7 @@ def benchmark(
     out: Annotated[Path, typer.Option("--out", help="Output folder.")],
     models: Annotated[
         str, typer.Option("--models", help="Comma-separated registry names.")
-    ] = "promptehr,promptehr-noprompt,lstm-mlp,gpt2",
+    ] = "promptehr,promptehr-paper,promptehr-noprompt,lstm-mlp,gpt2",
     preset: Annotated[Preset, typer.Option("--preset", help="Model size.")] = (
         Preset.small
     ),
