@@ -120,13 +120,14 @@ def test_a_later_visit_leaves_earlier_targets_unchanged(model, cohort):
 
 def test_cached_generation_equals_uncached(model, cohort):
     """Check that greedy generation with the encoder and decoder caches writes what
-    encoding each history again writes (from scratch, continuing real patients and
-    from seeds), with and without prompts."""
+    encoding each history again writes (from scratch with continuous batching, slots
+    refilled as patients end; continuing real patients; from seeds), with and
+    without prompts."""
     for current in (model, _fit(cohort, use_prompts=False)):
         outputs = []
         for cache in (True, False):
             sampling = GenerationConfig(greedy=True, use_cache=cache, max_visits=5,
-                                        calibrated_length=False)  # fmt: skip
+                                        calibrated_length=False, batch_size=2)  # fmt: skip
             outputs.append([
                 current.generate(6, generation=sampling, seed=2),
                 current.continue_patients(cohort[:4], 2, sampling, seed=2),

@@ -24,6 +24,7 @@ __all__ = [
     "KeyValues",
     "concat",
     "cross_keys_values",
+    "decoder_layer_step",
     "decoder_layers",
     "embed",
     "encoder_layers",
@@ -169,6 +170,23 @@ def decoder_layers(
         hidden = layer.encoder_attn_layer_norm(hidden + out)
         hidden = _feed_forward(layer, hidden, training)
     return hidden, new
+
+
+def decoder_layer_step(
+    layer: nn.Module,
+    hidden: torch.Tensor,
+    self_keys_values: KeyValues,
+    self_mask: torch.Tensor,
+    cross: KeyValues,
+    cross_mask: torch.Tensor,
+) -> torch.Tensor:
+    """One decoder layer at inference over keys and values already in place (the
+    new positions' own included); masks additive (see :func:`additive`)."""
+    out = _attend(layer.self_attn, hidden, self_keys_values, self_mask, False)
+    hidden = layer.self_attn_layer_norm(hidden + out)
+    out = _attend(layer.encoder_attn, hidden, cross, cross_mask, False)
+    hidden = layer.encoder_attn_layer_norm(hidden + out)
+    return _feed_forward(layer, hidden, False)
 
 
 def cross_keys_values(decoder: nn.Module, states: torch.Tensor) -> list[KeyValues]:

@@ -34,6 +34,7 @@ from ehrgen.errors import ConfigError, SchemaError
 from ehrgen.generation import GenerationConfig, VisitSampler
 from ehrgen.models.population import Population
 from ehrgen.models.promptehr.incremental import PatientCache
+from ehrgen.models.promptehr.streaming import stream_patients
 from ehrgen.models.trained import synthetic_ids, synthetic_metadata
 from ehrgen.tokens.tokenizer import CodeTokenizer
 
@@ -83,6 +84,12 @@ def sample_patients(
 ) -> list[list[Visit]]:
     """The visits of a batch of new patients with these baseline features, from
     scratch, the model deciding how many (see the module docstring)."""
+    if generation.use_cache and ctx.model.objective == "one-pass":
+        categorical, numerical = _features(ctx, statics)
+        histories = stream_patients(
+            ctx, categorical, numerical, generation, generator
+        )
+        return [[_decode_visit(ctx, tokens) for tokens in h] for h in histories]
     histories: list[list[list[int]]] = [[] for _ in statics]
     _extend(
         ctx,
