@@ -126,8 +126,13 @@ def test_cached_generation_equals_uncached(model, cohort):
     for current in (model, _fit(cohort, use_prompts=False)):
         outputs = []
         for cache in (True, False):
-            sampling = GenerationConfig(greedy=True, use_cache=cache, max_visits=5,
-                                        calibrated_length=False, batch_size=2)  # fmt: skip
+            sampling = GenerationConfig(
+                greedy=True,
+                use_cache=cache,
+                max_visits=5,
+                calibrated_length=False,
+                batch_size=2,
+            )
             outputs.append([
                 current.generate(6, generation=sampling, seed=2),
                 current.continue_patients(cohort[:4], 2, sampling, seed=2),

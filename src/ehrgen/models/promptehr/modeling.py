@@ -18,7 +18,7 @@ Two objectives share these parameters (``PromptEHRConfig.objective``): ``"paper"
 BART's own bidirectional encoder over one history per example; ``"one-pass"`` runs the
 same layers with a visit-block-causal encoder (:mod:`.blockwise`, :mod:`.one_pass`),
 both on packed patients in training and on single histories when scoring or decoding
-without the cache (:mod:`.incremental` decodes with it), so both paths agree.
+without the cache (:mod:`.streaming` decodes with it), so both paths agree.
 
 :class:`PromptBart` is also the sampler's :class:`~ehrgen.generation.Decoder`: the
 encoder runs once per visit, then the decoder one token per step (with its key/value

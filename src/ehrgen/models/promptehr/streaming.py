@@ -1,19 +1,24 @@
-"""Continuous batching of whole patients for the one-pass model.
+"""Generation for the one-pass model: encoder cache and continuous batching.
 
-Visit-synchronous decoding (:mod:`.synthesis` with :mod:`.incremental`) makes every row
-of a batch wait, visit after visit, for the row with the longest visit, and keeps
-decoding the rows whose patients are still going while the others sit idle. Here each
-row of the batch (a *slot*) moves on alone: when it closes a visit, that visit is
-appended to its encoder cache and the slot starts its next visit at the next step;
-when its patient ends, the next patient waiting takes the slot. Every step decodes one
-token for every slot, so a batch stays full until the last patients.
+Under the one-pass objective the encoder is block-causal by visit, so the encoder
+states (and every layer's keys and values) of visits 1..t never change when visit t+1
+is appended: a visit is encoded once, when it closes, and a new visit costs its own
+tokens whatever the length of the history. On top of that cache, each row of a batch
+(a *slot*) moves on alone: when it closes a visit, the visit joins its cache and the
+slot starts its next visit at the next step; when its patient ends, the next patient
+waiting takes the slot. Every step decodes one token for every slot, so a batch stays
+full until the last patients, where visit-synchronous decoding would make every row
+wait, visit after visit, for the row with the longest visit.
 
 All caches are preallocated per slot (no concatenation per step): the encoder's
 keys and values and the decoder's cross-attention keys and values of each slot's
-history, and the decoder's self-attention keys and values of the current visit. The
-encoder stays block-causal by visit (a visit is encoded once, when it closes); a
-history that outgrows ``max_source_length`` is encoded again from its newest visits
-that fit half the budget, as training's windows do.
+history, and the decoder's self-attention keys and values of the current visit (after
+the decoder prompts', computed once per patient: they see the encoder's prompts and
+``<bos>`` only). Given histories (continuing patients, starting from seeds) are
+encoded once, in one block-causal pass. A history that outgrows
+``max_source_length`` is encoded again from its newest visits that fit half the
+budget, as training's windows do; without that, greedy decoding here writes what
+encoding each history again writes (tested).
 """
 
 from __future__ import annotations
@@ -26,7 +31,6 @@ import torch
 
 from ehrgen.generation import GenerationConfig, _sample
 from ehrgen.models.promptehr import blockwise
-from ehrgen.models.promptehr.incremental import _newest_fitting
 from ehrgen.models.promptehr.one_pass import sees
 from ehrgen.tokens.grammar import BEFORE, VisitGrammar
 
@@ -40,15 +44,28 @@ def stream_patients(
     numerical: torch.Tensor,
     generation: GenerationConfig,
     generator: torch.Generator,
+    histories: Sequence[Sequence[Sequence[int]]] | None = None,
+    min_new: int = 0,
+    max_new: int | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> list[list[list[int]]]:
-    """The visits (token ids) of one new patient per row of the baseline features,
-    decoded ``generation.batch_size`` patients at a time with continuous batching."""
+    """Each patient's visits (token ids), decoded ``generation.batch_size`` patients
+    at a time with continuous batching.
+
+    Args:
+        categorical, numerical: (N, ·) baseline features, one row per patient.
+        histories: visits each patient already has (None: new patients); they are
+            encoded once and kept at the start of the output.
+        min_new: new visits before a patient may end.
+        max_new: the most new visits (default ``generation.max_visits``).
+    """
     n = categorical.shape[0]
+    histories = [[list(v) for v in h] for h in histories or [[] for _ in range(n)]]
     slots = _Slots(ctx, min(generation.batch_size, n), generation)
     slots.features = (categorical, numerical)
+    slots.min_new = min_new
+    slots.max_new = generation.max_visits if max_new is None else max_new
     queue = list(range(n))
-    histories: list[list[list[int]]] = [[] for _ in range(n)]
     first = [queue.pop(0) for _ in range(slots.size)]
     slots.load(np.arange(slots.size), first, categorical, numerical, histories)
     while slots.busy():
@@ -80,8 +97,10 @@ class _Slots:
         heads = encoder.layers[0].self_attn.num_heads
         width = net.config.d_model // heads
         self.source_room = self.n_prompts + self.budget
-        self.visit_room = self.n_prompts + 1 + self.grammar.max_visit_length(
-            generation.max_codes_per_modality
+        self.visit_room = (
+            self.n_prompts
+            + 1
+            + self.grammar.max_visit_length(generation.max_codes_per_modality)
         )
 
         def buffers(layers, room):
@@ -98,7 +117,9 @@ class _Slots:
         self.source_length = torch.zeros(size, dtype=torch.long, device=self.device)
         self.target_length = torch.zeros(size, dtype=torch.long, device=self.device)
         self.patient = np.full(size, -1)
-        self.visits = np.zeros(size, dtype=np.int64)
+        self.visits = np.zeros(size, dtype=np.int64)  # in the encoder's context
+        self.total = np.zeros(size, dtype=np.int64)  # the patient's, given included
+        self.new = np.zeros(size, dtype=np.int64)  # decoded here
         self.written: list[list[int]] = [[] for _ in range(size)]
         self.next_token = torch.full((size,), self.tok.bos_id, device=self.device)
         self.state = self.grammar.start(
@@ -142,6 +163,8 @@ class _Slots:
             keys[rows_t, :, : self.n_prompts] = k
             values[rows_t, :, : self.n_prompts] = v
         self.patient[rows] = patients
+        self.total[rows] = [len(histories[p]) for p in patients]
+        self.new[rows] = 0
         self._start_visits(rows)
 
     def release(self, rows: Sequence[int]) -> None:
@@ -196,9 +219,10 @@ class _Slots:
         state.in_block[rows_t] = 0
         state.in_visit[rows_t] = 0
         state.used[rows_t] = False
-        state.allow_end[rows_t] = torch.as_tensor(self.visits[rows] > 0)
+        may_end = (self.total[rows] > 0) & (self.new[rows] >= self.min_new)
+        state.allow_end[rows_t] = torch.as_tensor(may_end)
         if self.end_bias is not None:
-            index = np.minimum(self.visits[rows], len(self.end_bias) - 1)
+            index = np.minimum(self.total[rows], len(self.end_bias) - 1)
             state.end_bias[rows_t] = torch.as_tensor(
                 self.end_bias[index], dtype=torch.float32
             )
@@ -264,7 +288,9 @@ class _Slots:
                 continue
             histories[self.patient[r]].append(self.written[r])
             self.visits[r] += 1
-            if self.visits[r] >= self.generation.max_visits:
+            self.total[r] += 1
+            self.new[r] += 1
+            if self.new[r] >= self.max_new:
                 finished.append(r)
             else:
                 closed.append(r)
@@ -328,3 +354,14 @@ class _Slots:
         categorical, numerical = self.features
         used = self.net._used(categorical[patients], numerical[patients])
         return tuple(u.to(self.device) for u in used)
+
+
+def _newest_fitting(history: Sequence[Sequence[int]], budget: int) -> list:
+    """The newest visits of ``history`` whose tokens fit ``budget``."""
+    kept, used = [], 0
+    for visit in reversed(history):
+        if used + len(visit) > budget:
+            break
+        kept.append(visit)
+        used += len(visit)
+    return kept[::-1]

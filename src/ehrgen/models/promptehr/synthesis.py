@@ -33,7 +33,6 @@ from ehrgen.data import Cohort, Patient, Visit
 from ehrgen.errors import ConfigError, SchemaError
 from ehrgen.generation import GenerationConfig, VisitSampler
 from ehrgen.models.population import Population
-from ehrgen.models.promptehr.incremental import PatientCache
 from ehrgen.models.promptehr.streaming import stream_patients
 from ehrgen.models.trained import synthetic_ids, synthetic_metadata
 from ehrgen.tokens.tokenizer import CodeTokenizer
@@ -84,12 +83,6 @@ def sample_patients(
 ) -> list[list[Visit]]:
     """The visits of a batch of new patients with these baseline features, from
     scratch, the model deciding how many (see the module docstring)."""
-    if generation.use_cache and ctx.model.objective == "one-pass":
-        categorical, numerical = _features(ctx, statics)
-        histories = stream_patients(
-            ctx, categorical, numerical, generation, generator
-        )
-        return [[_decode_visit(ctx, tokens) for tokens in h] for h in histories]
     histories: list[list[list[int]]] = [[] for _ in statics]
     _extend(
         ctx,
@@ -115,20 +108,19 @@ def _extend(
     """Append up to ``max_new`` visits to each history; a patient may end (``<eos>``)
     once it has a visit and ``must_continue`` new visits."""
     categorical, numerical = _features(ctx, statics)
-    cache = None
     if generation.use_cache and ctx.model.objective == "one-pass":
-        cache = PatientCache(ctx.model, categorical, numerical, ctx.max_source_length)
-        cache.extend_all(histories)
+        # Histories encoded once, visits appended to the cache as they close.
+        histories[:] = stream_patients(
+            ctx, categorical, numerical, generation, generator, histories,
+            min_new=must_continue, max_new=max_new,
+        )  # fmt: skip
+        return
     sampler = VisitSampler(ctx.model, ctx.tokenizer, generation, generator)
     active = list(range(len(histories)))
     for step in range(max_new):
         if not active:
             break
-        if cache is None:
-            sources = [_history_source(ctx, histories[i]) for i in active]
-        else:  # the cache holds the histories: nothing is read again
-            sampler.decoder = cache.decoder(active)
-            sources = [np.zeros(0, np.int64)] * len(active)
+        sources = [_history_source(ctx, histories[i]) for i in active]
         allow_end = np.array(
             [step >= must_continue and len(histories[i]) > 0 for i in active]
         )
@@ -144,8 +136,6 @@ def _extend(
                 histories[i].append(tokens)
                 still.append(i)
         active = still
-        if cache is not None and active and step + 1 < max_new:
-            cache.extend(active, [histories[i][-1] for i in active], histories)
 
 
 # --------------------------------------------------------------------------- length
