@@ -23,9 +23,9 @@ def _train(cohort: Cohort, epochs: int, **tasks) -> PromptEHR:
     # quarter of the paper objective's batch of 32 targets gives as many steps.
     training = TrainingConfig(epochs=epochs, batch_size=8, learning_rate=1e-2,
                               checkpoint_every_steps=None)  # fmt: skip
-    return PromptEHR(PromptEHRConfig.tiny(), TaskConfig(**tasks)).fit(
-        cohort, training=training
-    )
+    # The one-pass objective: these tests cover its streaming sampler.
+    config = PromptEHRConfig.tiny(objective="one-pass")
+    return PromptEHR(config, TaskConfig(**tasks)).fit(cohort, training=training)
 
 
 @pytest.fixture(scope="module")
@@ -217,3 +217,15 @@ def test_continue_patients_and_seeds(model, real):
     seeded = model.generate_from_seeds(cohort[:5], n_per_seed=2, seed=0)
     assert len(seeded) == 10 and seeded.metadata["leaks_seed_patients"]
     assert seeded[0].visits[0].events == cohort[0].visits[0].events
+
+
+def test_visit_cap_defaults_to_the_longest_training_history(model, real):
+    """Check that generation caps patients at the training cohort's longest history
+    (kept with the model) unless told otherwise, not at a fixed 20."""
+    longest = int(np.diff(real.visit_offsets).max())
+    assert model.population_.max_visits == longest
+    assert model._generation(None).max_visits == longest
+    assert model._generation(GenerationConfig(max_visits=3)).max_visits == 3
+    synthetic = model.generate(40, seed=0)
+    assert max(len(p.visits) for p in synthetic) <= longest
+    assert GenerationConfig().with_visit_cap(None).max_visits == 20

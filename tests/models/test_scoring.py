@@ -18,7 +18,7 @@ TRAINING = TrainingConfig(
 )
 BUILDERS = {
     "promptehr": lambda: PromptEHR(PromptEHRConfig.tiny()),
-    "promptehr-paper": lambda: PromptEHR(PromptEHRConfig.tiny(objective="paper")),
+    "promptehr-one-pass": lambda: PromptEHR(PromptEHRConfig.tiny(objective="one-pass")),
     "gpt2": lambda: GPT2Baseline(GPT2BaselineConfig.tiny()),
 }
 

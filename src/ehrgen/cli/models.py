@@ -42,8 +42,8 @@ def train(
         typer.Option(
             "--model",
             help=(
-                "A registered model: promptehr, promptehr-paper, promptehr-noprompt, "
-                "lstm-mlp, gpt2."
+                "A registered model: promptehr, promptehr-one-pass, "
+                "promptehr-noprompt, lstm-mlp, gpt2."
             ),
         ),
     ] = "promptehr",
@@ -343,7 +343,7 @@ def benchmark(
     out: Annotated[Path, typer.Option("--out", help="Output folder.")],
     models: Annotated[
         str, typer.Option("--models", help="Comma-separated registry names.")
-    ] = "promptehr,promptehr-paper,promptehr-noprompt,lstm-mlp,gpt2",
+    ] = "promptehr,promptehr-one-pass,promptehr-noprompt,lstm-mlp,gpt2",
     preset: Annotated[Preset, typer.Option("--preset", help="Model size.")] = (
         Preset.small
     ),

@@ -57,11 +57,11 @@ MODELS: dict[str, ModelEntry] = {
     "promptehr": ModelEntry(
         "ehrgen.models.promptehr.promptehr", "PromptEHR", "PromptEHRConfig"
     ),
-    "promptehr-paper": ModelEntry(
+    "promptehr-one-pass": ModelEntry(
         "ehrgen.models.promptehr.promptehr",
         "PromptEHR",
         "PromptEHRConfig",
-        {"objective": "paper"},
+        {"objective": "one-pass"},
     ),
     "promptehr-noprompt": ModelEntry(
         "ehrgen.models.promptehr.promptehr",

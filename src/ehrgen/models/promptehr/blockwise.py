@@ -172,6 +172,19 @@ def decoder_layers(
     return hidden, new
 
 
+def _attend_strided(
+    attention: nn.Module, hidden: torch.Tensor, keys_values: KeyValues, mask
+) -> torch.Tensor:
+    """:func:`_attend` at inference by two batched matrix products, which read a
+    slice of a preallocated cache in place where the fused kernels would copy it."""
+    query = _heads(attention.q_proj(hidden), attention) * attention.scaling
+    keys, values = keys_values
+    weights = torch.softmax(query @ keys.transpose(-1, -2) + mask, -1)
+    out = weights @ values  # (B, H, Lq, d_head)
+    batch, heads, length, size = out.shape
+    return attention.out_proj(out.transpose(1, 2).reshape(batch, length, heads * size))
+
+
 def decoder_layer_step(
     layer: nn.Module,
     hidden: torch.Tensor,
@@ -181,10 +194,11 @@ def decoder_layer_step(
     cross_mask: torch.Tensor,
 ) -> torch.Tensor:
     """One decoder layer at inference over keys and values already in place (the
-    new positions' own included); masks additive (see :func:`additive`)."""
-    out = _attend(layer.self_attn, hidden, self_keys_values, self_mask, False)
+    new positions' own included, possibly slices of a larger cache); masks additive
+    (see :func:`additive`)."""
+    out = _attend_strided(layer.self_attn, hidden, self_keys_values, self_mask)
     hidden = layer.self_attn_layer_norm(hidden + out)
-    out = _attend(layer.encoder_attn, hidden, cross, cross_mask, False)
+    out = _attend_strided(layer.encoder_attn, hidden, cross, cross_mask)
     hidden = layer.encoder_attn_layer_norm(hidden + out)
     return _feed_forward(layer, hidden, False)
 

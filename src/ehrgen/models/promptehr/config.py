@@ -52,10 +52,12 @@ class PromptEHRConfig(ConfigMixin):
     prompt_hidden_dim: int = 64
     # False: no conditional prompts at all (the paper's ablation, "promptehr-noprompt").
     use_prompts: bool = True
-    # How the network learns and reads a patient: "one-pass" (a visit-block-causal
-    # encoder and every target of a patient in one pass, ``one_pass``) or "paper" (one
-    # (history, target) example per target, a bidirectional encoder, ``tasks``).
-    objective: str = "one-pass"
+    # How the network learns and reads a patient: "paper" (one (history, target)
+    # example per target, a bidirectional encoder, ``tasks``) or "one-pass" (a
+    # visit-block-causal encoder and every target of a patient in one pass,
+    # ``one_pass``). "paper" stays the default until "one-pass" wins at equal
+    # wall-clock time (docs/benchmarks.md, "One-pass objective").
+    objective: str = "paper"
 
     def __post_init__(self) -> None:
         name = type(self).__name__

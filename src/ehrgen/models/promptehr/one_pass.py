@@ -13,9 +13,10 @@ per epoch. Here a patient is one training item, and its cost is linear in its to
   (its blocks shuffled and permuted as in the paper); its self-attention stays inside
   the segment (and the decoder prompts), its cross-attention sees the encoder's
   prompts, ``<bos>`` and visits < t only. The last segment is ``<bos>`` → ``<eos>``:
-  with a ``<v>`` ("go on") target at every visit and ``<eos>`` ("end here") at the
-  last, the end of a patient is trained as a hazard at every visit, not once per
-  patient. Segment positions restart at every segment, as in a separate pass.
+  with a ``<v>`` ("go on") target at every visit after the first and ``<eos>``
+  ("end here") at the last, the end of a patient is trained as a hazard at every
+  visit, not once per patient. Segment positions restart at every segment, as in
+  a separate pass.
 * **Cross-modal (cloze) targets in the same pass.** For a share of visits
   (``TaskConfig.cloze_rate``), a copy of visit t with one modality replaced by
   ``<k> <mask> </k>`` is appended to the encoder row, at visit t's positions, seeing
@@ -258,7 +259,13 @@ def _add_longitudinal(data, decoder, first, n, t, level, segment, rng, config, c
         blocks = _keep_first_codes(blocks, config.max_target_length)
         target, modality = _serialise(data, blocks)
     inputs = np.concatenate([[tok.bos_id], target[:-1]])
-    decoder.add_segment(inputs, target, modality, segment, level, 0)
+    labels = target.copy()
+    if t == 0:
+        # A patient has a visit: the grammar never lets the first one be <eos>, so
+        # "go on" is not trained there; trained, it would pull the end probability
+        # of every later visit down toward the share of ends among all visits.
+        labels[0] = IGNORE_INDEX
+    decoder.add_segment(inputs, labels, modality, segment, level, 0)
 
 
 def _cloze_blocks(blocks, k, mask_id, config) -> list[_Block]:

@@ -278,9 +278,10 @@ class _Slots:
         slots whose patient finished."""
         live = np.flatnonzero((self.patient >= 0) & ~self.state.done.numpy())
         self.grammar.advance(self.state, token)
+        written, now_done = token.tolist(), self.state.done.numpy()
         for r in live.tolist():
-            self.written[r].append(int(token[r]))
-        done = [r for r in live.tolist() if bool(self.state.done[r])]
+            self.written[r].append(written[r])
+        done = [r for r in live.tolist() if now_done[r]]
         closed, finished = [], []
         for r in done:
             if self.written[r][0] == self.tok.eos_id:
