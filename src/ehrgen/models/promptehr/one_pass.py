@@ -53,6 +53,7 @@ from ehrgen.models.promptehr.tasks import (
     _Block,
     _corrupt_visit,
     _keep_first_codes,
+    _pad,
     _permute_blocks,
     _serialise,
     _trim_to_fit,
@@ -356,7 +357,7 @@ def collate_patients(
         "label_modality": -1,
     }
     batch = {
-        name: _pad([getattr(row, name) for row in rows], value)
+        name: _pad([getattr(row, name) for row in rows], value)[0]
         for name, value in pads.items()
     }
     categorical = np.stack([items[i].categorical for i in owner]).astype(np.int64)
@@ -367,13 +368,6 @@ def collate_patients(
     if tokens_per_patient is not None:
         batch["loss_denominator"] = torch.tensor(len(items) * tokens_per_patient)
     return batch
-
-
-def _pad(rows: list[np.ndarray], value: int) -> torch.Tensor:
-    lengths = np.array([len(r) for r in rows])
-    out = np.full((len(rows), lengths.max()), value, dtype=np.int64)
-    out[np.arange(out.shape[1]) < lengths[:, None]] = np.concatenate(rows)
-    return torch.from_numpy(out)
 
 
 def sees(
