@@ -365,8 +365,9 @@ class TrainedGenerator(FittedState):
         statics = self._statics(n, conditions, rng, f"{type(self).__name__}.generate")
         sample = self._patient_sampler(fitted, generation, generator)
         visits: list[list[Visit]] = []
-        for start in range(0, n, generation.batch_size):
-            chunk = statics[start : start + generation.batch_size]
+        size = self._patients_per_call(generation)
+        for start in range(0, n, size):
+            chunk = statics[start : start + size]
             visits += sample(chunk)
             if progress:
                 progress(len(chunk))
@@ -379,6 +380,11 @@ class TrainedGenerator(FittedState):
 
         generation = generation or GenerationConfig()
         return generation.with_visit_cap(self._check_fitted().population.max_visits)
+
+    def _patients_per_call(self, generation: GenerationConfig) -> int:
+        """How many patients :meth:`generate` hands the sampler at a time: one batch,
+        unless the sampler keeps its batch full by itself."""
+        return generation.batch_size
 
     def _patient_sampler(
         self, fitted: Fitted, generation: GenerationConfig, generator: Any

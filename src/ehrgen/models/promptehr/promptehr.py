@@ -195,6 +195,11 @@ class PromptEHR(TrainedGenerator):
 
     # ---- generation
 
+    def _patients_per_call(self, generation: GenerationConfig) -> int:
+        from ehrgen.models.promptehr import synthesis
+
+        return synthesis.patients_per_call(self._context(), generation)
+
     def _patient_sampler(self, fitted, generation, generator):
         from ehrgen.models.promptehr import synthesis
 

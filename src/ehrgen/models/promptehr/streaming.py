@@ -36,6 +36,11 @@ from ehrgen.tokens.grammar import BEFORE, VisitGrammar
 
 __all__ = ["stream_patients"]
 
+# Caches grow in steps of this many positions: attention reads a whole cache (a
+# contiguous block; a slice of a larger one is read 2-4x slower on the CPU), with
+# the positions past each slot's length masked.
+_ROOM_STEP = 32
+
 
 @torch.no_grad()
 def stream_patients(
@@ -65,20 +70,24 @@ def stream_patients(
     slots.features = (categorical, numerical)
     slots.min_new = min_new
     slots.max_new = generation.max_visits if max_new is None else max_new
-    queue = list(range(n))
-    first = [queue.pop(0) for _ in range(slots.size)]
-    slots.load(np.arange(slots.size), first, categorical, numerical, histories)
+    slots.load(
+        np.arange(slots.size), list(range(slots.size)), categorical, numerical,
+        histories,
+    )  # fmt: skip
+    waiting = slots.size  # the next patient to take a slot
     while slots.busy():
         token = slots.step(generator)
         finished = slots.advance(token, histories)
-        if finished and progress:
+        if not finished:
+            continue
+        if progress:
             progress(len(finished))
-        if finished:
-            rows = [r for r in finished if queue]
-            patients = [queue.pop(0) for _ in rows]
-            if rows:
-                slots.load(np.array(rows), patients, categorical, numerical, histories)
-            slots.release([r for r in finished if r not in rows])
+        rows = finished[: n - waiting]
+        if rows:
+            patients = list(range(waiting, waiting + len(rows)))
+            slots.load(np.array(rows), patients, categorical, numerical, histories)
+            waiting += len(rows)
+        slots.release(finished[len(rows) :])
     return histories
 
 
@@ -96,24 +105,16 @@ class _Slots:
         encoder, decoder = net.bart.encoder, net.bart.decoder
         heads = encoder.layers[0].self_attn.num_heads
         width = net.config.d_model // heads
-        self.source_room = self.n_prompts + self.budget
-        self.visit_room = (
+        self.heads, self.width = heads, width
+        self.max_source = self.n_prompts + self.budget
+        self.max_target = (
             self.n_prompts
             + 1
             + self.grammar.max_visit_length(generation.max_codes_per_modality)
         )
-
-        def buffers(layers, room):
-            shape = (size, heads, room, width)
-            return [
-                (torch.zeros(shape, device=self.device),
-                 torch.zeros(shape, device=self.device))
-                for _ in layers
-            ]  # fmt: skip
-
-        self.encoder_kv = buffers(encoder.layers, self.source_room)
-        self.cross_kv = buffers(decoder.layers, self.source_room)
-        self.decoder_kv = buffers(decoder.layers, self.visit_room)
+        self.encoder_kv = self._buffers(encoder.layers, _ROOM_STEP)
+        self.cross_kv = self._buffers(decoder.layers, _ROOM_STEP)
+        self.decoder_kv = self._buffers(decoder.layers, _ROOM_STEP)
         self.source_length = torch.zeros(size, dtype=torch.long, device=self.device)
         self.target_length = torch.zeros(size, dtype=torch.long, device=self.device)
         self.patient = np.full(size, -1)
@@ -130,6 +131,34 @@ class _Slots:
         if generation.calibrated_length and ctx.end_bias is not None:
             self.state.end_bias = torch.zeros(size)
             self.end_bias = ctx.end_bias
+
+    def _buffers(self, layers, room: int) -> list[blockwise.KeyValues]:
+        """Per layer, zeroed keys and values for ``room`` positions of every slot
+        (zero, not empty: masked positions still enter the products)."""
+        shape = (self.size, self.heads, room, self.width)
+        return [
+            (torch.zeros(shape, device=self.device),
+             torch.zeros(shape, device=self.device))
+            for _ in layers
+        ]  # fmt: skip
+
+    def _make_room(self, names: Sequence[str], length: int, most: int) -> None:
+        """Grow the caches ``names`` to hold ``length`` positions (at most ``most``),
+        keeping what they hold."""
+        room = getattr(self, names[0])[0][0].shape[2]
+        if length <= room:
+            return
+        room = min(-(-length // _ROOM_STEP) * _ROOM_STEP, most)
+        for name in names:
+            old = getattr(self, name)
+            new = self._buffers(old, room)
+            for (keys, values), (k, v) in zip(new, old):
+                keys[:, :, : k.shape[2]] = k
+                values[:, :, : v.shape[2]] = v
+            setattr(self, name, new)
+
+    def _make_source_room(self, length: int) -> None:
+        self._make_room(("encoder_kv", "cross_kv"), length, self.max_source)
 
     def busy(self) -> bool:
         return bool((self.patient >= 0).any())
@@ -159,6 +188,7 @@ class _Slots:
             cross,
             torch.ones(len(rows), self.n_prompts, level0, dtype=torch.bool),
         )
+        self._make_room(("decoder_kv",), self.n_prompts, self.max_target)
         for (keys, values), (k, v) in zip(self.decoder_kv, new):
             keys[rows_t, :, : self.n_prompts] = k
             values[rows_t, :, : self.n_prompts] = v
@@ -201,6 +231,7 @@ class _Slots:
         cross = blockwise.cross_keys_values(net.bart.decoder, states)
         rows_t = torch.as_tensor(rows, device=device)
         length = embeds.shape[1]
+        self._make_source_room(length)
         for buffers, fresh in ((self.encoder_kv, new), (self.cross_kv, cross)):
             for (keys, values), (k, v) in zip(buffers, fresh):
                 keys[rows_t, :, :length] = k
@@ -239,11 +270,15 @@ class _Slots:
         visits = torch.as_tensor(self.visits, device=device)[:, None]
         embeds = net.embed_target(self.next_token[:, None], visits)
         hidden = blockwise.embed(net.bart.decoder, embeds, position[:, None], False)
-        length = int(position.max()) + 1
-        keys_seen = torch.arange(length, device=device)[None, :] <= position[:, None]
-        source = int(self.source_length.max())
+        self._make_room(("decoder_kv",), int(position.max()) + 1, self.max_target)
+        target_room = self.decoder_kv[0][0].shape[2]
+        source_room = self.cross_kv[0][0].shape[2]
+        keys_seen = (
+            torch.arange(target_room, device=device)[None, :] <= position[:, None]
+        )
         source_seen = (
-            torch.arange(source, device=device)[None, :] < self.source_length[:, None]
+            torch.arange(source_room, device=device)[None, :]
+            < self.source_length[:, None]
         )
         masks = (
             blockwise.additive(keys_seen[:, None, :], hidden.dtype),
@@ -258,9 +293,9 @@ class _Slots:
             hidden = blockwise.decoder_layer_step(
                 layer,
                 hidden,
-                (keys[:, :, :length], values[:, :, :length]),
+                (keys, values),
                 masks[0],
-                (cross_keys[:, :, :source], cross_values[:, :, :source]),
+                (cross_keys, cross_values),
                 masks[1],
             )
         # Idle slots stay on their first position (they write nothing kept).
@@ -331,6 +366,7 @@ class _Slots:
             ids[i, : len(visit)] = torch.as_tensor(visit, device=device)
             new_seen[i, : len(visit)] = True
         start = self.source_length[rows_t]
+        self._make_source_room(int(start.max()) + width)
         positions = start[:, None] + torch.arange(width, device=device)
         hidden = blockwise.embed(net.bart.encoder, net.embed(ids), positions, False)
         source = int(start.max())

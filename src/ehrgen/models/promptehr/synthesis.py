@@ -43,10 +43,15 @@ __all__ = [
     "continue_patients",
     "generate_from_seeds",
     "impute_modality",
+    "patients_per_call",
     "sample_patients",
 ]
 
 Progress = Callable[[int], None]
+
+# Batches of patients handed to the streaming decoder at once: it refills a slot as
+# soon as its patient ends, so a batch stays full until the last few patients.
+STREAMED_BATCHES = 8
 
 
 @dataclass
@@ -73,6 +78,18 @@ class Context:
 
 
 # --------------------------------------------------------------------------- scratch
+
+
+def _streams(ctx: Context, generation: GenerationConfig) -> bool:
+    return generation.use_cache and ctx.model.objective == "one-pass"
+
+
+def patients_per_call(ctx: Context, generation: GenerationConfig) -> int:
+    """How many patients to decode in one call: one batch, or several for the
+    streaming decoder, whose batch stays full while patients are waiting (handed
+    one batch at a time, it would run the last steps of every batch nearly empty)."""
+    streamed = STREAMED_BATCHES if _streams(ctx, generation) else 1
+    return generation.batch_size * streamed
 
 
 def sample_patients(
@@ -108,7 +125,7 @@ def _extend(
     """Append up to ``max_new`` visits to each history; a patient may end (``<eos>``)
     once it has a visit and ``must_continue`` new visits."""
     categorical, numerical = _features(ctx, statics)
-    if generation.use_cache and ctx.model.objective == "one-pass":
+    if _streams(ctx, generation):
         # Histories encoded once, visits appended to the cache as they close.
         histories[:] = stream_patients(
             ctx, categorical, numerical, generation, generator, histories,
@@ -185,8 +202,9 @@ def _sampled_visit_counts(
     rng, generator = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
     statics = ctx.population.sample_static([{}] * n, rng)
     counts: list[int] = []
-    for start in range(0, n, generation.batch_size):
-        chunk = statics[start : start + generation.batch_size]
+    size = patients_per_call(ctx, generation)
+    for start in range(0, n, size):
+        chunk = statics[start : start + size]
         counts += [len(v) for v in sample_patients(ctx, chunk, generation, generator)]
     return np.asarray(counts)
 
@@ -215,8 +233,9 @@ def continue_patients(
     rng, generator = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
     patients = list(cohort)
     out = []
-    for start in range(0, len(patients), generation.batch_size):
-        chunk = patients[start : start + generation.batch_size]
+    size = patients_per_call(ctx, generation)
+    for start in range(0, len(patients), size):
+        chunk = patients[start : start + size]
         histories = [_encoded(ctx, p.visits) for p in chunk]
         before = [len(h) for h in histories]
         _extend(
@@ -378,8 +397,9 @@ def generate_from_seeds(
     rng, generator = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
     seeds = [p for p in cohort for _ in range(n_per_seed)]
     statics, visits = [], []
-    for start in range(0, len(seeds), generation.batch_size):
-        chunk = seeds[start : start + generation.batch_size]
+    size = patients_per_call(ctx, generation)
+    for start in range(0, len(seeds), size):
+        chunk = seeds[start : start + size]
         histories = [[ctx.tokenizer.encode_visit(p.visits[0])] for p in chunk]
         _extend(
             ctx,
