@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import resource
 import subprocess
 import sys
@@ -43,10 +42,7 @@ def cohort_named(name: str) -> Cohort:
 
 
 def run_one(args: argparse.Namespace) -> dict:
-    from ehrgen.models.promptehr import PromptEHR, PromptEHRConfig
-    from ehrgen.models.promptehr import tasks as task_lib
-    from ehrgen.tokens import CodeTokenizer
-    from ehrgen.tokens.encoded import TokenizedCohort
+    from ehrgen.models.promptehr import PromptEHR, PromptEHRConfig, fitting
     from ehrgen.training import TrainingConfig
 
     cohort = cohort_named(args.cohort)
@@ -64,12 +60,8 @@ def run_one(args: argparse.Namespace) -> dict:
     model.fit(cohort, training=training)
     seconds = time.perf_counter() - start
     info = model.training_.to_dict()
-    if args.objective == "paper":
-        data = TokenizedCohort.from_cohort(cohort, CodeTokenizer.fit(cohort))
-        items = len(task_lib.example_slots(data, 0, 0, model.tasks_))
-    else:
-        items = len(cohort)
-    steps_per_epoch = math.ceil(items / args.batch_size)
+    train_loader, _ = fitting.loaders(model._fitted, cohort, None, training)
+    steps_per_epoch = len(train_loader(0))
     patient_epochs = info["steps"] / steps_per_epoch * len(cohort)
     return {
         "cohort": args.cohort,
@@ -91,7 +83,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--preset", default="small")
     parser.add_argument("--minutes", type=float, default=1.5)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=16, help="targets per step")
     parser.add_argument("--cohorts", default="demo,long")
     parser.add_argument("--objectives", default="one-pass,paper")
     parser.add_argument("--cohort", help=argparse.SUPPRESS)

@@ -57,6 +57,9 @@ class TrainingConfig(ConfigMixin):
 
     learning_rate: float = 5e-4
     weight_decay: float = 1e-4
+    # Training targets per step; a model whose items hold several targets (the
+    # one-pass PromptEHR: a patient, one target per visit) fills a step with whole
+    # items up to about this many targets.
     batch_size: int = 16
     epochs: int = 20
     # Linear warm-up length, in epochs (fractions allowed).

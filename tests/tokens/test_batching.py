@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ehrgen.data.demo import demo_cohort
 from ehrgen.models.promptehr.tasks import ExampleDataset, TaskConfig, example_slots
-from ehrgen.tokens.batching import length_grouped_order, source_lengths
+from ehrgen.tokens.batching import (
+    budgeted_batches,
+    length_grouped_order,
+    source_lengths,
+)
 from ehrgen.tokens.encoded import TokenizedCohort
 from ehrgen.tokens.tokenizer import CodeTokenizer
 
@@ -31,3 +37,27 @@ def test_length_grouped_batches_are_a_permutation_with_less_padding():
 
     random_order = np.random.default_rng(0).permutation(len(slots))
     assert padding(order) < 0.3 * padding(random_order)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    costs=st.lists(st.integers(1, 12), min_size=1, max_size=200),
+    budget=st.integers(1, 40),
+    seed=st.integers(0, 3),
+)
+def test_budgeted_batches_hold_every_item_once_and_about_the_budget(
+    costs, budget, seed
+):
+    """Check that budgeted batches are a partition of the items, that each batch
+    stops at the first item that reaches the budget, and that at most one batch per
+    chunk falls short of it."""
+    costs = np.array(costs)
+    lengths = np.random.default_rng(seed).integers(1, 100, len(costs))
+    batches = budgeted_batches(lengths, costs, budget, np.random.default_rng(seed), 2)
+    items = np.concatenate(batches)
+    assert sorted(items.tolist()) == list(range(len(costs)))
+    totals = [int(costs[b].sum()) for b in batches]
+    assert all(t - int(costs[b[-1]]) < budget for t, b in zip(totals, batches))
+    chunk = max(1, round(budget / costs.mean())) * 2
+    n_chunks = -(-len(costs) // chunk)
+    assert sum(t < budget for t in totals) <= n_chunks

@@ -13,7 +13,7 @@ import numpy as np
 
 from ehrgen.tokens.encoded import TokenizedCohort
 
-__all__ = ["length_grouped_order", "source_lengths"]
+__all__ = ["budgeted_batches", "length_grouped_order", "source_lengths"]
 
 
 def source_lengths(data: TokenizedCohort, slots: np.ndarray, cap: int) -> np.ndarray:
@@ -62,3 +62,43 @@ def length_grouped_order(
     short = [b for b in batches if len(b) < batch_size]
     shuffled = [full[i] for i in rng.permutation(len(full))]
     return np.concatenate(shuffled + short) if batches else order
+
+
+def budgeted_batches(
+    lengths: np.ndarray,
+    costs: np.ndarray,
+    budget: int,
+    rng: np.random.Generator,
+    batches_per_chunk: int = 32,
+) -> list[np.ndarray]:
+    """Length-grouped batches of items whose ``costs`` add up to about ``budget``
+    (each batch holds at least one item and stops once it reaches the budget).
+
+    Items that each hold several training targets (a patient's visits) batched by
+    count would make a step's size follow their lengths; batched by targets, every
+    step carries about ``budget`` of them, as a batch of single targets would.
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> batches = budgeted_batches(np.arange(6), np.array([1, 1, 4, 1, 1, 5]),
+        ...                            4, rng)
+        >>> sorted(int(i) for b in batches for i in b)
+        [0, 1, 2, 3, 4, 5]
+    """
+    costs = np.asarray(costs)
+    order = rng.permutation(len(lengths))
+    mean_cost = max(float(costs.mean()), 1e-9) if len(costs) else 1.0
+    chunk = max(1, round(budget / mean_cost)) * batches_per_chunk
+    batches: list[np.ndarray] = []
+    for start in range(0, len(order), chunk):
+        part = order[start : start + chunk]
+        part = part[np.argsort(-lengths[part], kind="stable")]
+        total, first = 0, 0
+        for i, item in enumerate(part):
+            total += costs[item]
+            if total >= budget:
+                batches.append(part[first : i + 1])
+                total, first = 0, i + 1
+        if first < len(part):
+            batches.append(part[first:])
+    return [batches[i] for i in rng.permutation(len(batches))]

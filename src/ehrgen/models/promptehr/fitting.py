@@ -79,7 +79,7 @@ def _patient_loaders(
     from torch.utils.data import DataLoader
 
     from ehrgen.models.promptehr import one_pass
-    from ehrgen.tokens.batching import length_grouped_order
+    from ehrgen.tokens.batching import budgeted_batches
     from ehrgen.tokens.encoded import TokenizedCohort
 
     tasks: TaskConfig = fitted.state
@@ -97,15 +97,20 @@ def _patient_loaders(
         return one_pass.collate_patients(items, pad, per_patient)
 
     def train_loader(epoch: int) -> DataLoader:
-        order = length_grouped_order(
+        # A step holds about batch_size target visits (whole patients), as a step
+        # of the paper's objective holds batch_size targets.
+        batches = budgeted_batches(
             lengths,
+            np.diff(data.visit_offsets),
             training.batch_size,
             np.random.default_rng([training.seed, epoch, 7]),
         )
-        dataset = one_pass.PatientDataset(data, order, tasks, training.seed, epoch)
+        dataset = one_pass.PatientDataset(
+            data, np.arange(len(lengths)), tasks, training.seed, epoch
+        )
         return DataLoader(
             dataset,
-            batch_size=training.batch_size,
+            batch_sampler=batches,
             collate_fn=collate_train,
             num_workers=training.num_workers,
         )
