@@ -61,6 +61,14 @@ MaxVisits = Annotated[
     ),
 ]
 BatchSize = Annotated[int, typer.Option("--batch-size", help="Patients per batch.")]
+TrainingBatchSize = Annotated[
+    int,
+    typer.Option(
+        "--batch-size",
+        help="Training targets per step (one-pass PromptEHR: whole patients, up to "
+        "about this many visits).",
+    ),
+]
 Seed = Annotated[int, typer.Option("--seed", help="Random seed.")]
 Format = Annotated[
     OutputFormat,

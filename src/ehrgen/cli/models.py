@@ -20,6 +20,7 @@ from ehrgen.cli._common import (
     Temperature,
     TopK,
     TopP,
+    TrainingBatchSize,
     _bar,
     _parse_fractions,
     _read,
@@ -59,7 +60,7 @@ def train(
         int | None,
         typer.Option("--max-steps", help="Stop training after this many steps."),
     ] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Batch size.")] = 16,
+    batch_size: TrainingBatchSize = 16,
     lr: Annotated[float, typer.Option("--lr", help="Peak learning rate.")] = 5e-4,
     val_fraction: Annotated[
         float,
@@ -360,7 +361,7 @@ def benchmark(
     ordered: Annotated[
         bool, typer.Option("--ordered", help="Split in file order, not at random.")
     ] = False,
-    batch_size: BatchSize = 16,
+    batch_size: TrainingBatchSize = 16,
     lr: Annotated[float, typer.Option("--lr", help="Peak learning rate.")] = 5e-4,
     seed: Seed = 0,
 ) -> None:
@@ -398,5 +399,5 @@ def benchmark(
         out,
         progress=True,
     )
-    console.print(table2_markdown(results, list(test.schema.modalities)))
+    console.print(table2_markdown(results, list(test.schema.modalities)), markup=False)
     console.print(f"Wrote [bold]{out}[/bold]/table2.md, results.json, table2.png.")
