@@ -20,7 +20,7 @@ Decided here (``docs/models.md``, HALO):
   order under a categorical distribution over that modality's codes, which a
   next-token decoder gives directly and a fixed-order Bernoulli chain does not;
   (2) its cost grows with the codes of a visit, not with the square of the
-  vocabulary (HALO's masked layers hold V x V weights: 50M at MIMIC's 7k codes);
+  vocabulary (each of HALO's masked layers holds V x V weights, 49M at 7k codes);
   (3) generation goes through the shared grammar-constrained sampler
   (:class:`~ehrgen.generation.VisitSampler`): well-formed visits, ``top_k`` /
   ``top_p``, the per-modality cap and a key/value cache come with it.
@@ -300,7 +300,8 @@ class _Network(nn.Module):
         context = states[batch["slot_patient"], batch["slot_index"]]  # (S, D)
         hidden, _ = self.code_hidden(context, batch["tokens"])  # (S, L, D)
         logits = self.logits(hidden)
-        logits = logits.masked_fill(~self.allowed[batch["rows"]], -1e9)
+        lowest = torch.finfo(logits.dtype).min
+        logits = logits.masked_fill(~self.allowed[batch["rows"]], lowest)
         targets = batch["targets"]  # (S, L)
         nll = F.cross_entropy(
             logits.float().flatten(0, 1), targets.flatten(), reduction="sum"
