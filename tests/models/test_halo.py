@@ -107,6 +107,7 @@ def test_a_batch_targets_every_token_of_every_visit_and_each_end(train: Cohort):
     assert int(out.n_tokens) == n_targets and torch.isfinite(out.loss_sum)
 
 
+@pytest.mark.slow
 def test_learns_better_than_uniform_and_untrained():
     """Check that brief training gives, on new patients, a median per-patient
     perplexity below 0.8 times the vocabulary size (a uniform model) for both
