@@ -49,6 +49,8 @@ _EXPORTS = {
     "LSTMMLPConfig": "ehrgen.models.baselines.lstm_mlp",
     "GPT2Baseline": "ehrgen.models.baselines.gpt2",
     "GPT2BaselineConfig": "ehrgen.models.baselines.gpt2",
+    "HALO": "ehrgen.models.baselines.halo",
+    "HALOConfig": "ehrgen.models.baselines.halo",
     "build_model": "ehrgen.models.registry",
     "load_model": "ehrgen.models.registry",
     "TrainingConfig": "ehrgen.training",
@@ -86,6 +88,7 @@ if TYPE_CHECKING:
     from ehrgen.evaluation import evaluate
     from ehrgen.generation import GenerationConfig
     from ehrgen.models.baselines.gpt2 import GPT2Baseline, GPT2BaselineConfig
+    from ehrgen.models.baselines.halo import HALO, HALOConfig
     from ehrgen.models.baselines.lstm_mlp import LSTMMLP, LSTMMLPConfig
     from ehrgen.models.promptehr import PromptEHR, PromptEHRConfig
     from ehrgen.models.registry import build_model, load_model

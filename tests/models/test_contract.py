@@ -160,7 +160,7 @@ def _corrupt(name: str):
 DAMAGES = {
     **{f"missing {f}": _missing(f) for f in MODEL_FILES},
     **{f"corrupt {f}": _corrupt(f) for f in MODEL_FILES},
-    "another model": _rewrite_json("ehrgen.json", lambda d: {**d, "model": "halo"}),
+    "another model": _rewrite_json("ehrgen.json", lambda d: {**d, "model": "other"}),
     "old format": _rewrite_json("ehrgen.json", lambda d: {**d, "format_version": 1}),
     "no population": _rewrite_json(
         "ehrgen.json", lambda d: {k: v for k, v in d.items() if k != "population"}
@@ -168,7 +168,7 @@ DAMAGES = {
     "config typo": _rewrite_json("config.json", lambda d: {**d, "not_a_field": 1}),
 }
 MESSAGES = {
-    "another model": "'halo' model",
+    "another model": "'other' model",
     "old format": "model format 1",
     "no population": "population",
     "config typo": "config.json",
@@ -254,7 +254,7 @@ def test_unfitted_models_refuse_work(cohorts, tmp_path):
             with pytest.raises(NotFittedError, match="from_pretrained"):
                 call(build_model(name, "tiny"))
     with pytest.raises(ConfigError, match="known models are"):
-        build_model("halo")
+        build_model("other")
 
 
 def test_a_training_cohort_with_a_reserved_id_is_refused():

@@ -1,5 +1,5 @@
 """Tests of what each scoring protocol conditions on, and of cached decoding, for
-PromptEHR and the GPT-2 baseline (the two autoregressive models)."""
+PromptEHR, the GPT-2 baseline and HALO (the autoregressive models)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from ehrgen.data import Cohort, Patient, Visit
 from ehrgen.data.demo import demo_cohort
 from ehrgen.generation import Decoder, GenerationConfig
 from ehrgen.models.baselines.gpt2 import GPT2Baseline, GPT2BaselineConfig
+from ehrgen.models.baselines.halo import HALO, HALOConfig
 from ehrgen.models.promptehr import PromptEHR, PromptEHRConfig
 from ehrgen.training import TrainingConfig
 
@@ -20,6 +21,7 @@ BUILDERS = {
     "promptehr": lambda: PromptEHR(PromptEHRConfig.tiny()),
     "promptehr-one-pass": lambda: PromptEHR(PromptEHRConfig.tiny(objective="one-pass")),
     "gpt2": lambda: GPT2Baseline(GPT2BaselineConfig.tiny()),
+    "halo": lambda: HALO(HALOConfig.tiny()),
 }
 
 

@@ -44,7 +44,7 @@ def train(
             "--model",
             help=(
                 "A registered model: promptehr, promptehr-one-pass, "
-                "promptehr-noprompt, lstm-mlp, gpt2."
+                "promptehr-noprompt, lstm-mlp, gpt2, halo."
             ),
         ),
     ] = "promptehr",

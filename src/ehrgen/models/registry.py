@@ -75,6 +75,7 @@ MODELS: dict[str, ModelEntry] = {
     "gpt2": ModelEntry(
         "ehrgen.models.baselines.gpt2", "GPT2Baseline", "GPT2BaselineConfig"
     ),
+    "halo": ModelEntry("ehrgen.models.baselines.halo", "HALO", "HALOConfig"),
 }
 
 
