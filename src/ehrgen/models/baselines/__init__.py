@@ -7,3 +7,5 @@ from ehrgen.models.baselines.lstm_medgan import LSTMMedGAN as LSTMMedGAN
 from ehrgen.models.baselines.lstm_medgan import LSTMMedGANConfig as LSTMMedGANConfig
 from ehrgen.models.baselines.lstm_mlp import LSTMMLP as LSTMMLP
 from ehrgen.models.baselines.lstm_mlp import LSTMMLPConfig as LSTMMLPConfig
+from ehrgen.models.baselines.synteg import SynTEG as SynTEG
+from ehrgen.models.baselines.synteg import SynTEGConfig as SynTEGConfig

@@ -341,12 +341,17 @@ class GANNetwork(nn.Module):
         noise = noise.to(self.device)
         if phase == CRITIC:
             with torch.no_grad():
-                fake = self.generated(noise, condition)
+                fake = self.critic_view(self.generated(noise, condition), generator)
             loss = self.critic_loss(real, fake, condition, generator)
         else:
             with frozen(*self.critic_modules):
-                loss = self.generator_loss(self.generated(noise, condition), condition)
+                fake = self.critic_view(self.generated(noise, condition), generator)
+                loss = self.generator_loss(fake, condition)
         return _Output(loss, torch.tensor(len(real)), torch.ones(()))
+
+    def critic_view(self, probs, generator) -> torch.Tensor:
+        """What the critic sees of a generated visit: its probabilities (MedGAN)."""
+        return probs
 
     def _validation(self, real, condition, states, valid, lengths) -> _Output:
         probs = self.mc_probs(condition, VALIDATION_SAMPLES, 0).mean(1)
