@@ -4,10 +4,13 @@ score, refused modes, config checks (the contract is in test_contract.py)."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
 from ehrgen.errors import ConfigError, EhrgenError
+from ehrgen.evaluation.benchmark import table2_markdown
 from ehrgen.evaluation.perplexity import perplexity
 from ehrgen.models.base import Generator
 from ehrgen.models.baselines import LSTMMedGAN, LSTMMedGANConfig
@@ -92,6 +95,12 @@ def test_monte_carlo_score_is_reproducible_and_recorded(data, trained):
     result = perplexity(model.score_longitudinal(test, samples=64), n_resamples=10)
     assert result.to_dict()["mc_samples"] == 64
     assert result.summary()[0].metric == "lpl diagnosis, median (set, MC K=64)"
+    entry = {"lpl": {"set": result.to_dict()}, "mpl": {"set": result.to_dict()}}
+    budget = {"epochs": 1, "batch_size": 8}
+    results = {"models": {"lstm-medgan": entry}, "budget": budget, "preset": "tiny",
+               "cohorts": {}}  # fmt: skip
+    table = table2_markdown(results, list(model.tokenizer_.codes))
+    assert "| lstm-medgan | set, MC K=64 |" in table
     with pytest.raises(ConfigError, match="'samples' parameter of LSTMMedGAN"):
         model.score_longitudinal(test, samples=0)
 
@@ -130,3 +139,21 @@ def test_config_round_trips_and_rejects_bad_values():
             LSTMMedGANConfig(**{field: value})
     with pytest.raises(ConfigError, match="lstm_hidden"):
         LSTMMedGANConfig.from_dict({"lstm_hiden": 3})
+
+
+def test_validation_is_logged_but_never_picks_weights_or_stops(data, tmp_path):
+    """Check that with a validation cohort and patience 1 the GAN trains every
+    epoch, logs a finite validation figure each epoch and keeps its last
+    weights (no best-by-validation figure)."""
+    train, test = data
+    settings = TRAINING.replace(epochs=6, patience=1)
+    model = LSTMMedGAN(LSTMMedGANConfig.tiny())
+    model.fit(train[:100], test, settings, output_dir=tmp_path)
+    facts = model.training_
+    assert facts.epochs_completed == 6 and not facts.stopped_early
+    assert facts.best_val_perplexity is None and facts.val_patients == len(test)
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    figures = [r["val_perplexity"] for r in records if "val_perplexity" in r]
+    assert len(figures) == 6 and np.isfinite(figures).all()
+    assert not (tmp_path / "best").exists()

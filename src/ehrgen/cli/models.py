@@ -43,7 +43,7 @@ def train(
             "--model",
             help=(
                 "A registered model: promptehr, promptehr-one-pass, "
-                "promptehr-noprompt, lstm-mlp, gpt2."
+                "promptehr-noprompt, lstm-mlp, lstm-medgan, synteg, gpt2."
             ),
         ),
     ] = "promptehr",
@@ -274,7 +274,7 @@ def impute(
     overwrite: Overwrite = False,
 ) -> None:
     """Fill in partial records: the next visit, a missing modality, or the rest of a
-    visit (PromptEHR)."""
+    visit (PromptEHR; the other models refuse, naming what they support)."""
     from ehrgen.models.registry import load_model
 
     model = load_model(model_dir)

@@ -27,7 +27,11 @@ AdamW (its betas, not the (0.5, 0.9) usual for WGAN-GP) with one learning rate a
 schedule for every player; the dependency model is frozen once the GAN phase
 starts. Validation scores the mean of the generator's output over
 :data:`VALIDATION_SAMPLES` fixed noise draws with binary cross-entropy, the
-quantity the Monte Carlo set score summarises (see ``docs/evaluation.md``).
+quantity the Monte Carlo set score summarises (see ``docs/evaluation.md``); the
+Trainer logs it but keeps the last weights and never stops a GAN early
+(``select_by_validation = False``): the figure worsens while the autoencoder
+pretrains and says little about the samples, so picking by it, or stopping on
+it, would keep an untrained generator.
 
 **Scores** (:meth:`GANNetwork.set_log_probs`): a GAN has no likelihood. Its set
 score of a code is the generator's per-code probability averaged over K noise draws
@@ -69,7 +73,7 @@ logger = logging.getLogger(__name__)
 
 PRETRAIN, CRITIC, GENERATOR = 0, 1, 2
 #: Noise draws of the validation loss (fixed, so validation is deterministic).
-VALIDATION_SAMPLES = 8
+VALIDATION_SAMPLES = 64
 _REDRAWS = 8
 #: Floats held at once by the Monte Carlo score (visits x draws x codes).
 _MC_FLOATS = 2**22
@@ -217,6 +221,8 @@ class GANNetwork(nn.Module):
     """
 
     end_in_visit: bool = False
+    #: The Trainer logs validation but keeps the last weights (module docstring).
+    select_by_validation = False
 
     def __init__(
         self, config: GANConfig, tokenizer: CodeTokenizer, schema: CohortSchema
@@ -535,8 +541,8 @@ class GANGenerator(TrainedGenerator):
     # ---- hooks of the shared layer (ehrgen.models.trained)
 
     def _default_training(self) -> TrainingConfig:
-        """Adam (no weight decay), learning rate 1e-3, no warm-up; no early stopping,
-        since a GAN's validation loss need not fall steadily."""
+        """Adam (no weight decay), learning rate 1e-3, no warm-up (validation
+        never stops a GAN early; see the module docstring)."""
         return TrainingConfig(
             learning_rate=1e-3, weight_decay=0.0, warmup_epochs=0.0, patience=None
         )
