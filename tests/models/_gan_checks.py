@@ -13,7 +13,7 @@ import numpy as np
 from ehrgen.data import Cohort
 from ehrgen.data.demo import demo_cohort
 from ehrgen.evaluation.perplexity import perplexity
-from ehrgen.models.baselines.gan_common import CRITIC, phase_of
+from ehrgen.models.baselines.gan_common import CRITIC, phase_of, pretrain_steps
 from ehrgen.training import TrainingConfig
 
 #: Enough steps on 300 demo patients for a tiny GAN to learn (a few seconds).
@@ -53,8 +53,7 @@ def distinct_visits(cohort: Cohort) -> int:
 
 def critic_losses(output_dir: Path, training: TrainingConfig, config, n: int):
     """The logged losses of the critic's steps in a run's ``metrics.jsonl``."""
-    per_epoch = math.ceil(n / training.batch_size)
-    pretrain = math.ceil(config.pretrain_fraction * training.epochs * per_epoch)
+    pretrain = pretrain_steps(n, training, config)
     losses = []
     for line in (output_dir / "metrics.jsonl").read_text().splitlines():
         record = json.loads(line)

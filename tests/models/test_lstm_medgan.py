@@ -157,3 +157,14 @@ def test_validation_is_logged_but_never_picks_weights_or_stops(data, tmp_path):
     figures = [r["val_perplexity"] for r in records if "val_perplexity" in r]
     assert len(figures) == 6 and np.isfinite(figures).all()
     assert not (tmp_path / "best").exists()
+
+
+def test_a_run_stopped_before_the_generator_trained_warns(data, caplog):
+    """Check that a run cut by max_steps inside pretraining says so, naming the
+    model and the fix."""
+    train, _ = data
+    settings = TRAINING.replace(epochs=10, max_steps=5)
+    with caplog.at_level("WARNING"):
+        LSTMMedGAN(LSTMMedGANConfig.tiny()).fit(train[:64], training=settings)
+    assert "LSTMMedGAN trained its generator for 0 steps" in caplog.text
+    assert "Plan fewer epochs" in caplog.text

@@ -153,6 +153,14 @@ def phase_of(step: int, pretrain_steps: int, critic_steps: int) -> int:
     return GENERATOR if gan_step % (critic_steps + 1) == critic_steps else CRITIC
 
 
+def pretrain_steps(n_patients: int, training, config: GANConfig) -> int:
+    """The optimizer steps that pretrain: from the planned epochs only, so that a
+    run cut by ``max_steps`` or a time budget, and one resumed from its
+    checkpoint, follow the same schedule."""
+    per_epoch = math.ceil(n_patients / training.batch_size)
+    return math.ceil(config.pretrain_fraction * training.epochs * per_epoch)
+
+
 def gan_loaders(data: GANEncoded, val, tokenizer, training, config: GANConfig):
     """The Trainer's ``train_loader(epoch)`` and validation loader; each training
     batch carries the phase of its step (see the module docstring)."""
@@ -160,9 +168,7 @@ def gan_loaders(data: GANEncoded, val, tokenizer, training, config: GANConfig):
 
     n, size = len(data.cohort), training.batch_size
     per_epoch = math.ceil(n / size)
-    # From the planned epochs only: a run cut by max_steps or a time budget, and
-    # one resumed from its checkpoint, follow the same schedule.
-    pretrain_steps = math.ceil(config.pretrain_fraction * training.epochs * per_epoch)
+    pretrain = pretrain_steps(n, training, config)
 
     def train_loader(epoch: int) -> DataLoader:
         order = np.random.default_rng([training.seed, epoch]).permutation(n)
@@ -170,7 +176,7 @@ def gan_loaders(data: GANEncoded, val, tokenizer, training, config: GANConfig):
 
         def collate(rows):
             (b,) = rows
-            phase = phase_of(epoch * per_epoch + b, pretrain_steps, config.critic_steps)
+            phase = phase_of(epoch * per_epoch + b, pretrain, config.critic_steps)
             # The step's noise comes from its own seed, not torch's global state
             # (which DataLoaders also draw from), so that a resumed run draws it too.
             seed = np.random.default_rng([training.seed, epoch, b]).integers(2**62)
@@ -558,6 +564,26 @@ class GANGenerator(TrainedGenerator):
     def _loaders(self, fitted, train, val, training):
         data = GANEncoded(train, fitted.tokenizer)
         return gan_loaders(data, val, fitted.tokenizer, training, self.config)
+
+    def fit(self, train: Cohort, val: Cohort | None = None, training=None, **kwargs):
+        """Train (see :meth:`TrainedGenerator.fit`); warn when the run stopped
+        (``max_steps``, a time budget) before the generator trained: the schedule
+        follows the planned epochs, whose first ``pretrain_fraction`` pretrains."""
+        super().fit(train, val, training, **kwargs)
+        facts = self.training_
+        settings = TrainingConfig.from_dict(facts.training)
+        pretrain = pretrain_steps(len(train), settings, self.config)
+        rounds = self.config.critic_steps + 1  # critic steps, then a generator step
+        generator_steps = max(0, facts.steps - pretrain) // rounds
+        if generator_steps < 10:
+            logger.warning(
+                "%s trained its generator for %d steps only: the run stopped after "
+                "%d steps, and the first %d pretrain (pretrain_fraction %s of the "
+                "planned %d epochs). Plan fewer epochs for this budget.",
+                type(self).__name__, generator_steps, facts.steps, pretrain,
+                self.config.pretrain_fraction, settings.epochs,
+            )  # fmt: skip
+        return self
 
     # ---- scoring
 
