@@ -62,3 +62,34 @@ def critic_losses(output_dir: Path, training: TrainingConfig, config, n: int):
             if phase_of(step, pretrain, config.critic_steps) == CRITIC:
                 losses.append(record["loss"])
     return np.array(losses)
+
+
+def cli_round_trip(monkeypatch, capsys, tmp_path, name: str) -> None:
+    """`ehrgen train --model NAME`, `generate`, `evaluate` (perplexity, with K in
+    the metric's name) and `impute` (refused in one line naming the model)."""
+    from tests.test_cli import run
+
+    cohort, model = tmp_path / "cohort", tmp_path / "model"
+    code, _, err = run(monkeypatch, capsys, "data", "demo", "--patients", "60",
+                       "--out", str(cohort))  # fmt: skip
+    assert code == 0, err
+    code, _, err = run(monkeypatch, capsys, "train", str(cohort), "--out",
+                       str(model), "--model", name, "--preset", "tiny",
+                       "--epochs", "3")  # fmt: skip
+    assert code == 0, err
+    synthetic = tmp_path / "synthetic"
+    code, _, err = run(monkeypatch, capsys, "generate", str(model), "--n", "10",
+                       "--out", str(synthetic))  # fmt: skip
+    assert code == 0, err
+    code, _, err = run(monkeypatch, capsys, "evaluate", str(model), "--cohort",
+                       str(cohort), "--synthetic", str(synthetic), "--suite",
+                       "perplexity", "--resamples", "10", "--out",
+                       str(tmp_path / "evaluation"))  # fmt: skip
+    assert code == 0, err
+    text = (tmp_path / "evaluation" / "metrics.json").read_text()
+    assert "MC K=512" in text
+    code, _, err = run(monkeypatch, capsys, "impute", str(model), str(cohort),
+                       "--mode", "modality:drug", "--out",
+                       str(tmp_path / "imputed"))  # fmt: skip
+    assert code == 2 and f"({name}) cannot impute a modality" in err
+    assert "Traceback" not in err

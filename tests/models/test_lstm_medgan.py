@@ -18,6 +18,7 @@ from ehrgen.models.registry import build_model
 from tests.models._gan_checks import (
     TRAINING,
     agree_to_two_figures,
+    cli_round_trip,
     cohorts,
     critic_losses,
     distinct_visits,
@@ -168,3 +169,12 @@ def test_a_run_stopped_before_the_generator_trained_warns(data, caplog):
         LSTMMedGAN(LSTMMedGANConfig.tiny()).fit(train[:64], training=settings)
     assert "LSTMMedGAN trained its generator for 0 steps" in caplog.text
     assert "Plan fewer epochs" in caplog.text
+
+
+@pytest.mark.slow
+def test_cli_trains_generates_evaluates_and_refuses_imputation(
+    monkeypatch, capsys, tmp_path
+):
+    """Check that the command line trains, generates and evaluates the model like
+    every other, and refuses imputation in one line naming the model."""
+    cli_round_trip(monkeypatch, capsys, tmp_path, "lstm-medgan")

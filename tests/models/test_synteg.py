@@ -18,6 +18,7 @@ from ehrgen.models.registry import build_model
 from tests.models._gan_checks import (
     TRAINING,
     agree_to_two_figures,
+    cli_round_trip,
     cohorts,
     critic_losses,
     distinct_visits,
@@ -169,3 +170,12 @@ def _one(patient: Patient, visits, train: Cohort) -> Cohort:
     return Cohort.from_patients(
         [Patient("1", patient.static, tuple(visits))], train.schema
     )
+
+
+@pytest.mark.slow
+def test_cli_trains_generates_evaluates_and_refuses_imputation(
+    monkeypatch, capsys, tmp_path
+):
+    """Check that the command line trains, generates and evaluates the model like
+    every other, and refuses imputation in one line naming the model."""
+    cli_round_trip(monkeypatch, capsys, tmp_path, "synteg")
