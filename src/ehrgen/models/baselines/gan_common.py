@@ -1,5 +1,7 @@
-"""What the two GAN baselines (LSTM+MedGAN, SynTEG) share: the training schedule on
-the shared Trainer, the Monte Carlo set score, generation, and the refused modes.
+"""What the two GAN baselines (LSTM+MedGAN, SynTEG) share: the data, the training
+schedule on the shared Trainer, the network's common parts, the Monte Carlo set
+score and visit-by-visit sampling (the model class is in
+:mod:`ehrgen.models.baselines.gan_generator`).
 
 Both models are *conditional* GANs over one visit's multi-hot vector: a dependency
 model (an LSTM over the previous visits, plus the baseline features) gives a
@@ -22,7 +24,9 @@ A step's loss reaches only its player's parameters: the others run under
 ``torch.no_grad`` or with ``requires_grad`` off, so their gradients stay ``None``
 and AdamW leaves them untouched (no momentum, no weight decay). Thus the Trainer
 gives the GANs what it gives every model: epochs, ``max_steps``, the time budget,
-seeds, progress, checkpoints and exact resume, DDP-free CPU runs. The price: one
+seeds, progress, checkpoints and exact resume. Not multi-process (DDP) training:
+parameters left without gradient in a step would need DDP's
+``find_unused_parameters``, which the Trainer does not set. The price: one
 AdamW (its betas, not the (0.5, 0.9) usual for WGAN-GP) with one learning rate and
 schedule for every player; the dependency model is frozen once the GAN phase
 starts. Validation scores the mean of the generator's output over
@@ -40,18 +44,17 @@ the previous visits. Cross-modal: the generator, with its per-code Bernoulli
 draws, is a mixture (over the noise) of independent Bernoulli visits; conditioning
 that mixture on the visit's other modalities weighs each draw by the probability it
 gives them (self-normalised importance weights), then averages. The K noise vectors
-are drawn once from ``seed`` and shared by every context (common random numbers).
+are a seeded, scrambled Sobol sequence mapped through the normal quantile function,
+the same K for every context (common random numbers).
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -60,16 +63,11 @@ from torch import nn
 
 from ehrgen._config import ConfigMixin, check
 from ehrgen.data import Cohort, CohortSchema
-from ehrgen.errors import ConfigError, EhrgenError
-from ehrgen.models.base import CodeScores
-from ehrgen.models.baselines.lstm_mlp import _code_offset, _Encoded, _log_odds, _visits
-from ehrgen.models.trained import TrainedGenerator, check_schema, static_arrays
+from ehrgen.models.baselines.lstm_mlp import _code_offset, _Encoded, _log_odds
 from ehrgen.tokens import CodeTokenizer
-from ehrgen.training import TrainingConfig
 
-__all__ = ["GANConfig", "GANGenerator", "GANNetwork", "UnsupportedModeError"]
+__all__ = ["GANConfig", "GANEncoded", "GANNetwork", "draw_visit", "gan_loaders"]
 
-logger = logging.getLogger(__name__)
 
 PRETRAIN, CRITIC, GENERATOR = 0, 1, 2
 #: Noise draws of the validation loss (fixed, so validation is deterministic).
@@ -77,12 +75,6 @@ VALIDATION_SAMPLES = 64
 _REDRAWS = 8
 #: Floats held at once by the Monte Carlo score (visits x draws x codes).
 _MC_FLOATS = 2**22
-#: What a GAN baseline can do, for the errors of the modes it cannot.
-SUPPORTED_MODES = ("generate (whole patients from baseline features)",)
-
-
-class UnsupportedModeError(EhrgenError, NotImplementedError):
-    """A generation mode the model cannot do (the CLI prints it as one line)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -525,172 +517,3 @@ def draw_visit(logits, slices, n_codes, generation, generator):
             top = torch.zeros_like(chosen[:, a:b])
             chosen[:, a:b] &= top.scatter_(1, ranked.topk(cap, 1).indices, True)
     return chosen, end
-
-
-# --------------------------------------------------------------------------- model
-
-
-class GANGenerator(TrainedGenerator):
-    """The model class both GAN baselines share: the Trainer hooks, the Monte Carlo
-    set scores, generation, and the refusal of the modes a GAN cannot do.
-
-    A subclass sets ``name``, ``config_class``, ``network_class`` and ``summary``.
-    """
-
-    network_class: type[GANNetwork]
-    protocols: tuple[str, ...] = ("set",)
-
-    def __init__(self, config: Any = None) -> None:
-        self.config = config or self.config_class()
-        self._fitted = None
-
-    # ---- hooks of the shared layer (ehrgen.models.trained)
-
-    def _default_training(self) -> TrainingConfig:
-        """Adam (no weight decay), learning rate 1e-3, no warm-up (validation
-        never stops a GAN early; see the module docstring)."""
-        return TrainingConfig(
-            learning_rate=1e-3, weight_decay=0.0, warmup_epochs=0.0, patience=None
-        )
-
-    def _new_network(self, tokenizer, schema, train, state):
-        network = self._empty_network(tokenizer, schema, state)
-        network.calibrate(GANEncoded(train, tokenizer))
-        return network, None
-
-    def _empty_network(self, tokenizer, schema, state) -> GANNetwork:
-        return self.network_class(self.config, tokenizer, schema)
-
-    def _loaders(self, fitted, train, val, training):
-        data = GANEncoded(train, fitted.tokenizer)
-        return gan_loaders(data, val, fitted.tokenizer, training, self.config)
-
-    def fit(self, train: Cohort, val: Cohort | None = None, training=None, **kwargs):
-        """Train (see :meth:`TrainedGenerator.fit`); warn when the run stopped
-        (``max_steps``, a time budget) before the generator trained: the schedule
-        follows the planned epochs, whose first ``pretrain_fraction`` pretrains."""
-        super().fit(train, val, training, **kwargs)
-        facts = self.training_
-        settings = TrainingConfig.from_dict(facts.training)
-        pretrain = pretrain_steps(len(train), settings, self.config)
-        rounds = self.config.critic_steps + 1  # critic steps, then a generator step
-        generator_steps = max(0, facts.steps - pretrain) // rounds
-        if generator_steps < 10:
-            logger.warning(
-                "%s trained its generator for %d steps only: the run stopped after "
-                "%d steps, and the first %d pretrain (pretrain_fraction %s of the "
-                "planned %d epochs). Plan fewer epochs for this budget.",
-                type(self).__name__, generator_steps, facts.steps, pretrain,
-                self.config.pretrain_fraction, settings.epochs,
-            )  # fmt: skip
-        return self
-
-    # ---- scoring
-
-    def score_longitudinal(
-        self,
-        cohort: Cohort,
-        protocol: str = "set",
-        *,
-        samples: int | None = None,
-        seed: int = 0,
-    ) -> CodeScores:
-        """Each true code of visit t >= 2 (index 1 on) given visits 1..t-1 and the
-        baseline features: the Monte Carlo set score (module docstring) with
-        ``samples`` noise draws (the config's ``score_samples`` when None) from
-        ``seed``."""
-        return self._score(cohort, "longitudinal", protocol, samples, seed)
-
-    def score_cross_modal(
-        self,
-        cohort: Cohort,
-        protocol: str = "set",
-        *,
-        samples: int | None = None,
-        seed: int = 0,
-    ) -> CodeScores:
-        """Each true code of modality k of each visit given the earlier visits and
-        the visit's other modalities: the Monte Carlo set score, each noise draw
-        weighed by the probability it gives the other modalities."""
-        return self._score(cohort, "cross_modal", protocol, samples, seed)
-
-    def _score(self, cohort, task, protocol, samples, seed) -> CodeScores:
-        self._check_protocol(protocol, task, "a GAN gives no code order")
-        samples = self.config.score_samples if samples is None else samples
-        if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
-            raise ConfigError(
-                f"The 'samples' parameter of {type(self).__name__}.score_{task} must "
-                f"be an int >= 1. Got {samples!r} instead."
-            )
-        fitted = self._check_fitted()
-        check_schema(cohort, fitted.schema, type(self).__name__)
-        data = GANEncoded(cohort, fitted.tokenizer)
-        columns = data.base.event_columns
-        position = data.base.position
-        network, n = fitted.network.eval(), len(cohort)
-        first = 1 if task == "longitudinal" else 0
-        events, values, n_unknown = [np.zeros(0, np.int64)], [np.zeros(0)], 0
-        event_visit = cohort.event_visit
-        for start in range(0, n, 64):
-            batch = data.batch(np.arange(start, min(start + 64, n)))
-            batch = {k: v.to(network.device) for k, v in batch.items()}
-            scores = network.set_log_probs(batch, task, samples, seed).numpy()
-            v0 = int(cohort.visit_offsets[start])
-            a, b = cohort.event_offsets[v0], cohort.event_offsets[v0 + len(scores)]
-            visit, column = event_visit[a:b], columns[a:b]
-            scored = position[visit] >= first
-            n_unknown += int((scored & (column < 0)).sum())
-            keep = np.flatnonzero(scored & (column >= 0))
-            events.append(keep + a)
-            values.append(scores[visit[keep] - v0, column[keep]])
-        events, values = np.concatenate(events), np.concatenate(values)
-        visits, codes = event_visit[events], cohort.event_codes[events]
-        return CodeScores(
-            cohort.visit_patient[visits].astype(np.int64),
-            position[visits].astype(np.int32),
-            cohort.code_modality[codes].astype(np.int8),
-            cohort.code_values[codes],
-            values.astype(np.float64),
-            tuple(cohort.schema.modalities),
-            "set",
-            task,
-            self.name,
-            n_unknown,
-            mc_samples=samples,
-        )
-
-    # ---- generation
-
-    def _patient_sampler(self, fitted, generation, generator):
-        """Visits drawn code by code from the generator (module docstring);
-        ``generation`` uses ``max_visits``, ``max_codes_per_modality``,
-        ``temperature`` (divides the logits), ``greedy`` and ``batch_size``."""
-        network = fitted.network.eval()
-
-        def sample(statics):
-            categorical, numerical = static_arrays(statics, fitted.schema)
-            rows = network.sample(categorical, numerical, generation, generator)
-            return [_visits(fitted.tokenizer, history) for history in rows]
-
-        return sample
-
-    # ---- modes a GAN cannot do
-
-    def _refuse(self, mode: str) -> None:
-        raise UnsupportedModeError(
-            f"{type(self).__name__} ({self.name}) cannot {mode}: a GAN baseline "
-            f"generates whole patients only. Supported: "
-            f"{', '.join(SUPPORTED_MODES)}. Use a PromptEHR model for imputation."
-        )
-
-    def continue_patients(self, *args: Any, **kwargs: Any) -> Cohort:
-        """Refused (see :meth:`_refuse`)."""
-        self._refuse("continue patients (next-visit imputation)")
-
-    def impute_modality(self, *args: Any, **kwargs: Any) -> Cohort:
-        """Refused (see :meth:`_refuse`)."""
-        self._refuse("impute a modality")
-
-    def complete_visits(self, *args: Any, **kwargs: Any) -> Cohort:
-        """Refused (see :meth:`_refuse`)."""
-        self._refuse("complete visits")

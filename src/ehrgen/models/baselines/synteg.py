@@ -55,7 +55,8 @@ import torch
 from torch import nn
 
 from ehrgen._config import check, check_positive_ints
-from ehrgen.models.baselines.gan_common import GANConfig, GANGenerator, GANNetwork
+from ehrgen.models.baselines.gan_common import GANConfig, GANNetwork
+from ehrgen.models.baselines.gan_generator import GANGenerator
 
 __all__ = ["SynTEG", "SynTEGConfig"]
 
