@@ -93,3 +93,23 @@ def cli_round_trip(monkeypatch, capsys, tmp_path, name: str) -> None:
                        str(tmp_path / "imputed"))  # fmt: skip
     assert code == 2 and f"({name}) cannot impute a modality" in err
     assert "Traceback" not in err
+
+
+def states_step_by_step_match(model) -> None:
+    """The LSTM state carried visit by visit (as sampling does) equals the states
+    of :meth:`GANNetwork.states` read over the whole history at once."""
+    import torch
+
+    network = model.model_.eval()
+    generator = torch.Generator().manual_seed(0)
+    visits = (torch.rand(3, 4, network.n_codes, generator=generator) < 0.1).float()
+    gaps = torch.rand(3, 4, generator=generator)
+    static = torch.rand(3, network.n_static, generator=generator)
+    with torch.no_grad():
+        whole = network.states(visits, gaps, static)  # (B, T + 1, H)
+        memory, steps = None, [network.initial.expand(3, -1)]
+        for t in range(4):
+            x = network.visit_inputs(visits[:, t : t + 1], gaps[:, t : t + 1], static)
+            out, memory = network.lstm(x, memory)
+            steps.append(out[:, -1])
+    torch.testing.assert_close(torch.stack(steps, 1), whole, atol=1e-5, rtol=1e-5)

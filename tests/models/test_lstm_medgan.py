@@ -23,6 +23,7 @@ from tests.models._gan_checks import (
     critic_losses,
     distinct_visits,
     medians,
+    states_step_by_step_match,
 )
 
 
@@ -178,3 +179,10 @@ def test_cli_trains_generates_evaluates_and_refuses_imputation(
     """Check that the command line trains, generates and evaluates the model like
     every other, and refuses imputation in one line naming the model."""
     cli_round_trip(monkeypatch, capsys, tmp_path, "lstm-medgan")
+
+
+def test_sampling_carries_the_state_the_scores_read(trained):
+    """Check that the LSTM state carried visit by visit in sampling equals the
+    state read over the whole history, as scoring and training read it."""
+    model, _ = trained
+    states_step_by_step_match(model)

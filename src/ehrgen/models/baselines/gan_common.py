@@ -247,8 +247,9 @@ class GANNetwork(nn.Module):
 
     # ---- hooks
 
-    def states(self, visits, gaps, static) -> torch.Tensor:
-        """(B, T, C) visits -> (B, T + 1, H); state t summarises visits < t."""
+    def visit_inputs(self, visits, gaps, static) -> torch.Tensor:
+        """(B, T, C) visits, (B, T) log-gaps, (B, S) static -> (B, T, I): what
+        the LSTM (``self.lstm``, after ``self.initial``) reads for each visit."""
         raise NotImplementedError
 
     def condition(self, states, static) -> torch.Tensor:
@@ -357,8 +358,19 @@ class GANNetwork(nn.Module):
         """What the critic sees of a generated visit: its probabilities (MedGAN)."""
         return probs
 
+    def states(self, visits, gaps, static) -> torch.Tensor:
+        """(B, T, C) visits -> (B, T + 1, H); state t summarises visits < t."""
+        batch, steps = visits.shape[:2]
+        initial = self.initial.expand(batch, 1, -1)
+        if steps == 0:
+            return initial
+        out, _ = self.lstm(self.visit_inputs(visits, gaps, static))  # (B, T, H)
+        return torch.cat([initial, out], 1)  # padding comes last: it leaks nowhere
+
     def _validation(self, real, condition, states, valid, lengths) -> _Output:
-        probs = self.mc_probs(condition, VALIDATION_SAMPLES, 0).mean(1)
+        probs = torch.cat(
+            [p.mean(1) for _, p in self.mc_chunks(condition, VALIDATION_SAMPLES, 0)]
+        )
         loss = F.binary_cross_entropy(
             probs.clamp(1e-6, 1 - 1e-6), real, reduction="sum"
         )
@@ -373,25 +385,22 @@ class GANNetwork(nn.Module):
             count += int(valid.sum())
         return _Output(loss, torch.tensor(count))
 
-    def mc_probs(self, condition, samples: int, seed: int) -> torch.Tensor:
-        """(N, D) conditions -> (N, K, n_out) generator probabilities for K noise
-        draws, the same K for every condition: a scrambled Sobol sequence (seeded)
-        mapped through the normal quantile function, whose averages converge faster
-        than independent draws'."""
+    def mc_chunks(self, condition, samples: int, seed: int):
+        """(N, D) conditions -> ``(rows, (n, K, n_out))`` chunks: the generator's
+        probabilities for K noise draws, the same K for every condition: a
+        scrambled Sobol sequence (seeded) mapped through the normal quantile
+        function, whose averages converge faster than independent draws'. Chunks
+        hold about :data:`_MC_FLOATS` floats, whatever the vocabulary."""
         engine = torch.quasirandom.SobolEngine(self.config.noise, True, seed)
         uniform = engine.draw(samples, dtype=torch.float64).clamp(1e-7, 1 - 1e-7)
         noise = torch.special.ndtri(uniform).float().to(self.device)
         chunk = max(1, _MC_FLOATS // (samples * self.n_out))
-        parts = []
         for start in range(0, len(condition), chunk):
             part = condition[start : start + chunk]  # (n, D)
             n = len(part)
             flat = part.unsqueeze(1).expand(-1, samples, -1).reshape(n * samples, -1)
             probs = self.generated(noise.repeat(n, 1), flat)  # (n * K, n_out)
-            parts.append(probs.reshape(n, samples, -1))
-        if not parts:
-            return condition.new_zeros(0, samples, self.n_out)
-        return torch.cat(parts)
+            yield slice(start, start + n), probs.reshape(n, samples, -1)
 
     @torch.no_grad()
     def set_log_probs(self, batch, task: str, samples: int, seed: int):
@@ -399,27 +408,34 @@ class GANNetwork(nn.Module):
         (see the module docstring)."""
         visits, static, states, valid = self._read(batch)
         condition = self._conditions(states, static)[valid]
-        probs = self.mc_probs(condition, samples, seed)[..., : self.n_codes]
-        probs = probs.clamp(1e-6, 1 - 1e-6)  # (N, K, C)
-        if task == "longitudinal":
-            mean = probs.mean(1)
-        else:
-            x = visits[valid].unsqueeze(1)  # (N, 1, C)
-            ll = x * probs.log() + (1 - x) * torch.log1p(-probs)
-            per_modality = torch.stack(
-                [ll[..., a:b].sum(-1) for a, b in self.slices], -1
-            )
-            total = per_modality.sum(-1)  # (N, K)
-            mean = torch.empty(probs.shape[0], self.n_codes, device=probs.device)
-            for k, (a, b) in enumerate(self.slices):
-                weights = torch.softmax(total - per_modality[..., k], 1)  # (N, K)
-                mean[:, a:b] = (weights.unsqueeze(-1) * probs[..., a:b]).sum(1)
+        observed = visits[valid]  # (N, C)
+        mean = observed.new_empty(len(observed), self.n_codes)
+        for rows, probs in self.mc_chunks(condition, samples, seed):
+            probs = probs[..., : self.n_codes].clamp(1e-6, 1 - 1e-6)  # (n, K, C)
+            if task == "longitudinal":
+                mean[rows] = probs.mean(1)
+            else:
+                mean[rows] = self._given_the_rest(probs, observed[rows])
         scores = mean.log()
         for a, b in self.slices:
             if b > a:
                 part = scores[:, a:b]
                 scores[:, a:b] = part - torch.logsumexp(part, 1, keepdim=True)
         return scores.cpu()
+
+    def _given_the_rest(self, probs, observed) -> torch.Tensor:
+        """(n, K, C) probabilities, (n, C) visits -> (n, C): for each modality,
+        the mean over draws weighed by the probability each gives the visit's
+        other modalities (self-normalised importance weights)."""
+        x = observed.unsqueeze(1)  # (n, 1, C)
+        ll = x * probs.log() + (1 - x) * torch.log1p(-probs)  # (n, K, C)
+        per_modality = torch.stack([ll[..., a:b].sum(-1) for a, b in self.slices], -1)
+        total = per_modality.sum(-1)  # (n, K)
+        mean = probs.new_empty(probs.shape[0], probs.shape[2])
+        for k, (a, b) in enumerate(self.slices):
+            weights = torch.softmax(total - per_modality[..., k], 1)  # (n, K)
+            mean[:, a:b] = (weights.unsqueeze(-1) * probs[..., a:b]).sum(1)
+        return mean
 
     @torch.no_grad()
     def calibrate(self, data: GANEncoded) -> None:
@@ -456,17 +472,23 @@ class GANNetwork(nn.Module):
     @torch.no_grad()
     def sample(self, categorical, numerical, generation, generator) -> list[np.ndarray]:
         """Each patient's visits as a (visits, n_codes) bool array, drawn visit by
-        visit from the model's own earlier visits. Draws happen on the CPU, so that
-        a seed gives the same patients on any device."""
+        visit from the model's own earlier visits (the LSTM carries its state, so
+        each step reads one visit). Draws happen on the CPU, so that a seed gives
+        the same patients on any device."""
         device = self.device
         static = self.static_features(categorical.to(device), numerical.to(device))
         batch = len(static)
-        visits = torch.zeros(batch, 0, self.n_codes, device=device)
-        gaps = torch.zeros(batch, 0, device=device)
+        drawn = []
+        state, memory = self.initial.expand(batch, -1), None  # (B, H): no visit yet
         counts = torch.zeros(batch, dtype=torch.long)
         alive = torch.ones(batch, dtype=torch.bool)
         for t in range(generation.max_visits):
-            state = self.states(visits, gaps, static)[:, -1]  # (B, H)
+            if t:  # read the visit drawn last
+                gap = torch.full((batch, 1), float(self.gap_fill), device=device)
+                x = self.visit_inputs(drawn[-1].float().to(device).unsqueeze(1),
+                                      gap if t > 1 else gap * 0, static)  # fmt: skip
+                out, memory = self.lstm(x, memory)
+                state = out[:, -1]
             if t and not self.end_in_visit:
                 p_end = torch.sigmoid(self.end_logits(state).squeeze(-1)).cpu()
                 alive &= ~torch.bernoulli(p_end, generator=generator).bool()
@@ -480,13 +502,13 @@ class GANNetwork(nn.Module):
             visit, end = draw_visit(
                 logits, self.slices, self.n_codes, generation, generator
             )
-            visits = torch.cat([visits, visit.float().to(device).unsqueeze(1)], 1)
-            gap = torch.full((batch, 1), float(self.gap_fill) if t else 0.0)
-            gaps = torch.cat([gaps, gap.to(device)], 1)
+            drawn.append(visit)
             counts += alive.long()
             if self.end_in_visit:
                 alive &= ~end
-        chosen = visits.bool().cpu().numpy()
+        if not drawn:
+            return [np.zeros((0, self.n_codes), bool) for _ in range(batch)]
+        chosen = torch.stack(drawn, 1).numpy()  # (B, T, C)
         return [chosen[i, :c] for i, c in enumerate(counts.tolist())]
 
 

@@ -148,15 +148,11 @@ class _Network(GANNetwork):
     def critic_modules(self) -> tuple[nn.Module, ...]:
         return (self.discriminator,)
 
-    def states(self, visits, gaps, static) -> torch.Tensor:
-        """(B, T, C) visits -> (B, T + 1, H); MedGAN reads no gaps."""
-        batch, steps = visits.shape[:2]
-        initial = self.initial.expand(batch, 1, -1)
-        if steps == 0:
-            return initial
-        x = torch.cat([visits, static.unsqueeze(1).expand(-1, steps, -1)], 2)
-        out, _ = self.lstm(x)  # (B, T, H); padding comes last, so it leaks nowhere
-        return torch.cat([initial, out], 1)
+    def visit_inputs(self, visits, gaps, static) -> torch.Tensor:
+        """(B, T, C + S): each multi-hot visit and the baseline features (MedGAN
+        reads no gaps)."""
+        static = static.unsqueeze(1).expand(-1, visits.shape[1], -1)
+        return torch.cat([visits, static], 2)
 
     def condition(self, states, static) -> torch.Tensor:
         return torch.relu(self.condition_layer(torch.cat([states, static], -1)))

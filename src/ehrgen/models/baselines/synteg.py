@@ -216,18 +216,14 @@ class _Network(GANNetwork):
         padding = torch.cat([torch.zeros_like(present[:, :1]), ~present], 1)
         return self.transformer(x, src_key_padding_mask=padding)[:, 0]
 
-    def states(self, visits, gaps, static) -> torch.Tensor:
-        """(B, T, C) visits, (B, T) log-gaps -> (B, T + 1, H)."""
+    def visit_inputs(self, visits, gaps, static) -> torch.Tensor:
+        """(B, T, E + G + S): each visit's vector, its gap embedded, the baseline
+        features."""
         batch, steps = visits.shape[:2]
-        initial = self.initial.expand(batch, 1, -1)
-        if steps == 0:
-            return initial
         vectors = self.visit_vectors(visits.reshape(batch * steps, -1))
         vectors = vectors.reshape(batch, steps, -1)  # (B, T, E)
-        x = torch.cat([vectors, self.gap_embedding(gaps.unsqueeze(-1)),
-                       static.unsqueeze(1).expand(-1, steps, -1)], 2)  # fmt: skip
-        out, _ = self.lstm(x)  # (B, T, H); padding comes last, so it leaks nowhere
-        return torch.cat([initial, out], 1)
+        return torch.cat([vectors, self.gap_embedding(gaps.unsqueeze(-1)),
+                          static.unsqueeze(1).expand(-1, steps, -1)], 2)  # fmt: skip
 
     def condition(self, states, static) -> torch.Tensor:
         return torch.relu(self.condition_layer(torch.cat([states, static], -1)))
