@@ -27,8 +27,8 @@ widths are ours. Decided here:
   adversarial game adds what they miss (co-occurrence, spread). Trained from
   scratch in a few hundred steps, the WGAN learnt little of its condition on the
   demo cohort (its lpl barely beat a generator fed zeros: pooled code NLL 3.25
-  against 3.27); residual, 3.09 against 3.27. ``dependency_base=False`` gives the
-  paper's generator.
+  against 3.27, seed 0); residual, 3.09 against 3.27 (docs/models.md has the
+  figures). ``dependency_base=False`` gives the paper's generator.
 * **The critic sees drawn visits**: each generated visit is drawn code by code
   (Bernoulli), with the probabilities' gradient passed straight through, so that
   the critic compares binary visits with binary visits and cannot win on values
