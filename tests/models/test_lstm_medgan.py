@@ -162,14 +162,20 @@ def test_validation_is_logged_but_never_picks_weights_or_stops(data, tmp_path):
 
 
 def test_a_run_stopped_before_the_generator_trained_warns(data, caplog):
-    """Check that a run cut by max_steps inside pretraining says so, naming the
-    model and the fix."""
+    """Check that a run cut by max_steps inside pretraining, and one too short
+    for its generator, say so, naming the model and the fix."""
     train, _ = data
     settings = TRAINING.replace(epochs=10, max_steps=5)
     with caplog.at_level("WARNING"):
         LSTMMedGAN(LSTMMedGANConfig.tiny()).fit(train[:64], training=settings)
     assert "LSTMMedGAN trained its generator for 0 steps" in caplog.text
-    assert "Plan fewer epochs" in caplog.text
+    assert "plan fewer epochs for this budget" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        LSTMMedGAN(LSTMMedGANConfig.tiny()).fit(
+            train[:64], training=TRAINING.replace(epochs=1)
+        )
+    assert "train for more epochs" in caplog.text
 
 
 @pytest.mark.slow

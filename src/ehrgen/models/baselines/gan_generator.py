@@ -67,9 +67,10 @@ class GANGenerator(TrainedGenerator):
         return gan_loaders(data, val, fitted.tokenizer, training, self.config)
 
     def fit(self, train: Cohort, val: Cohort | None = None, training=None, **kwargs):
-        """Train (see :meth:`TrainedGenerator.fit`); warn when the run stopped
-        (``max_steps``, a time budget) before the generator trained: the schedule
-        follows the planned epochs, whose first ``pretrain_fraction`` pretrains."""
+        """Train (see :meth:`TrainedGenerator.fit`); warn when the generator took
+        fewer than 10 steps: the schedule follows the planned epochs, whose first
+        ``pretrain_fraction`` pretrains, so a run cut short (``max_steps``, a time
+        budget) may never reach the GAN, and a short one barely does."""
         super().fit(train, val, training, **kwargs)
         facts = self.training_
         settings = TrainingConfig.from_dict(facts.training)
@@ -77,12 +78,15 @@ class GANGenerator(TrainedGenerator):
         rounds = self.config.critic_steps + 1  # critic steps, then a generator step
         generator_steps = max(0, facts.steps - pretrain) // rounds
         if generator_steps < 10:
+            cut = facts.epochs_completed < settings.epochs
+            fix = ("it stopped before the planned epochs: plan fewer epochs for "
+                   "this budget" if cut else "train for more epochs")  # fmt: skip
             logger.warning(
-                "%s trained its generator for %d steps only: the run stopped after "
-                "%d steps, and the first %d pretrain (pretrain_fraction %s of the "
-                "planned %d epochs). Plan fewer epochs for this budget.",
+                "%s trained its generator for %d steps only: %d optimizer steps, "
+                "of which the first %d pretrain (pretrain_fraction %s of the planned "
+                "%d epochs); %s.",
                 type(self).__name__, generator_steps, facts.steps, pretrain,
-                self.config.pretrain_fraction, settings.epochs,
+                self.config.pretrain_fraction, settings.epochs, fix,
             )  # fmt: skip
         return self
 
