@@ -18,6 +18,7 @@ __all__ = [
     "EhrgenError",
     "NotFittedError",
     "SchemaError",
+    "UnsupportedModeError",
     "did_you_mean",
 ]
 
@@ -36,6 +37,12 @@ class SchemaError(EhrgenError, ValueError):
 
 class NotFittedError(EhrgenError, ValueError, AttributeError):
     """An estimator was used before ``fit`` (or ``from_pretrained``)."""
+
+
+class UnsupportedModeError(EhrgenError, NotImplementedError):
+    """A model was asked for a generation mode it cannot do (e.g. a GAN baseline
+    asked to impute a modality); the message names the model and what it
+    supports."""
 
 
 def did_you_mean(name: str, known: Iterable[str]) -> str:

@@ -11,6 +11,10 @@ optimizer's tensors), ``rng.safetensors`` and ``trainer_state.json`` (counters, 
 rate schedule, optimizer hyper-parameters, best validation perplexity). Nothing is
 pickled. Resuming is explicit (``resume_from=``), never guessed from a folder.
 
+A model whose ``select_by_validation`` attribute is False (the GANs, whose
+validation loss says little about sample quality) is validated and the figure
+logged, but the last weights are kept and it never stops early.
+
 The model is any ``nn.Module`` whose ``forward(batch)`` returns an object with
 ``loss_sum`` (summed negative log-likelihood) and ``n_tokens``. The loss optimised is
 ``loss_sum / n_tokens``, or ``loss_sum / loss_denominator`` when the output has one: a
@@ -367,6 +371,15 @@ class _Run:
             tokens += int(out.n_tokens)
         perplexity = math.exp(loss / max(tokens, 1))
         state = self.state
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        if not getattr(unwrapped, "select_by_validation", True):
+            # The model opts out (a GAN): the figure is logged, but it neither picks
+            # the weights kept nor stops training early.
+            self._log({"step": state.step, "epoch": state.epoch,
+                       "val_perplexity": perplexity})  # fmt: skip
+            bar.update(val=perplexity)
+            self.model.train()
+            return
         improved = state.best_val is None or perplexity < state.best_val
         if improved:
             state.best_val, state.best_epoch, state.bad_evals = (

@@ -44,7 +44,7 @@ def train(
             "--model",
             help=(
                 "A registered model: promptehr, promptehr-one-pass, "
-                "promptehr-noprompt, lstm-mlp, gpt2, halo."
+                "promptehr-noprompt, lstm-mlp, lstm-medgan, synteg, gpt2, halo."
             ),
         ),
     ] = "promptehr",
@@ -275,7 +275,7 @@ def impute(
     overwrite: Overwrite = False,
 ) -> None:
     """Fill in partial records: the next visit, a missing modality, or the rest of a
-    visit (PromptEHR)."""
+    visit (PromptEHR; the other models refuse, naming what they support)."""
     from ehrgen.models.registry import load_model
 
     model = load_model(model_dir)
@@ -344,7 +344,10 @@ def benchmark(
     out: Annotated[Path, typer.Option("--out", help="Output folder.")],
     models: Annotated[
         str, typer.Option("--models", help="Comma-separated registry names.")
-    ] = "promptehr,promptehr-one-pass,promptehr-noprompt,lstm-mlp,gpt2",
+    ] = (
+        "promptehr,promptehr-one-pass,promptehr-noprompt,lstm-mlp,lstm-medgan,synteg,"
+        "gpt2,halo"
+    ),
     preset: Annotated[Preset, typer.Option("--preset", help="Model size.")] = (
         Preset.small
     ),

@@ -98,7 +98,9 @@ def table2_markdown(results: dict[str, Any], modalities: Sequence[str]) -> str:
         for protocol in PROTOCOLS:
             if protocol not in entry["lpl"]:
                 continue
-            cells = [name, protocol]
+            samples = entry["lpl"][protocol].get("mc_samples")
+            label = protocol if samples is None else f"{protocol}, MC K={samples}"
+            cells = [name, label]
             for m in modalities:
                 for metric in ("lpl", "mpl"):
                     figure = entry[metric][protocol]["modalities"][m]

@@ -81,9 +81,18 @@ class PerplexityResult:
     modalities: dict[str, ModalityPerplexity] = field(default_factory=dict)
     n_out_of_vocabulary: int = 0
     direction: str = "lower is better"
+    # K, when the scores are a Monte Carlo estimate (a GAN's set score).
+    mc_samples: int | None = None
+
+    @property
+    def protocol_label(self) -> str:
+        """The protocol as tables print it: ``set``, or ``set, MC K=256``."""
+        if self.mc_samples is None:
+            return self.protocol
+        return f"{self.protocol}, MC K={self.mc_samples}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "metric": self.metric,
             "protocol": self.protocol,
             "model": self.model,
@@ -91,6 +100,9 @@ class PerplexityResult:
             "n_out_of_vocabulary": self.n_out_of_vocabulary,
             "modalities": {m: v.to_dict() for m, v in self.modalities.items()},
         }
+        if self.mc_samples is not None:  # exact figures keep their old keys
+            out["mc_samples"] = self.mc_samples
+        return out
 
     def summary(self) -> list[MetricRow]:
         """One row per modality: the median per-patient perplexity and its interval.
@@ -104,7 +116,7 @@ class PerplexityResult:
         return [
             MetricRow(
                 suite="perplexity",
-                metric=f"{self.metric} {modality}, median ({self.protocol})",
+                metric=f"{self.metric} {modality}, median ({self.protocol_label})",
                 value=f.median if f.n_patients else None,
                 interval=(f.ci_low, f.ci_high),
                 direction="lower",
@@ -216,5 +228,10 @@ def perplexity(
         )
     metric = "lpl" if scores.task == "longitudinal" else "mpl"
     return PerplexityResult(
-        metric, scores.protocol, scores.model, figures, scores.n_out_of_vocabulary
+        metric,
+        scores.protocol,
+        scores.model,
+        figures,
+        scores.n_out_of_vocabulary,
+        mc_samples=scores.mc_samples,
     )

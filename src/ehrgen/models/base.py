@@ -58,6 +58,9 @@ class CodeScores:
         model: the name of the model that scored.
         n_out_of_vocabulary: true codes the model could not score (unseen in training);
             they are left out of the rows and reported here.
+        mc_samples: for a Monte Carlo estimate (a GAN's set score, see
+            ``docs/evaluation.md``), the K noise draws averaged; None for an exact
+            score.
     """
 
     patient: np.ndarray
@@ -70,6 +73,7 @@ class CodeScores:
     task: str
     model: str = ""
     n_out_of_vocabulary: int = 0
+    mc_samples: int | None = None
 
     def __post_init__(self) -> None:
         n = len(self.log_prob)

@@ -72,6 +72,10 @@ MODELS: dict[str, ModelEntry] = {
     "lstm-mlp": ModelEntry(
         "ehrgen.models.baselines.lstm_mlp", "LSTMMLP", "LSTMMLPConfig"
     ),
+    "lstm-medgan": ModelEntry(
+        "ehrgen.models.baselines.lstm_medgan", "LSTMMedGAN", "LSTMMedGANConfig"
+    ),
+    "synteg": ModelEntry("ehrgen.models.baselines.synteg", "SynTEG", "SynTEGConfig"),
     "gpt2": ModelEntry(
         "ehrgen.models.baselines.gpt2", "GPT2Baseline", "GPT2BaselineConfig"
     ),
