@@ -86,15 +86,16 @@ def _patient_loaders(
     pad = fitted.tokenizer.pad_id
     data = TokenizedCohort.from_cohort(train, fitted.tokenizer)
     lengths = patient_lengths(data, tasks)
-    # Label tokens per patient, about: its visits' tokens, one cloze block each
-    # (cloze_rate of them), the end of the patient.
-    per_patient = float(lengths.mean()) * (1 + tasks.cloze_rate / 3) + 1
+    # Label tokens of a full step (batch_size visits), about: a visit's tokens, a
+    # cloze block for cloze_rate of the visits, the end of each patient.
+    labels = lengths.sum() * (1 + tasks.cloze_rate / 3) + len(lengths)
+    per_step = training.batch_size * float(labels) / max(data.visit_counts.sum(), 1)
 
     def collate(items):
         return one_pass.collate_patients(items, pad)
 
     def collate_train(items):
-        return one_pass.collate_patients(items, pad, per_patient)
+        return one_pass.collate_patients(items, pad, per_step)
 
     def train_loader(epoch: int) -> DataLoader:
         # A step holds about batch_size target visits (whole patients), as a step

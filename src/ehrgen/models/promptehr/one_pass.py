@@ -327,14 +327,14 @@ class PatientDataset(torch.utils.data.Dataset):
 
 
 def collate_patients(
-    items: Sequence[PatientItem], pad_id: int, tokens_per_patient: float | None = None
+    items: Sequence[PatientItem], pad_id: int, loss_denominator: float | None = None
 ) -> dict[str, torch.Tensor]:
     """Right-pad the rows of a batch of patients into tensors.
 
-    ``tokens_per_patient`` (the training cohort's mean label tokens per patient) adds
-    ``loss_denominator``, the batch's patients times it: the trainer divides the loss
-    by that constant per patient rather than by the batch's own token count, which
-    length-grouped batches would make depend on the patients' lengths.
+    ``loss_denominator`` (the label tokens of a full step, a constant of the run) is
+    added to the batch: the trainer divides the loss by it rather than by the batch's
+    own token count, so that every token weighs the same whatever the lengths of the
+    patients it was batched with.
 
     Returns (R rows): ``encoder_*`` (R, S) and ``decoder_*``, ``labels``,
     ``label_modality`` (R, T) padded with ``pad_id`` / position 0 / level -1 /
@@ -365,8 +365,8 @@ def collate_patients(
     batch["categorical"] = torch.from_numpy(categorical)
     batch["numerical"] = torch.from_numpy(numerical)
     batch["row_patient"] = torch.tensor(owner, dtype=torch.long)
-    if tokens_per_patient is not None:
-        batch["loss_denominator"] = torch.tensor(len(items) * tokens_per_patient)
+    if loss_denominator is not None:
+        batch["loss_denominator"] = torch.tensor(float(loss_denominator))
     return batch
 
 
