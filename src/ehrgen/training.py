@@ -185,8 +185,10 @@ class Trainer:
         val_loader: Iterable[Mapping[str, torch.Tensor]] | None,
         resume_from: str | Path | None = None,
     ) -> TrainingResult:
-        """Train; ``train_loader(epoch)`` gives that epoch's batches (a DataLoader of
-        the same length every epoch). At the end the model holds the best weights
+        """Train; ``train_loader(epoch)`` gives that epoch's batches (a DataLoader;
+        an epoch ends when its loader does, and the first epoch's length sets the
+        learning-rate schedule, so lengths that vary a little by epoch, as budgeted
+        batches do, are fine). At the end the model holds the best weights
         (by validation perplexity) when validation ran, else the last ones."""
         from accelerate import Accelerator
 
@@ -216,7 +218,7 @@ class Trainer:
             state = self._resume(Path(resume_from), model, optimizer, scheduler)
         model, optimizer = accelerator.prepare(model, optimizer)
         run = _Run(self, accelerator, model, optimizer, scheduler, state, total_steps)
-        return run.loop(train_loader, val_loader, steps_per_epoch)
+        return run.loop(train_loader, val_loader)
 
     def _precision(self) -> str:
         if self.config.mixed_precision != "no" and not torch.cuda.is_available():
@@ -284,13 +286,12 @@ class _Run:
     def main(self) -> bool:
         return self.accelerator.is_main_process
 
-    def loop(self, train_loader, val_loader, steps_per_epoch: int) -> TrainingResult:
+    def loop(self, train_loader, val_loader) -> TrainingResult:
         with _progress(self.trainer.progress and self.main, self.total_steps) as bar:
             bar.update(completed=self.state.step)
             while self.state.epoch < self.config.epochs and not self._done():
-                self._train_epoch(train_loader, steps_per_epoch, bar)
-                if self.state.step_in_epoch < steps_per_epoch:
-                    break  # stopped by max_steps in the middle of an epoch
+                if not self._train_epoch(train_loader, bar):
+                    break  # stopped in the middle of an epoch (max_steps, time)
                 self.state.epoch += 1
                 self.state.step_in_epoch = 0
                 if (
@@ -312,9 +313,14 @@ class _Run:
         out_of_time = budget is not None and (
             time.perf_counter() - self.started > 60 * budget
         )
-        return self.state.step >= self.total_steps or self.stopped_early or out_of_time
+        # The epochs are counted by the loop: the number of batches of an epoch may
+        # vary, so a step count only stops a run when max_steps asks for it.
+        max_steps = self.config.max_steps
+        out_of_steps = max_steps is not None and self.state.step >= max_steps
+        return out_of_steps or self.stopped_early or out_of_time
 
-    def _train_epoch(self, train_loader, steps_per_epoch: int, bar) -> None:
+    def _train_epoch(self, train_loader, bar) -> bool:
+        """One epoch, or what is left of it; False if the run stopped inside it."""
         loader = self.accelerator.prepare_data_loader(train_loader(self.state.epoch))
         if self.state.step_in_epoch:
             loader = self.accelerator.skip_first_batches(
@@ -356,7 +362,8 @@ class _Run:
             if (every and self.state.step % every == 0) or self._done():
                 self._checkpoint()
             if self._done():
-                return
+                return False
+        return True
 
     @torch.no_grad()
     def _validate(self, val_loader, bar) -> None:

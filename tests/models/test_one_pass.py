@@ -266,3 +266,21 @@ def test_a_saved_config_without_objective_loads_as_paper(model, tmp_path):
     del config["objective"]
     (folder / "config.json").write_text(json.dumps(config))
     assert load_model(folder).config.objective == "paper"
+
+
+def test_every_epoch_runs_to_its_end_when_batch_counts_vary():
+    """Check that budgeted batches (whose number varies by epoch) train every batch
+    of every epoch: the trainer once took an epoch shorter than the first for a stop
+    inside it and ended the run."""
+    from ehrgen.models.promptehr import fitting
+
+    cohort = demo_cohort(40, seed=1)
+    training = TrainingConfig(epochs=5, batch_size=4, learning_rate=5e-3,
+                              checkpoint_every_steps=None)  # fmt: skip
+    model = PromptEHR(PromptEHRConfig.tiny(objective="one-pass"))
+    model.fit(cohort, cohort[:6], training=training)
+    loader, _ = fitting.loaders(model._fitted, cohort, None, training)
+    lengths = [len(loader(epoch)) for epoch in range(5)]
+    assert min(lengths[1:]) < lengths[0]
+    assert model.training_.epochs_completed == 5
+    assert model.training_.steps == sum(lengths)
