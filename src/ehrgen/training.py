@@ -278,6 +278,7 @@ class _Run:
         self.accelerator = accelerator
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.state, self.total_steps = state, total
+        self._saved_step: int | None = None  # the step of the last checkpoint
         self.history: list[dict[str, Any]] = []
         self.started = time.perf_counter()
         self.stopped_early = False
@@ -292,6 +293,8 @@ class _Run:
             while self.state.epoch < self.config.epochs and not self._done():
                 if not self._train_epoch(train_loader, bar):
                     break  # stopped in the middle of an epoch (max_steps, time)
+                if self.state.epoch + 1 == self.config.epochs:
+                    self._checkpoint()  # the end of the run, as a stop inside it
                 self.state.epoch += 1
                 self.state.step_in_epoch = 0
                 if (
@@ -417,6 +420,9 @@ class _Run:
         self.model.train()
 
     def _checkpoint(self) -> None:
+        if self._saved_step == self.state.step:
+            return
+        self._saved_step = self.state.step
         if self.main:
             folder = (
                 self.trainer.output_dir / "checkpoints" / f"step-{self.state.step:07d}"
