@@ -46,6 +46,8 @@ class ConfigMixin:
 
 
 def _plain(value: Any) -> Any:
+    if isinstance(value, ConfigMixin):
+        return value.to_dict()
     if isinstance(value, tuple):
         return list(value)
     return value

@@ -11,6 +11,13 @@ optimizer's tensors), ``rng.safetensors`` and ``trainer_state.json`` (counters, 
 rate schedule, optimizer hyper-parameters, best validation perplexity). Nothing is
 pickled. Resuming is explicit (``resume_from=``), never guessed from a folder.
 
+With ``TrainingConfig.dp`` set, a step is DP-SGD over patients instead
+(:mod:`ehrgen.privacy.sgd`): the loader is a
+:class:`~ehrgen.privacy.sgd.PatientBatches`, each step's patients are Poisson
+sampled, each patient's gradient is clipped and the sum noised, the accountant's
+state is kept in checkpoints, a run stops before it would pass its budget, and no
+validation patients are read (they are private too): the last weights are kept.
+
 A model whose ``select_by_validation`` attribute is False (the GANs, whose
 validation loss says little about sample quality) is validated and the figure
 logged, but the last weights are kept and it never stops early.
@@ -40,7 +47,8 @@ from torch import nn
 
 from ehrgen._config import ConfigMixin, check, check_positive_ints
 from ehrgen._io import atomic_directory
-from ehrgen.errors import SchemaError
+from ehrgen.errors import ConfigError, SchemaError
+from ehrgen.privacy.config import DPConfig
 
 __all__ = ["Trainer", "TrainingConfig", "TrainingResult"]
 
@@ -82,9 +90,15 @@ class TrainingConfig(ConfigMixin):
     # "no", "fp16" or "bf16"; used on GPU only (ignored with a warning on CPU).
     mixed_precision: str = "no"
     num_workers: int = 0
+    # Differentially private training (DP-SGD over patients); None: ordinary.
+    dp: DPConfig | None = None
 
     def __post_init__(self) -> None:
         name = type(self).__name__
+        if isinstance(self.dp, Mapping):  # read back from JSON
+            object.__setattr__(self, "dp", DPConfig.from_dict(self.dp))
+        ok = self.dp is None or isinstance(self.dp, DPConfig)
+        check(ok, name, "dp", "a DPConfig or None", self.dp)
         check(
             self.learning_rate > 0,
             name,
@@ -135,9 +149,16 @@ class TrainingResult:
     seconds: float
     stopped_early: bool
     history: list[dict[str, Any]] = field(default_factory=list)
+    # DP training: the DP-SGD part of the privacy statement (ehrgen.privacy).
+    privacy: Any = None
+    # DP training: the run stopped because one more step would pass its budget.
+    stopped_by_budget: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        out = dict(self.__dict__)
+        if self.privacy is not None:
+            out["privacy"] = self.privacy.to_dict()
+        return out
 
 
 @dataclass
@@ -184,12 +205,18 @@ class Trainer:
         train_loader: Callable[[int], Iterable[Mapping[str, torch.Tensor]]],
         val_loader: Iterable[Mapping[str, torch.Tensor]] | None,
         resume_from: str | Path | None = None,
+        dp_budget: Any = None,
     ) -> TrainingResult:
         """Train; ``train_loader(epoch)`` gives that epoch's batches (a DataLoader;
         an epoch ends when its loader does, and the first epoch's length sets the
         learning-rate schedule, so lengths that vary a little by epoch, as budgeted
         batches do, are fine). At the end the model holds the best weights
-        (by validation perplexity) when validation ran, else the last ones."""
+        (by validation perplexity) when validation ran, else the last ones.
+
+        With ``config.dp``, ``train_loader`` is a
+        :class:`~ehrgen.privacy.sgd.PatientBatches` and ``dp_budget`` the
+        :class:`~ehrgen.privacy.statement.Budget` of DP-SGD; ``val_loader`` is
+        not read."""
         from accelerate import Accelerator
 
         accelerator = Accelerator(
@@ -198,8 +225,17 @@ class Trainer:
             # On CPU, Accelerate joins torchrun's processes only when told so.
             cpu=not torch.cuda.is_available(),
         )
-        # Batches per process: Accelerate shards each epoch's loader.
-        steps_per_epoch = len(accelerator.prepare_data_loader(train_loader(0)))
+        if self.config.dp is not None:
+            steps_per_epoch = self._check_dp(accelerator, train_loader, dp_budget)
+            if val_loader is not None:
+                logger.info(
+                    "DP training reads no validation patients (they are private "
+                    "too): the last weights are kept, and it never stops early."
+                )
+                val_loader = None
+        else:
+            # Batches per process: Accelerate shards each epoch's loader.
+            steps_per_epoch = len(accelerator.prepare_data_loader(train_loader(0)))
         total_steps = self.config.epochs * steps_per_epoch
         if self.config.max_steps is not None:
             total_steps = min(total_steps, self.config.max_steps)
@@ -213,12 +249,43 @@ class Trainer:
             warmup=round(self.config.warmup_epochs * steps_per_epoch),
             total=self.config.epochs * steps_per_epoch,
         )
-        state = _State()
+        state, dp_state = _State(), None
         if resume_from is not None:
-            state = self._resume(Path(resume_from), model, optimizer, scheduler)
+            state, dp_state = self._resume(
+                Path(resume_from), model, optimizer, scheduler
+            )
+        dp = None
+        if self.config.dp is not None:
+            from ehrgen.privacy.sgd import DPSGD
+
+            dp = DPSGD(
+                self.config.dp,
+                dp_budget,
+                train_loader.n_patients,
+                total_steps,
+                state=dp_state,
+            )
         model, optimizer = accelerator.prepare(model, optimizer)
         run = _Run(self, accelerator, model, optimizer, scheduler, state, total_steps)
+        run.dp = dp
         return run.loop(train_loader, val_loader)
+
+    def _check_dp(self, accelerator, train_loader, budget) -> int:
+        """DP training's preconditions; its steps per epoch (1/q)."""
+        from ehrgen.privacy.sgd import DPSGD, PatientBatches
+
+        if accelerator.num_processes > 1:
+            raise ConfigError(
+                "DP training runs in one process: each step's noise is drawn once, "
+                "and per-patient gradients are not split across processes. Launch "
+                "it without `accelerate launch`."
+            )
+        if not isinstance(train_loader, PatientBatches) or budget is None:
+            raise ConfigError(
+                "TrainingConfig.dp needs a PatientBatches loader and a DP-SGD "
+                "budget; train through a model's fit(), which makes them."
+            )
+        return DPSGD.steps_per_epoch(self.config.dp, train_loader.n_patients)
 
     def _precision(self) -> str:
         if self.config.mixed_precision != "no" and not torch.cuda.is_available():
@@ -232,7 +299,13 @@ class Trainer:
     # ---- checkpoints
 
     def checkpoint(
-        self, model: nn.Module, optimizer, scheduler, state: _State, folder: Path
+        self,
+        model: nn.Module,
+        optimizer,
+        scheduler,
+        state: _State,
+        folder: Path,
+        dp: Any = None,
     ) -> Path:
         """Write a complete, resumable checkpoint folder atomically."""
         with atomic_directory(folder, overwrite=True) as tmp:
@@ -245,11 +318,14 @@ class Trainer:
                 "scheduler": scheduler.state_dict(),
                 "optimizer": hyper,
                 "training": self.config.to_dict(),
+                "dp": None if dp is None else dp.state(),
             }
             (tmp / TRAINER_STATE).write_text(json.dumps(payload, indent=2))
         return folder
 
-    def _resume(self, folder: Path, model, optimizer, scheduler) -> _State:
+    def _resume(
+        self, folder: Path, model, optimizer, scheduler
+    ) -> tuple[_State, dict[str, Any] | None]:
         for name in (TRAINER_STATE, "optimizer.safetensors", "rng.safetensors"):
             if not (folder / name).exists():
                 raise SchemaError(
@@ -266,8 +342,16 @@ class Trainer:
         optimizer.load_state_dict(_unflatten_optimizer(tensors, payload["optimizer"]))
         scheduler.load_state_dict(payload["scheduler"])
         torch.set_rng_state(rng)
+        dp_state = payload.get("dp")
+        if (dp_state is None) != (self.config.dp is None):
+            kind = "with" if dp_state is not None else "without"
+            raise ConfigError(
+                f"{folder}: this checkpoint was trained {kind} differential privacy; "
+                f"resume it with the same setting (a DP run cannot continue without "
+                f"its accountant, nor an ordinary run become DP midway)."
+            )
         logger.info("Resumed from %s at step %d.", folder, payload["state"]["step"])
-        return _State(**payload["state"])
+        return _State(**payload["state"]), dp_state
 
 
 class _Run:
@@ -282,6 +366,8 @@ class _Run:
         self.history: list[dict[str, Any]] = []
         self.started = time.perf_counter()
         self.stopped_early = False
+        self.dp: Any = None  # a DPSGD when training is differentially private
+        self.out_of_budget = False
 
     @property
     def main(self) -> bool:
@@ -320,10 +406,12 @@ class _Run:
         # vary, so a step count only stops a run when max_steps asks for it.
         max_steps = self.config.max_steps
         out_of_steps = max_steps is not None and self.state.step >= max_steps
-        return out_of_steps or self.stopped_early or out_of_time
+        return out_of_steps or self.stopped_early or out_of_time or self.out_of_budget
 
     def _train_epoch(self, train_loader, bar) -> bool:
         """One epoch, or what is left of it; False if the run stopped inside it."""
+        if self.dp is not None:
+            return self._train_private_epoch(train_loader, bar)
         loader = self.accelerator.prepare_data_loader(train_loader(self.state.epoch))
         if self.state.step_in_epoch:
             loader = self.accelerator.skip_first_batches(
@@ -361,11 +449,64 @@ class _Run:
                 quiet=True,
             )
             bar.update(advance=1, loss=float(loss.detach()), rate=rate)
-            every = self.config.checkpoint_every_steps
-            if (every and self.state.step % every == 0) or self._done():
-                self._checkpoint()
-            if self._done():
+            if self._after_step():
                 return False
+        return True
+
+    def _after_step(self) -> bool:
+        """Checkpoint when due; True when the run stops here."""
+        every = self.config.checkpoint_every_steps
+        if (every and self.state.step % every == 0) or self._done():
+            self._checkpoint()
+        return self._done()
+
+    def _train_private_epoch(self, patients, bar) -> bool:
+        """One epoch of DP-SGD: 1/q steps of Poisson-sampled patients. The training
+        loss is shown on the bar but not logged to metrics.jsonl: it is a statistic
+        of the private patients, released by no mechanism."""
+        device, epoch = self.accelerator.device, self.state.epoch
+        steps = self.dp.steps_per_epoch(self.config.dp, patients.n_patients)
+
+        def batch_of(patient: int):
+            return {k: v.to(device) for k, v in patients.batch(patient, epoch).items()}
+
+        self.model.train()
+        window_tokens, window_start = 0, time.perf_counter()
+        for _ in range(self.state.step_in_epoch, steps):
+            if not self.dp.within_budget():
+                logger.warning(
+                    "Stopping at step %d: one more DP-SGD step would spend more "
+                    "than its ε = %.4g.",
+                    self.state.step,
+                    self.dp.budget.epsilon,
+                )
+                self.out_of_budget = True
+                self._checkpoint()
+                return False
+            members = self.dp.sample()
+            loss_sum, tokens = self.dp.gradients(self.model, members, batch_of)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.state.step += 1
+            self.state.step_in_epoch += 1
+            self.state.train_tokens += tokens
+            window_tokens += tokens
+            rate = window_tokens / max(time.perf_counter() - window_start, 1e-9)
+            self._log(
+                {
+                    "step": self.state.step,
+                    "epoch": epoch,
+                    "lr": self.scheduler.get_last_lr()[0],
+                    "tokens_per_s": rate,
+                },
+                quiet=True,
+            )
+            bar.update(advance=1, loss=loss_sum / max(tokens, 1), rate=rate)
+            if self._after_step():
+                return False
+        self._log({"step": self.state.step, "epoch": epoch + 1,
+                   "epsilon": self.dp.epsilon()})  # fmt: skip
         return True
 
     @torch.no_grad()
@@ -429,7 +570,7 @@ class _Run:
             )
             model = self.accelerator.unwrap_model(self.model)
             self.trainer.checkpoint(
-                model, self.optimizer, self.scheduler, self.state, folder
+                model, self.optimizer, self.scheduler, self.state, folder, self.dp
             )
             _prune(folder.parent, self.config.keep_checkpoints)
         self.accelerator.wait_for_everyone()
@@ -458,6 +599,8 @@ class _Run:
             seconds=time.perf_counter() - self.started,
             stopped_early=self.stopped_early,
             history=self.history,
+            privacy=None if self.dp is None else self.dp.part(),
+            stopped_by_budget=self.out_of_budget,
         )
 
 

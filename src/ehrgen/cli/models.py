@@ -83,15 +83,74 @@ def train(
             "their numbers of visits follow the training cohort's.",
         ),
     ] = True,
+    dp_epsilon: Annotated[
+        float | None,
+        typer.Option(
+            "--dp-epsilon",
+            help="Train with differential privacy: the ε of the whole release "
+            "(weights, vocabulary, population summary), per patient.",
+            rich_help_panel="Differential privacy",
+        ),
+    ] = None,
+    dp_delta: Annotated[
+        float | None,
+        typer.Option(
+            "--dp-delta",
+            help="δ of the release (default 1/patients).",
+            rich_help_panel="Differential privacy",
+        ),
+    ] = None,
+    max_grad_norm: Annotated[
+        float,
+        typer.Option(
+            "--max-grad-norm",
+            help="Gradient clipping norm; with --dp-epsilon, the bound on each "
+            "patient's gradient.",
+        ),
+    ] = 1.0,
+    dp_batch_patients: Annotated[
+        int,
+        typer.Option(
+            "--dp-batch-patients",
+            help="Patients per DP-SGD step on average (Poisson sampling).",
+            rich_help_panel="Differential privacy",
+        ),
+    ] = 64,
+    dp_bounds: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--dp-bounds",
+            help="Public bounds of a numerical feature, NAME=LOW:HIGH; repeatable "
+            "(an age defaults to 0:120).",
+            rich_help_panel="Differential privacy",
+        ),
+    ] = None,
+    vocabulary: Annotated[
+        Path | None,
+        typer.Option(
+            "--vocabulary",
+            help="A public vocabulary to use instead of the cohort's codes: a "
+            "tokenizer.json, a MEDS codes.parquet, or a table of modality and code "
+            "(with --dp-epsilon it spends no budget).",
+        ),
+    ] = None,
     overwrite: Overwrite = False,
 ) -> None:
     """Train a model (PromptEHR by default) on a MEDS cohort: its train split,
     validated on its tuning split. Checkpoints and metrics.jsonl go to
-    OUT/training/."""
+    OUT/training/. With --dp-epsilon, training is differentially private (DP-SGD
+    over patients, PromptEHR's one-pass objective, no validation split, no length
+    calibration) and the model folder states its (ε, δ)."""
     from ehrgen.models.registry import build_model
     from ehrgen.training import TrainingConfig
 
     model = build_model(model_name, preset.value)
+    dp = None
+    if dp_epsilon is not None:
+        dp = _dp_config(dp_epsilon, dp_delta, max_grad_norm, dp_batch_patients,
+                        dp_bounds or [])  # fmt: skip
+        model = _private_variant(model, model_name)
+        val_fraction, calibrate = 0.0, False
 
     if (out / "ehrgen.json").exists() and not overwrite:
         raise ConfigError(
@@ -99,6 +158,12 @@ def train(
             f"another --out."
         )
     train_cohort, val_cohort = _train_and_validation(cohort_dir, val_fraction, seed)
+    if dp is not None and val_cohort is not None:
+        console.print(
+            f"Differential privacy: the {len(val_cohort):,} patients of the tuning "
+            f"split are not read (validation would spend budget)."
+        )
+        val_cohort = None
     training = TrainingConfig(
         epochs=epochs,
         batch_size=batch_size,
@@ -106,7 +171,14 @@ def train(
         seed=seed,
         time_budget_minutes=time_budget,
         max_steps=max_steps,
+        max_grad_norm=max_grad_norm,
+        dp=dp,
     )
+    public_vocabulary = None
+    if vocabulary is not None:
+        from ehrgen.tokens.vocabulary import read_vocabulary
+
+        public_vocabulary = read_vocabulary(vocabulary, train_cohort.schema.modalities)
     console.print(
         f"Training {model_name} ({preset.value}) on {len(train_cohort):,} patients, "
         f"validating on {len(val_cohort) if val_cohort else 0:,}."
@@ -118,6 +190,7 @@ def train(
         output_dir=out / "training",
         resume_from=resume,
         progress=True,
+        vocabulary=public_vocabulary,
     )
     if not _is_main_process():
         return  # under `accelerate launch`, rank 0 alone writes the model
@@ -128,6 +201,55 @@ def train(
     ppl = model.training_.best_val_perplexity
     best = f", best validation perplexity {ppl:.2f}" if ppl is not None else ""
     console.print(f"[green]Saved[/green] the model to [bold]{out}[/bold]{best}.")
+    if model.privacy_ is not None:
+        console.print(
+            f"Differentially private: {model.privacy_.summary()} "
+            f"(parts in {out / 'model_card.md'}). Release the model folder's files, "
+            f"not {out / 'training'}: its checkpoints hold the noise's state.",
+            markup=False,
+        )
+
+
+def _dp_config(epsilon, delta, max_grad_norm, batch_patients, bounds):
+    from ehrgen.privacy import DPConfig
+
+    parsed = {}
+    for item in bounds:
+        name, _, pair = item.partition("=")
+        low, _, high = pair.partition(":")
+        try:
+            parsed[name.strip()] = (float(low), float(high))
+        except ValueError:
+            raise ConfigError(
+                f"--dp-bounds takes NAME=LOW:HIGH (e.g. age=0:120). Got {item!r}."
+            ) from None
+    return DPConfig(
+        epsilon=epsilon,
+        delta=delta,
+        max_grad_norm=max_grad_norm,
+        expected_batch_patients=batch_patients,
+        numerical_bounds=parsed,
+    )
+
+
+def _private_variant(model, model_name: str):
+    """The model to train with DP: PromptEHR switches to its one-pass objective
+    (a patient is one training item); a model without DP training is refused."""
+    from ehrgen.models.registry import private_models
+
+    if not getattr(model, "supports_dp", False):
+        raise ConfigError(
+            f"--dp-epsilon: {model_name} cannot be trained with differential "
+            f"privacy; models that can: {private_models()}."
+        )
+    config = getattr(model, "config", None)
+    if getattr(config, "objective", None) == "paper":
+        console.print(
+            f"Differential privacy: {model_name} trains with the one-pass objective "
+            f"(a patient is one training item, clipped as a whole)."
+        )
+        model.config = config.replace(objective="one-pass")
+    return model
 
 
 def _is_main_process() -> bool:

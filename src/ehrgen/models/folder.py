@@ -9,7 +9,8 @@ A folder holds::
     model_card.md      what the model is, how it was trained, how to treat it
     ehrgen.json        written last: format and library versions, the model's name,
                        training facts, the training population in aggregate, the
-                       length calibration, and the model's own JSON state
+                       length calibration, the model's own JSON state, and for a
+                       differentially private model its privacy statement
 
 Each file is written atomically and ``ehrgen.json`` last, so a folder without it is
 incomplete and :func:`read_model_folder` refuses it. Checkpoints are whole folders too:
@@ -30,6 +31,7 @@ from ehrgen._io import atomic_file, write_json
 from ehrgen.data import CohortSchema
 from ehrgen.errors import SchemaError
 from ehrgen.models.population import Population
+from ehrgen.privacy.statement import PrivacyStatement
 from ehrgen.tokens import CodeTokenizer
 
 __all__ = [
@@ -65,8 +67,9 @@ class TrainingFacts:
     """
 
     train_patients: int
-    train_visits: int
-    train_events: int
+    # None for a DP model: exact counts of the private cohort are not released.
+    train_visits: int | None
+    train_events: int | None
     val_patients: int
     training: dict[str, Any]
     steps: int
@@ -116,6 +119,8 @@ class Fitted:
         state: the model's own typed state (task settings, decile edges,
             standardisation...): an object with ``to_dict()`` or a JSON-ready mapping,
             parsed back by the model's ``_state_from_dict``.
+        privacy: the (ε, δ) statement of a differentially private model (None:
+            not private).
     """
 
     tokenizer: CodeTokenizer
@@ -125,6 +130,7 @@ class Fitted:
     facts: TrainingFacts | None = None
     length_calibration: LengthCalibration | None = None
     state: Any = None
+    privacy: PrivacyStatement | None = None
 
 
 @dataclass(frozen=True)
@@ -140,6 +146,7 @@ class ModelFolder:
     facts: TrainingFacts | None
     length_calibration: LengthCalibration | None
     state: dict[str, Any]
+    privacy: PrivacyStatement | None = None
 
 
 def write_model_folder(
@@ -176,6 +183,7 @@ def write_model_folder(
             if calibration is None
             else calibration.to_dict(),
             "state": _state_dict(fitted.state),
+            "privacy": None if fitted.privacy is None else fitted.privacy.to_dict(),
         },
     )
 
@@ -218,6 +226,7 @@ def read_model_folder(
             f"schema.json ({population.schema} vs {schema})."
         )
     facts, calibration = info.get("training"), info.get("length_calibration")
+    privacy = info.get("privacy")
     return ModelFolder(
         path=path,
         model=model_name,
@@ -234,6 +243,9 @@ def read_model_folder(
         if calibration is None
         else _parse(path / "ehrgen.json", LengthCalibration.from_dict, calibration),
         state=dict(info.get("state") or {}),
+        privacy=None
+        if privacy is None
+        else _parse(path / "ehrgen.json", PrivacyStatement.from_dict, privacy),
     )
 
 
@@ -306,9 +318,13 @@ def model_card(title: str, summary: str, fitted: Fitted, architecture: str) -> s
     else:
         ppl = facts.best_val_perplexity
         ppl_text = f"{ppl:.2f}" if ppl is not None and math.isfinite(ppl) else "n/a"
+        sizes = (
+            ""
+            if facts.train_visits is None or facts.train_events is None
+            else f", {facts.train_visits:,} visits, {facts.train_events:,} events"
+        )
         training = (
-            f"- Training cohort: {facts.train_patients:,} patients, "
-            f"{facts.train_visits:,} visits, {facts.train_events:,} events\n"
+            f"- Training cohort: {facts.train_patients:,} patients{sizes}\n"
             f"- Validation cohort: {facts.val_patients:,} patients\n"
             f"- Steps: {facts.steps:,}; epochs completed: {facts.epochs_completed}\n"
             f"- Best validation perplexity (the model's own training loss): {ppl_text}"
@@ -322,6 +338,7 @@ def model_card(title: str, summary: str, fitted: Fitted, architecture: str) -> s
         f"decision per visit count. Visit-count figures compared with that cohort "
         f"are calibrated, not learned."
     )
+    privacy = _NOT_PRIVATE if fitted.privacy is None else fitted.privacy.markdown()
     return f"""# {title} model card
 
 {summary}
@@ -338,8 +355,12 @@ def model_card(title: str, summary: str, fitted: Fitted, architecture: str) -> s
 {length}
 
 ## Privacy
-This model was trained on real patient records. Its weights can memorise rare
-combinations of codes and leak them: treat the model itself as sensitive data, and
-release synthetic data only after the privacy evaluation (membership and attribute
-inference, nearest-neighbour distances) shows an acceptable risk.
+{privacy}
 """
+
+
+_NOT_PRIVATE = """This model was trained on real patient records without differential
+privacy. Its weights can memorise rare combinations of codes and leak them: treat the
+model itself as sensitive data, and release synthetic data only after the privacy
+evaluation (membership and attribute inference, nearest-neighbour distances) shows
+an acceptable risk."""

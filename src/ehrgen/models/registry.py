@@ -22,6 +22,7 @@ __all__ = [
     "build_model",
     "load_model",
     "model_class",
+    "private_models",
 ]
 
 PRESETS = ("tiny", "small", "paper")
@@ -95,6 +96,11 @@ def _entry(name: str) -> ModelEntry:
 def model_class(name: str) -> type:
     """The class of a registered model."""
     return _entry(name).model_class()
+
+
+def private_models() -> list[str]:
+    """The registered models that can be trained with differential privacy."""
+    return [name for name, e in MODELS.items() if e.model_class().supports_dp]
 
 
 def build_model(name: str, preset: str = "small") -> Any:

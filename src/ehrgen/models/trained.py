@@ -15,7 +15,12 @@ implements a few hooks:
 * ``_state_from_dict(data, tokenizer, schema)``: the typed state back from JSON;
 * optionally ``_default_training()``, ``_initial_state(train)``,
   ``_training_module(fitted)`` (what the trainer optimises, when it wraps
-  the network) and ``_architecture()`` (one line for the model card).
+  the network) and ``_architecture()`` (one line for the model card);
+* for differentially private training (``TrainingConfig.dp``), a model sets
+  ``supports_dp`` and implements ``_new_private_network(tokenizer, schema,
+  population, state)`` (the network from the DP population summary, never from the
+  patients) and ``_patient_batches(fitted, train, training)`` (a
+  :class:`~ehrgen.privacy.sgd.PatientBatches`).
 
 The base class does the rest: the cohort checks, the tokenizer (or the one of the
 checkpoint resumed from), the population summary (once), the temporary output folder,
@@ -26,6 +31,7 @@ the shared :class:`~ehrgen.training.Trainer` with whole-folder checkpoints, the 
 from __future__ import annotations
 
 import contextlib
+import logging
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
@@ -66,6 +72,8 @@ __all__ = [
 #: 2^53 so that no float conversion changes them, and refused in training cohorts,
 #: so that a synthetic ``subject_id`` never equals a real patient's.
 SYNTHETIC_ID_BASE = 10**15
+
+logger = logging.getLogger(__name__)
 
 
 def synthetic_ids(n: int, first: int = 0) -> list[str]:
@@ -113,6 +121,8 @@ class TrainedGenerator(FittedState):
     #: one sentence for the model card.
     summary: ClassVar[str] = ""
     protocols: tuple[str, ...] = ("set",)
+    #: whether ``fit`` can train it with differential privacy (TrainingConfig.dp).
+    supports_dp: ClassVar[bool] = False
 
     config: Any
     _fitted: Fitted | None = None
@@ -133,6 +143,13 @@ class TrainedGenerator(FittedState):
     def population_(self) -> Population:
         """The training population in aggregate (what generation draws from)."""
         return self._check_fitted().population
+
+    @property
+    def privacy_(self) -> Any:
+        """The :class:`~ehrgen.privacy.PrivacyStatement` of a model trained with
+        differential privacy: its (ε, δ) per patient and each part's share; None
+        for a model trained without."""
+        return self._check_fitted().privacy
 
     @property
     def training_(self) -> TrainingFacts | None:
@@ -201,6 +218,21 @@ class TrainedGenerator(FittedState):
                 f"{list(self.protocols)}."
             )
 
+    def _new_private_network(
+        self,
+        tokenizer: CodeTokenizer,
+        schema: CohortSchema,
+        population: Population,
+        state: Any,
+    ) -> tuple[Any, Any]:
+        raise NotImplementedError
+
+    def _patient_batches(self, fitted: Fitted, train: Cohort, training: Any) -> Any:
+        raise NotImplementedError
+
+    def _check_private_training(self) -> None:
+        """Refuse settings DP training cannot honour, before any budget is spent."""
+
     def _default_training(self) -> TrainingConfig:
         """The optimisation settings ``fit`` uses when given none."""
         from ehrgen.training import TrainingConfig
@@ -222,6 +254,7 @@ class TrainedGenerator(FittedState):
         output_dir: str | Path | None = None,
         resume_from: str | Path | None = None,
         progress: bool = False,
+        vocabulary: CodeTokenizer | None = None,
     ) -> Any:
         """Train on ``train`` with the shared :class:`~ehrgen.training.Trainer`.
 
@@ -237,18 +270,30 @@ class TrainedGenerator(FittedState):
                 same cohort: training continues from it (vocabulary, state and
                 weights come from it).
             progress: show a progress bar.
+            vocabulary: a public vocabulary (e.g. from a terminology, not from
+                these patients) to use instead of the training cohort's codes;
+                with differential privacy it spends no budget.
 
         Returns:
             self, fitted.
         """
-        import torch
-
-        from ehrgen.training import Trainer
-
         training = training or self._default_training()
-        state = self._initial_state(train)
         check_cohorts(train, val, type(self).__name__)
         check_patient_ids(train)
+        if vocabulary is not None:
+            check_vocabulary(vocabulary, train.schema)
+        if training.dp is not None:
+            return self._fit_private(
+                train, training, output_dir, resume_from, progress, vocabulary
+            )
+        return self._fit(
+            train, val, training, output_dir, resume_from, progress, vocabulary
+        )
+
+    def _fit(self, train, val, training, output_dir, resume_from, progress, vocabulary):
+        import torch
+
+        state = self._initial_state(train)
         if resume_from is not None:
             folder = read_model_folder(resume_from, self.name, self._config_from_dict)
             self.config, tokenizer, schema = (
@@ -259,12 +304,101 @@ class TrainedGenerator(FittedState):
             check_schema(train, schema, f"{resume_from}")
             state = self._state_from_dict(folder.state, tokenizer, schema)
         else:
-            tokenizer, schema = CodeTokenizer.fit(train), train.schema
+            tokenizer = vocabulary or CodeTokenizer.fit(train)
+            schema = train.schema
         with torch.random.fork_rng(devices=[]):  # seeded weights, global state kept
             torch.manual_seed(training.seed)
             network, state = self._new_network(tokenizer, schema, train, state)
         population = Population.from_cohort(train)
         fitted = Fitted(tokenizer, schema, network, population, state=state)
+        loaders = self._loaders(fitted, train, val, training)
+        self._train(fitted, loaders, training, output_dir, resume_from, progress)
+        fitted.facts = training_facts(train, val, training, fitted.facts)
+        self._fitted = fitted
+        return self
+
+    def _fit_private(self, train, training, output_dir, resume_from, progress,
+                     vocabulary):  # fmt: skip
+        """Fit with differential privacy: every part of the folder learned from
+        the patients spends a share of ε (see :mod:`ehrgen.privacy`)."""
+        import torch
+
+        from ehrgen.privacy.release import private_population, private_vocabulary
+        from ehrgen.privacy.sgd import secure_seed
+        from ehrgen.privacy.statement import PrivacyStatement, plan_budget
+
+        if not self.supports_dp:
+            from ehrgen.models.registry import private_models
+
+            raise ConfigError(
+                f"{type(self).__name__} ({self.name}) cannot be trained with "
+                f"differential privacy; models that can: {private_models()}."
+            )
+        self._check_private_training()
+        dp = training.dp
+        state = self._initial_state(train)
+        if resume_from is not None:
+            folder = read_model_folder(resume_from, self.name, self._config_from_dict)
+            if folder.privacy is None:
+                raise ConfigError(
+                    f"{resume_from}: this checkpoint was trained without differential "
+                    f"privacy; a DP run cannot continue it."
+                )
+            self.config, tokenizer, schema = (
+                folder.config,
+                folder.tokenizer,
+                folder.schema,
+            )
+            check_schema(train, schema, f"{resume_from}")
+            state = self._state_from_dict(folder.state, tokenizer, schema)
+            population = folder.population
+            parts = tuple(
+                p for p in folder.privacy.parts if p.name != "training (DP-SGD)"
+            )
+            vocabulary_given = not any(p.name == "vocabulary" for p in parts)
+            plan = plan_budget(dp, len(train), vocabulary_given)
+        else:
+            plan = plan_budget(dp, len(train), vocabulary is not None)
+            rng = np.random.default_rng(secure_seed())
+            schema, parts = train.schema, ()
+            if vocabulary is not None:
+                tokenizer = vocabulary
+            else:
+                tokenizer, part = private_vocabulary(
+                    train, plan.vocabulary, dp.max_codes_per_patient, rng
+                )
+                check_private_vocabulary(tokenizer, part, len(train))
+                parts += (part,)
+            population, part = private_population(
+                train, plan.population, dp.numerical_bounds, rng
+            )
+            parts += (part,)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(training.seed)  # initial weights: data-independent
+            network, state = self._new_private_network(
+                tokenizer, schema, population, state
+            )
+        privacy = PrivacyStatement(dp.epsilon, parts)
+        fitted = Fitted(
+            tokenizer, schema, network, population, state=state, privacy=privacy
+        )
+        batches = self._patient_batches(fitted, train, training)
+        self._train(
+            fitted, (batches, None), training, output_dir, resume_from, progress,
+            dp_budget=plan.sgd,
+        )  # fmt: skip
+        result = fitted.facts
+        fitted.privacy = PrivacyStatement(dp.epsilon, (*parts, result.privacy))
+        fitted.facts = training_facts(train, None, training, result)
+        self._fitted = fitted
+        return self
+
+    def _train(self, fitted, loaders, training, output_dir, resume_from, progress,
+               dp_budget=None) -> None:  # fmt: skip
+        """Run the shared trainer; leaves its result in ``fitted.facts``."""
+        import torch
+
+        from ehrgen.training import Trainer
 
         def save_checkpoint(module: Any, folder: Path) -> None:
             checkpoint = replace(fitted, network=self._network_of(module))
@@ -281,15 +415,14 @@ class TrainedGenerator(FittedState):
             trainer = Trainer(
                 training, Path(output_dir), save_checkpoint, load_checkpoint, progress
             )
-            loaders = self._loaders(fitted, train, val, training)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(training.seed)  # dropout and other draws
                 module = self._training_module(fitted)
-                result = trainer.fit(module, *loaders, resume_from=resume_from)
-        network.eval()
-        fitted.facts = training_facts(train, val, training, result)
-        self._fitted = fitted
-        return self
+                result = trainer.fit(
+                    module, *loaders, resume_from=resume_from, dp_budget=dp_budget
+                )
+        fitted.network.eval()
+        fitted.facts = result
 
     # ---- persistence
 
@@ -317,6 +450,7 @@ class TrainedGenerator(FittedState):
             folder.facts,
             folder.length_calibration,
             state,
+            folder.privacy,
         )
         return self
 
@@ -472,13 +606,38 @@ def check_schema(cohort: Cohort, schema: CohortSchema, where: str) -> None:
         )
 
 
+def check_vocabulary(vocabulary: CodeTokenizer, schema: CohortSchema) -> None:
+    """A given vocabulary must cover exactly the cohort's modalities."""
+    if tuple(vocabulary.modalities) != tuple(schema.modalities):
+        raise SchemaError(
+            f"The vocabulary has modalities {list(vocabulary.modalities)}; the cohort "
+            f"has {list(schema.modalities)}. Give codes for exactly its modalities."
+        )
+
+
+def check_private_vocabulary(tokenizer: CodeTokenizer, part: Any, n: int) -> None:
+    """A DP vocabulary must keep codes: say how many patients a code needed."""
+    needed = part.details["threshold_patients"]
+    empty = [m for m, codes in tokenizer.codes.items() if not codes]
+    advice = (
+        f"with {n:,} patients and ε = {part.epsilon:.3g} for the vocabulary, a code "
+        f"needs about {needed:,.0f} patients holding it. Give a public vocabulary "
+        f"(vocabulary=, --vocabulary), more patients, or a larger ε."
+    )
+    if len(empty) == len(tokenizer.codes):
+        raise ConfigError(f"The differentially private vocabulary is empty: {advice}")
+    if empty:
+        logger.warning("The DP vocabulary has no %s code: %s", ", ".join(empty), advice)
+
+
 def training_facts(
     train: Cohort, val: Cohort | None, training: TrainingConfig, result: TrainingResult
 ) -> TrainingFacts:
+    private = training.dp is not None  # exact sizes of a private cohort stay out
     return TrainingFacts(
         train_patients=len(train),
-        train_visits=train.n_visits,
-        train_events=train.n_events,
+        train_visits=None if private else train.n_visits,
+        train_events=None if private else train.n_events,
         val_patients=len(val) if val is not None else 0,
         training=training.to_dict(),
         steps=result.steps,

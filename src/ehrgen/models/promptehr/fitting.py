@@ -12,6 +12,7 @@ import numpy as np
 from ehrgen.data import Cohort, CohortSchema
 from ehrgen.models.folder import Fitted
 from ehrgen.models.promptehr.config import PromptEHRConfig
+from ehrgen.tokens.encoded import TokenizedCohort
 
 if TYPE_CHECKING:
     from ehrgen.models.promptehr.tasks import TaskConfig
@@ -125,6 +126,38 @@ def _patient_loaders(
     return train_loader, DataLoader(
         dataset, batch_size=training.batch_size, collate_fn=collate
     )
+
+
+def patient_batches(fitted: Fitted, train: Cohort, training: TrainingConfig):
+    """DP-SGD's view of the one-pass data: each patient's rows as one batch."""
+    from ehrgen.models.promptehr import one_pass
+    from ehrgen.privacy.sgd import PatientBatches
+
+    tasks: TaskConfig = fitted.state
+    pad = fitted.tokenizer.pad_id
+    data = TokenizedCohort.from_cohort(train, fitted.tokenizer)
+    epochs: dict[int, one_pass.PatientDataset] = {}
+
+    def batch(patient: int, epoch: int):
+        if epoch not in epochs:  # one epoch's corruptions at a time
+            epochs.clear()
+            epochs[epoch] = one_pass.PatientDataset(
+                data, np.arange(len(train)), tasks, training.seed, epoch
+            )
+        return one_pass.collate_patients([epochs[epoch][patient]], pad)
+
+    return PatientBatches(len(train), batch)
+
+
+def moments_from_quantiles(population, schema: CohortSchema):
+    """Mean and standard deviation of each numerical feature, estimated from the
+    population summary's quantiles (what a DP model may read)."""
+    means, stds = [], []
+    for name in schema.numerical:
+        quantiles = np.asarray(population.numerical.get(name) or [0.0], np.float64)
+        means.append(quantiles.mean())
+        stds.append(quantiles.std())
+    return np.asarray(means, np.float32), np.asarray(stds, np.float32)
 
 
 def patient_lengths(data, tasks: TaskConfig) -> np.ndarray:

@@ -69,6 +69,8 @@ class PromptEHR(TrainedGenerator):
     )
     #: scoring protocols supported (see ``ehrgen.evaluation.perplexity``).
     protocols = ("chain", "set")
+    #: DP training needs the one-pass objective (a patient is one training item).
+    supports_dp = True
 
     def __init__(
         self, config: PromptEHRConfig | None = None, tasks: TaskConfig | None = None
@@ -94,20 +96,40 @@ class PromptEHR(TrainedGenerator):
     def _new_network(
         self, tokenizer: CodeTokenizer, schema: CohortSchema, train: Cohort, state: Any
     ) -> tuple[PromptBart, TaskConfig]:
-        import torch
-
-        model = self._empty_network(tokenizer, schema, state)
         values = (
             np.stack([train.static[n] for n in schema.numerical], axis=1)
             if schema.numerical
             else np.zeros((len(train), 0), np.float32)
         )
+        mean = fitting.nan_stat(np.nanmean, values)
+        std = fitting.nan_stat(np.nanstd, values)
+        return self._standardised_network(tokenizer, schema, state, mean, std)
+
+    def _new_private_network(self, tokenizer, schema, population, state):
+        # The standardisation of numerical features comes from the DP population
+        # summary (its quantiles), never from the patients themselves.
+        mean, std = fitting.moments_from_quantiles(population, schema)
+        return self._standardised_network(tokenizer, schema, state, mean, std)
+
+    def _standardised_network(self, tokenizer, schema, state, mean, std):
+        import torch
+
+        model = self._empty_network(tokenizer, schema, state)
         for featurizer in (model.encoder_prompts, model.decoder_prompts):
-            featurizer.set_standardisation(
-                torch.as_tensor(fitting.nan_stat(np.nanmean, values)),
-                torch.as_tensor(fitting.nan_stat(np.nanstd, values)),
-            )
+            featurizer.set_standardisation(torch.as_tensor(mean), torch.as_tensor(std))
         return model, fitting.fit_positions(state, self.config, schema)
+
+    def _patient_batches(self, fitted, train, training):
+        return fitting.patient_batches(fitted, train, training)
+
+    def _check_private_training(self) -> None:
+        if self.config.objective != "one-pass":
+            raise ConfigError(
+                "Differentially private training needs PromptEHR's one-pass "
+                "objective, where a patient is one training item: use "
+                "PromptEHRConfig(objective='one-pass') (ehrgen train switches to it "
+                "by itself)."
+            )
 
     def _empty_network(
         self, tokenizer: CodeTokenizer, schema: CohortSchema, state: Any
@@ -303,6 +325,12 @@ class PromptEHR(TrainedGenerator):
 
         if len(cohort) == 0:
             raise ConfigError("calibrate_length needs a cohort with patients.")
+        if self._check_fitted().privacy is not None:
+            raise ConfigError(
+                "This model was trained with differential privacy; calibrating it on "
+                "a cohort's visit counts would release them outside its (ε, δ) "
+                "statement. Its patients' lengths are the model's own."
+            )
         generation = self._generation(generation)
         ctx = self._context()
         ctx.end_bias = None
