@@ -107,6 +107,15 @@ def test_a_dp_model_folder_says_it_is_dp_and_needs_nothing_else(tmp_path):
     assert len(again.generate(3, seed=0)) == 3
     with pytest.raises(ConfigError, match="differential privacy"):
         again.calibrate_length(cohort)
+    # The evaluation report states the guarantee, part by part.
+    from ehrgen.evaluation import evaluate, write_report
+
+    result = evaluate(again, cohort, demo_cohort(20, seed=5), suites="fidelity",
+                      from_seeds=False, n_resamples=20)  # fmt: skip
+    page = write_report(result, tmp_path / "report").read_text()
+    assert "Differentially private model" in page
+    assert f"ε = {statement.epsilon:.3g}" in page
+    assert "population summary" in page and "training (DP-SGD)" in page
 
 
 def test_a_small_cohort_gets_a_clear_error_not_an_empty_vocabulary():

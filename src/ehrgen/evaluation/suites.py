@@ -369,4 +369,7 @@ def _model_facts(model: Any) -> dict[str, Any]:
         "config": config.to_dict() if hasattr(config, "to_dict") else None,
         "training": {k: info[k] for k in _TRAINING_FACTS if k in info},
         "length_calibration": length_calibration(model),
+        "privacy": None
+        if getattr(fitted, "privacy", None) is None
+        else fitted.privacy.to_dict(),
     }

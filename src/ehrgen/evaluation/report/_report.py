@@ -164,7 +164,40 @@ def _summary(evaluation: Evaluation) -> str:
         "columns are the synthetic cohorts; perplexity concerns the model, utility "
         "the first mode.</p>"
     )
-    return note + _metric_table(evaluation.summary(), evaluation.modes)
+    return (
+        _guarantee(evaluation)
+        + note
+        + _metric_table(evaluation.summary(), evaluation.modes)
+    )
+
+
+def _guarantee(evaluation: Evaluation) -> str:
+    """The model's DP statement, part by part, when it has one."""
+    privacy = (evaluation.facts.get("model") or {}).get("privacy")
+    if not privacy:
+        return ""
+
+    def number(value: Any) -> str:
+        return "∞" if value is None or value == float("inf") else f"{value:.3g}"
+
+    rows = [
+        [
+            part["name"],
+            number(part["epsilon"]),
+            f"{part['delta']:.2g}",
+            part["mechanism"],
+            ", ".join(f"{k} {number(v)}" for k, v in part["details"].items()),
+        ]
+        for part in privacy["parts"]
+    ]
+    return (
+        f"<p><strong>Differentially private model</strong>: (ε = "
+        f"{number(privacy['epsilon'])}, δ = {privacy['delta']:.2g}) per patient, "
+        f"by basic composition of its parts (target ε "
+        f"{number(privacy['target_epsilon'])}). The attacks below measure the "
+        f"synthetic data; the guarantee bounds any attack on the model.</p>\n"
+        + _table(["part", "ε", "δ", "mechanism", "settings"], rows)
+    )
 
 
 def _metric_table(rows: Iterable[MetricRow], modes: Sequence[str]) -> str:
