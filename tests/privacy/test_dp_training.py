@@ -90,7 +90,9 @@ def _public_vocabulary():
 def test_a_dp_model_folder_says_it_is_dp_and_needs_nothing_else(tmp_path):
     cohort = demo_cohort(48, seed=0)
     model, training = _tiny_private()
-    model.fit(cohort, demo_cohort(10, seed=9), training, vocabulary=_public_vocabulary())
+    model.fit(
+        cohort, demo_cohort(10, seed=9), training, vocabulary=_public_vocabulary()
+    )
     statement = model.privacy_
     names = [p.name for p in statement.parts]
     assert names == ["population summary", "training (DP-SGD)"]
@@ -135,7 +137,7 @@ def test_dp_training_stops_at_its_budget_when_resumed_for_more(tmp_path):
     more = training.replace(epochs=4)
     again, _ = _tiny_private()
     again.fit(cohort, training=more, output_dir=tmp_path / "run", resume_from=last)
-    assert [p.name for p in again.privacy_.parts][0] == "population summary"
+    assert next(p.name for p in again.privacy_.parts) == "population summary"
     part = again.privacy_.part("training (DP-SGD)")
     assert part.details["noise_multiplier"] == first.details["noise_multiplier"]
     assert part.details["steps"] >= first.details["steps"]
@@ -153,9 +155,8 @@ def test_dp_needs_a_model_and_objective_that_support_it():
 
 
 def test_cli_trains_a_dp_model_and_states_epsilon(monkeypatch, capsys, tmp_path):
-    from tests.test_cli import run
-
     from ehrgen.data.formats.meds import write_meds
+    from tests.test_cli import run
 
     write_meds(demo_cohort(40, seed=0), tmp_path / "cohort")
     _public_vocabulary().save(tmp_path / "tokenizer.json")

@@ -49,7 +49,9 @@ def test_common_codes_survive_and_infinite_epsilon_keeps_every_code():
     )
     assert "RARE-ONLY-ONE" in exact.codes["diagnosis"]
     every = {m: set(c) for m, c in exact.codes.items()}
-    noisy, _ = private_vocabulary(cohort, Budget(8.0, 1e-4), 32, np.random.default_rng(0))
+    noisy, _ = private_vocabulary(
+        cohort, Budget(8.0, 1e-4), 32, np.random.default_rng(0)
+    )
     # The most frequent codes of each modality (held by most patients) are kept.
     for modality, codes in noisy.codes.items():
         assert set(codes) <= every[modality]
@@ -83,7 +85,10 @@ def test_population_is_close_at_large_epsilon_and_never_shows_an_outlier():
     for name, frequencies in exact.categorical.items():
         for category, share in frequencies.items():
             assert noisy.categorical[name][category] == pytest.approx(share, abs=0.03)
-    ages, noisy_ages = np.array(exact.numerical["age"]), np.array(noisy.numerical["age"])
+    ages, noisy_ages = (
+        np.array(exact.numerical["age"]),
+        np.array(noisy.numerical["age"]),
+    )
     assert np.abs(np.median(ages) - np.median(noisy_ages)) < 5
     assert noisy.max_visits is not None and noisy.max_visits >= 2
     assert noisy.first_time is not None and set(noisy.gaps) <= {"1", "2", "3"}
@@ -100,6 +105,8 @@ def test_one_patient_with_an_extreme_age_barely_moves_the_summary():
     # The same noise draws, with and without the outlier.
     with_it, _ = private_population(cohort, budget, {}, np.random.default_rng(0))
     without, _ = private_population(base, budget, {}, np.random.default_rng(0))
-    top = np.array(with_it.numerical["age"][-5:]) - np.array(without.numerical["age"][-5:])
+    top = np.array(with_it.numerical["age"][-5:]) - np.array(
+        without.numerical["age"][-5:]
+    )
     assert np.abs(top).max() < 2.0
     assert max(with_it.numerical["age"]) < 119
