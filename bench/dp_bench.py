@@ -4,7 +4,11 @@ on the demo cohort at several ε, every evaluation suite run on each. Prints one
 columns: ε), writes it as JSON and plots each figure against ε; asserts nothing.
 
     python bench/dp_bench.py [--train 2000] [--holdout 1000] [--epsilons 1,3,8,inf]
-        [--epochs 5] [--minutes 6] [--preset small] [--out dp-bench]
+        [--epochs 5] [--minutes 6] [--preset small] [--public-vocabulary]
+        [--out dp-bench]
+
+Perplexities are comparable across ε only with ``--public-vocabulary``: a DP
+vocabulary keeps fewer codes at a smaller ε, and lpl is over in-vocabulary codes.
 
 Every model trains under the same budget (``--epochs``, capped by ``--minutes`` of
 training): a DP run planned for E epochs spends its ε in E epochs, so a run cut short by
@@ -25,6 +29,7 @@ from ehrgen.data.demo import demo_cohort
 from ehrgen.evaluation import evaluate
 from ehrgen.models.registry import build_model
 from ehrgen.privacy import DPConfig
+from ehrgen.tokens import CodeTokenizer
 from ehrgen.training import TrainingConfig
 
 # Headline rows to print first, by substring of the metric name.
@@ -43,6 +48,13 @@ def main() -> None:
     parser.add_argument("--suites", default="fidelity,perplexity,privacy,utility")
     parser.add_argument("--resamples", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--public-vocabulary",
+        action="store_true",
+        help="Use the codes of an independent demo sample (a public stand-in) as the "
+        "vocabulary of every run, so that perplexities share one vocabulary and ε "
+        "is spent on the weights and the population summary only.",
+    )
     parser.add_argument("--out", type=Path, default=Path("dp-bench"))
     args = parser.parse_args()
 
@@ -51,6 +63,9 @@ def main() -> None:
         [args.train / n, args.holdout / n], seed=args.seed
     )
     print(f"train {train}\nholdout {holdout}")
+    vocabulary = None
+    if args.public_vocabulary:
+        vocabulary = CodeTokenizer.fit(demo_cohort(n, seed=args.seed + 1000))
     args.out.mkdir(parents=True, exist_ok=True)
     columns: dict[str, dict[str, str]] = {}
     values: dict[str, dict[str, float | None]] = {}
@@ -65,7 +80,7 @@ def main() -> None:
             dp=DPConfig(epsilon=epsilon, expected_batch_patients=args.batch_patients),
         )
         started = time.perf_counter()
-        model.fit(train, training=training, progress=False)
+        model.fit(train, training=training, vocabulary=vocabulary)
         seconds = time.perf_counter() - started
         statement = model.privacy_
         result = evaluate(
@@ -100,7 +115,12 @@ def main() -> None:
 def _print(columns: dict[str, dict[str, str]]) -> None:
     labels = list(columns)
     names = list(dict.fromkeys(k for c in columns.values() for k in c))
-    names.sort(key=lambda k: next((i for i, f in enumerate(_FIRST) if f in k), 99))
+    meta = ("ε spent", "δ", "training s", "steps", "vocabulary codes")
+    names.sort(
+        key=lambda k: (
+            -1 if k in meta else next((i for i, f in enumerate(_FIRST) if f in k), 99)
+        )
+    )
     print("| figure | " + " | ".join(labels) + " |")
     print("| --- |" + " --- |" * len(labels))
     for name in names:
