@@ -462,8 +462,8 @@ class _Run:
 
     def _train_private_epoch(self, patients, bar) -> bool:
         """One epoch of DP-SGD: 1/q steps of Poisson-sampled patients. The training
-        loss is shown on the bar but not logged to metrics.jsonl: it is a statistic
-        of the private patients, released by no mechanism."""
+        loss and token rate are shown on the bar but not logged to metrics.jsonl:
+        they are statistics of the private patients, released by no mechanism."""
         device, epoch = self.accelerator.device, self.state.epoch
         steps = self.dp.steps_per_epoch(self.config.dp, patients.n_patients)
 
@@ -498,7 +498,6 @@ class _Run:
                     "step": self.state.step,
                     "epoch": epoch,
                     "lr": self.scheduler.get_last_lr()[0],
-                    "tokens_per_s": rate,
                 },
                 quiet=True,
             )

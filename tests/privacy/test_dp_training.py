@@ -133,6 +133,10 @@ def test_dp_training_stops_at_its_budget_when_resumed_for_more(tmp_path):
     model.fit(cohort, training=training, output_dir=tmp_path / "run",
               vocabulary=vocabulary)  # fmt: skip
     first = model.privacy_.part("training (DP-SGD)")
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    log = [json.loads(line) for line in lines]
+    assert not any("loss" in record or "tokens_per_s" in record for record in log)
+    assert log[-1]["epsilon"] == pytest.approx(first.epsilon)
     last = sorted((tmp_path / "run" / "checkpoints").glob("step-*"))[-1]
     more = training.replace(epochs=4)
     again, _ = _tiny_private()

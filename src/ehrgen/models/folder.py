@@ -77,7 +77,7 @@ class TrainingFacts:
     best_epoch: int | None
     best_val_perplexity: float | None
     stopped_early: bool
-    train_tokens: int
+    train_tokens: int | None  # None for a DP model, as the sizes above
     seconds: float
 
     def to_dict(self) -> dict[str, Any]:

@@ -645,6 +645,6 @@ def training_facts(
         best_epoch=result.best_epoch,
         best_val_perplexity=result.best_val_perplexity,
         stopped_early=result.stopped_early,
-        train_tokens=result.train_tokens,
+        train_tokens=None if private else result.train_tokens,
         seconds=round(result.seconds, 2),
     )

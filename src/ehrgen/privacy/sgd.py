@@ -88,8 +88,13 @@ class DPSGD:
 
     def within_budget(self) -> bool:
         """Whether one more step keeps ε within the DP-SGD share."""
-        if self.accountant.steps < self.planned_steps:
-            return True  # σ was chosen so that the planned steps fit
+        history = self.accountant.history
+        as_planned = all(
+            (sigma, q) == (self.noise_multiplier, self.sample_rate)
+            for sigma, q, _ in history
+        )
+        if as_planned and self.accountant.steps < self.planned_steps:
+            return True  # σ was chosen so that the planned steps at rate q fit
         spent = self.accountant.epsilon(self.budget.delta, extra_steps=1)
         return spent <= self.budget.epsilon
 
