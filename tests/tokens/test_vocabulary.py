@@ -46,6 +46,13 @@ def test_a_meds_codes_file_gives_the_cohort_codes(tmp_path):
         assert set(fitted.codes[modality]) <= set(vocabulary.codes[modality])
 
 
+def test_numeric_looking_codes_stay_text_in_csv(tmp_path):
+    (tmp_path / "codes.csv").write_text("modality,code\ndiagnosis,0389\nlab,50912\n")
+    vocabulary = read_vocabulary(tmp_path / "codes.csv", MODALITIES)
+    assert vocabulary.codes["diagnosis"] == ("0389",)
+    assert vocabulary.codes["lab"] == ("50912",)
+
+
 def test_a_tokenizer_file_is_read_as_is(tmp_path):
     tokenizer = CodeTokenizer.fit(demo_cohort(20, seed=0))
     tokenizer.save(tmp_path / "tokenizer.json")

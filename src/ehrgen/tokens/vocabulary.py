@@ -96,10 +96,13 @@ def _read_table(path: Path):
         if path.suffix in (".csv", ".tsv"):
             import pyarrow.csv as pcsv
 
-            options = pcsv.ParseOptions(
-                delimiter="\t" if path.suffix == ".tsv" else ","
-            )
-            return pcsv.read_csv(path, parse_options=options)
+            import pyarrow as pa
+
+            parse = pcsv.ParseOptions(delimiter="\t" if path.suffix == ".tsv" else ",")
+            # Codes such as "0389" stay text, never numbers.
+            text = {"code": pa.string(), "modality": pa.string()}
+            convert = pcsv.ConvertOptions(column_types=text)
+            return pcsv.read_csv(path, parse_options=parse, convert_options=convert)
     except (OSError, ValueError) as error:  # pyarrow's errors subclass these
         raise SchemaError(f"{path}: unreadable vocabulary file ({error}).") from None
     raise SchemaError(
