@@ -94,9 +94,8 @@ def _read_table(path: Path):
 
             return pq.read_table(path)
         if path.suffix in (".csv", ".tsv"):
-            import pyarrow.csv as pcsv
-
             import pyarrow as pa
+            import pyarrow.csv as pcsv
 
             parse = pcsv.ParseOptions(delimiter="\t" if path.suffix == ".tsv" else ",")
             # Codes such as "0389" stay text, never numbers.
