@@ -148,7 +148,9 @@ def shadow_membership(
     }
     x_train = np.concatenate([features["shadow_members"], features["attack_half"]])
     y_train = np.r_[np.ones(len(shadow_members)), np.zeros(len(attack_half))]
-    fill = np.nanmean(x_train, axis=0)
+    with warnings.catch_warnings():  # a feature no patient has: filled with 0
+        warnings.simplefilter("ignore", RuntimeWarning)
+        fill = np.nanmean(x_train, axis=0)
     fill = np.where(np.isnan(fill), 0.0, fill)
 
     def prepared(x: np.ndarray) -> np.ndarray:
