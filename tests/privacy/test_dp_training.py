@@ -120,7 +120,11 @@ def test_a_dp_model_folder_says_it_is_dp_and_needs_nothing_else(tmp_path):
     assert "population summary" in page and "training (DP-SGD)" in page
 
 
-def test_a_small_cohort_gets_a_clear_error_not_an_empty_vocabulary():
+def test_a_small_cohort_gets_a_clear_error_not_an_empty_vocabulary(monkeypatch):
+    # The threshold lets a code through with probability up to δ = 1/n by design
+    # (about 5-8 % of runs keep a lab code with 30 patients), so the release noise
+    # is pinned to a draw that keeps none; the message is what is under test.
+    monkeypatch.setattr("ehrgen.privacy.sgd.secure_seed", lambda: 0)
     model, training = _tiny_private()
     with pytest.raises(ConfigError, match="vocabulary is empty.*needs about"):
         model.fit(demo_cohort(30, seed=0), training=training)
