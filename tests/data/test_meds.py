@@ -258,14 +258,14 @@ def test_unused_rows_are_listed_by_prefix_and_reason(tmp_path):
     assert cohort.metadata["unused_events"] == [
         {"prefix": "ADMIT", "events": 1, "reason": "no modality mapped"},
         {"prefix": "DIAGNOSIS", "events": 1, "reason": "no adm"},
-        {"prefix": "DIAGNOSIS", "events": 1, "reason": "no value after the prefix"},
         {"prefix": "FOO", "events": 1, "reason": "static code with no value and no "
          "numeric_value"},
         {"prefix": "MEDS_DEATH", "events": 1, "reason": "MEDS code, not used"},
     ]  # fmt: skip
     # The visit is at its admission's earliest row, though that row maps to nothing.
+    # A mapped code with no "//" is its own code (as "HR" mapped to lab is "HR").
     assert [(v.time, v.events) for v in cohort[0].visits] == [
-        (t1, {"diagnosis": ("a",)})
+        (t1, {"diagnosis": ("a", "DIAGNOSIS")})
     ]
 
 

@@ -158,6 +158,23 @@ def data_import(
             "timestamp.",
         ),
     ] = None,
+    visit_by: Annotated[
+        str | None,
+        typer.Option(
+            "--visit-by",
+            help="MEDS: how events become visits: time (one per timestamp, default), "
+            "id (--visit-id-column), admission (admission to discharge codes) or "
+            "window:24h (events less than the window apart).",
+        ),
+    ] = None,
+    admission_codes: Annotated[
+        str | None,
+        typer.Option(
+            "--admission-codes",
+            help="MEDS with --visit-by admission: the admission and discharge "
+            "prefixes [default: HOSPITAL_ADMISSION,HOSPITAL_DISCHARGE].",
+        ),
+    ] = None,
     static_prefix: Annotated[
         list[str] | None,
         typer.Option(
@@ -189,6 +206,8 @@ def data_import(
         "--prefix-map": prefix_map,
         "--unknown-prefixes": unknown_prefixes,
         "--visit-id-column": visit_id_column,
+        "--visit-by": visit_by,
+        "--admission-codes": admission_codes,
         "--static-prefix": static_prefix,
     }
     flags = ", ".join(k for k, v in meds_flags.items() if v is not None)
@@ -197,6 +216,7 @@ def data_import(
     meds_options = _meds_options(
         prefix_map, unknown_prefixes, visit_id_column, static_prefix
     )
+    meds_options.update(_visit_options(visit_by, admission_codes))
     if meds_options:
         reader_options = meds_options
     with console.status(f"Reading {src}..."):
@@ -278,6 +298,22 @@ def _meds_options(
         options["visit_id_column"] = visit_id_column.strip()
     if static_prefix is not None:
         options["static_prefixes"] = _static_prefixes(static_prefix)
+    return options
+
+
+def _visit_options(visit_by: str | None, admission_codes: str | None) -> dict[str, Any]:
+    """read_meds's ``visit_by`` and ``admission_prefixes`` (read_meds checks them)."""
+    options: dict[str, Any] = {}
+    if visit_by is not None:
+        options["visit_by"] = visit_by.strip()
+    if admission_codes is not None:
+        pair = tuple(_items([admission_codes]))
+        if len(pair) != 2:
+            raise ConfigError(
+                f"--admission-codes must be two prefixes, the admission's and the "
+                f"discharge's (ADMISSION,DISCHARGE). Got {admission_codes!r} instead."
+            )
+        options["admission_prefixes"] = pair
     return options
 
 

@@ -23,7 +23,9 @@ How a cohort maps onto it:
 
 Datasets written by other tools read too. Visits are the events of a subject that share
 a timestamp, or an admission id when the caller names that column (the visit then sits
-at the earliest row of its admission, whatever that row's code); the modality comes from
+at the earliest row of its admission, whatever that row's code), or the events between
+an admission code and its discharge code, or events less than a time window apart
+(``visit_by``, :mod:`._meds_visits`); the modality comes from
 the code's prefix through ``prefix_to_modality``, and the rest of the code, systems and
 units included, is the cohort's code (``LAB//50912//mg/dL`` -> lab ``50912//mg/dL``).
 Codes whose prefix maps to no modality are an error listing them (or, with
@@ -61,6 +63,12 @@ from ehrgen.data.formats._meds_columns import (
     static_columns,
     visit_times_from_ids,
 )
+from ehrgen.data.formats._meds_visits import (
+    VisitGrouping,
+    admission_visits,
+    parse_visit_by,
+    window_visits,
+)
 from ehrgen.data.formats.meds_writer import (
     MEDS_VERSION,
     write_meds,
@@ -96,6 +104,8 @@ def read_meds(
     visit_id_column: str | None = None,
     unknown_prefixes: Literal["error", "drop"] = "error",
     static_prefixes: Sequence[str] | None = None,
+    visit_by: str | None = None,
+    admission_prefixes: tuple[str, str] | None = None,
 ) -> Cohort:
     """Read a MEDS dataset (ehrgen's own, or another tool's) into a :class:`Cohort`.
 
@@ -108,6 +118,13 @@ def read_meds(
             schema's, in this mapping's order.
         visit_id_column: group events into visits by this column (an admission id)
             instead of by timestamp; a visit's time is its earliest event's.
+        visit_by: how events become visits (see :mod:`._meds_visits`): ``"time"``
+            (default), ``"id"`` (implied by ``visit_id_column``), ``"admission"``
+            (admission/discharge code pairs; the visit is at the admission) or
+            ``"window:24h"`` (events less than the window apart).
+        admission_prefixes: with ``visit_by="admission"``, the prefixes of the
+            admission and discharge codes (default ``HOSPITAL_ADMISSION``,
+            ``HOSPITAL_DISCHARGE`` as MEDS-Extract writes MIMIC-IV).
         unknown_prefixes: ``"error"`` (default) or ``"drop"`` codes whose prefix maps
             to no modality; dropped codes are counted in ``cohort.metadata``.
         static_prefixes: prefixes whose rows give the baseline features, timed or not
@@ -115,13 +132,17 @@ def read_meds(
             (null time) first. Default: every static row gives a feature, and timed
             rows never do. When given, static rows of other prefixes are not used.
 
+    A mapped code with no ``//`` is its own code: ``prefix_to_modality={"HR": "lab"}``
+    makes the code ``HR`` the lab ``HR``.
+
     ``cohort.metadata["unused_events"]`` lists the rows not used, by prefix and
     reason, most frequent first: ``{"prefix": "HOSPITAL_ADMISSION", "events": 12,
     "reason": "no modality mapped"}``.
 
     Raises:
         SchemaError: naming the file, row and column of malformed input.
-        ConfigError: a prefix both in ``prefix_to_modality`` and ``static_prefixes``.
+        ConfigError: a prefix both in ``prefix_to_modality`` and ``static_prefixes``,
+            or visit options that do not go together.
     """
     root = Path(root)
     extra = _read_json(root / "metadata" / "ehrgen.json")
@@ -138,10 +159,15 @@ def read_meds(
         else tuple(dict.fromkeys(prefix_to_modality.values()))
     )
     _check_static_prefixes(static_prefixes, prefix_to_modality)
+    grouping = parse_visit_by(visit_by, visit_id_column, admission_prefixes)
     rows = read_rows(_data_files(root), visit_id_column)
     if split is not None:
         rows = rows.take(np.isin(rows.subject, _split_subjects(root, split)))
     prefixes, values = split_codes(rows.codes)
+    values = [
+        p if v is None and p in prefix_to_modality else v
+        for p, v in zip(prefixes, values)
+    ]
     report: dict[str, Any] = {"source": str(root), "format": "MEDS"}
     unused = _Unused(prefixes)
     static = np.isnat(rows.time)
@@ -149,19 +175,19 @@ def read_meds(
         named = set(static_prefixes)
         static |= np.array([p in named for p in prefixes], dtype=bool)[rows.code]
     events = rows.take(~static)
-    if visit_id_column:
-        events = _admission_times(events)
     births = _special_codes(events, report)
     code_modality = _code_modalities(prefixes, values, prefix_to_modality, modalities)
-    valueless = np.array(
-        [v is None and p in prefix_to_modality for p, v in zip(prefixes, values)],
-        dtype=bool,
-    )
+    if grouping.kind == "admission":
+        events = _in_stays(events, prefixes, grouping, code_modality, unused)
+    elif grouping.kind == "id":
+        events = _admission_times(events)
     events = _known_modalities(
-        events, code_modality, prefixes, valueless, unknown_prefixes, report, unused
+        events, code_modality, prefixes, unknown_prefixes, report, unused
     )
-    if visit_id_column:
+    if grouping.kind == "id":
         events = _with_visit_ids(events, visit_id_column, unused)
+    elif grouping.kind == "window":
+        events = window_visits(events, grouping.window)
     parts = build_visits(events, code_modality)
     subjects, used = parts.pop("subjects"), parts.pop("used_codes")
     baseline = _baseline_rows(
@@ -263,6 +289,27 @@ def _admission_times(events: Rows) -> Rows:
     return dataclasses.replace(events, time=time)
 
 
+def _in_stays(
+    events: Rows,
+    prefixes: list[str],
+    grouping: VisitGrouping,
+    code_modality: np.ndarray,
+    unused: _Unused,
+) -> Rows:
+    """The events with the visit ids of their stays, each at its admission's time.
+    Admission and discharge rows are events too where their prefix is mapped to a
+    modality (``ADMISSION//CARDIAC``); otherwise they, and the modality events in
+    no stay, are counted and dropped (other rows are left to the modality check)."""
+    events, boundary = admission_visits(events, prefixes, grouping)
+    events = _admission_times(events)
+    mapped = code_modality[events.code] >= 0
+    boundary &= ~mapped
+    outside = mapped & (events.visit == NO_VISIT)
+    unused.add(events, boundary, "admission or discharge (visit boundary)")
+    unused.add(events, outside, "outside any admission")
+    return events.take(~boundary & ~outside)
+
+
 def _with_visit_ids(events: Rows, column: str, unused: _Unused) -> Rows:
     """The events that have a visit id; the others are counted as unused."""
     missing = events.visit == NO_VISIT
@@ -348,13 +395,11 @@ def _known_modalities(
     events: Rows,
     code_modality: np.ndarray,
     prefixes: list[str],
-    valueless: np.ndarray,
     unknown_prefixes: str,
     report: dict[str, Any],
     unused: _Unused,
 ) -> Rows:
-    """The events of a modality; the others are an error, or dropped and counted
-    (``valueless``: per code, True for a mapped prefix with no value after it)."""
+    """The events of a modality; the others are an error, or dropped and counted."""
     special = np.array([c.startswith("MEDS_") for c in events.codes] + [False])
     birth = np.array([c == BIRTH_CODE for c in events.codes] + [False])
     unused.add(events, (special & ~birth)[events.code], "MEDS code, not used")
@@ -375,9 +420,7 @@ def _known_modalities(
             )
         logger.warning("Dropped codes with unknown prefixes: %s.", listing)
         report["dropped_unknown_prefixes"] = dict(ranked)
-        no_value = valueless[events.code]
-        unused.add(events, unknown & no_value, "no value after the prefix")
-        unused.add(events, unknown & ~no_value, "no modality mapped")
+        unused.add(events, unknown, "no modality mapped")
     events = events.take(code_modality[events.code] >= 0)
     if len(events.subject) == 0:
         raise SchemaError("The MEDS dataset holds no visit event: the cohort is empty.")
