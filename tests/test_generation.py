@@ -228,3 +228,21 @@ def test_visit_cap_defaults_to_the_longest_training_history(model, real):
     synthetic = model.generate(40, seed=0)
     assert max(len(p.visits) for p in synthetic) <= longest
     assert GenerationConfig().with_visit_cap(None).max_visits == 20
+
+
+def test_long_histories_stay_within_the_learned_positions():
+    """Check generation far past the model's positions: histories that outgrow the
+    source budget are re-encoded from their newest visits, and a short visit encoded
+    beside a long one never reads a position past the last (a padding bug once did)."""
+    cohort = demo_cohort(60, seed=1)
+    config = PromptEHRConfig.tiny(objective="one-pass").replace(
+        max_position_embeddings=40
+    )
+    training = TrainingConfig(epochs=1, batch_size=32, checkpoint_every_steps=None)
+    model = PromptEHR(config).fit(cohort, training=training)
+    generation = GenerationConfig(max_visits=40, max_codes_per_modality=6)
+    synthetic = model.generate(64, generation=generation, seed=0)
+    # A few visits outgrow the 36-token source: many re-encodings happened.
+    assert np.diff(synthetic.visit_offsets).max() >= 5
+    with pytest.raises(ConfigError, match="max_codes_per_modality to 6 or less"):
+        model.generate(2, generation=GenerationConfig(max_codes_per_modality=7))

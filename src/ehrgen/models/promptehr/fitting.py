@@ -171,18 +171,22 @@ def patient_lengths(data, tasks: TaskConfig) -> np.ndarray:
 def fit_positions(
     tasks: TaskConfig, config: PromptEHRConfig, schema: CohortSchema
 ) -> TaskConfig:
-    """Cap sequence lengths so that prompts plus tokens fit the position table."""
+    """Cap sequence lengths so that prompts plus tokens fit the position table: a
+    visit (at most ``max_target_length`` tokens, plus a ``<mask>`` per modality block
+    from span infilling) must fit a source row after its ``<bos>``."""
     room = config.max_position_embeddings - len(schema.features)
+    limits = {
+        "max_source_length": room,
+        "max_target_length": room - 1 - len(schema.modalities),
+    }
     changes = {
-        name: room
-        for name in ("max_source_length", "max_target_length")
-        if getattr(tasks, name) > room
+        name: limit for name, limit in limits.items() if getattr(tasks, name) > limit
     }
     if changes:
         logger.debug(
-            "Capping %s at %d positions (max_position_embeddings).",
-            ", ".join(changes),
-            room,
+            "Capping %s (max_position_embeddings %d).",
+            ", ".join(f"{k} at {v}" for k, v in changes.items()),
+            config.max_position_embeddings,
         )
     return tasks.replace(**changes)
 

@@ -368,6 +368,9 @@ class _Slots:
         start = self.source_length[rows_t]
         self._make_source_room(int(start.max()) + width)
         positions = start[:, None] + torch.arange(width, device=device)
+        # A short visit padded to the widest one would run its padding past the
+        # last learned position; padding is never written, so it sits at `start`.
+        positions = torch.where(new_seen, positions, start[:, None])
         hidden = blockwise.embed(net.bart.encoder, net.embed(ids), positions, False)
         source = int(start.max())
         old_seen = torch.arange(source, device=device)[None, :] < start[:, None]

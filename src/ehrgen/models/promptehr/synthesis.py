@@ -35,6 +35,7 @@ from ehrgen.generation import GenerationConfig, VisitSampler
 from ehrgen.models.population import Population
 from ehrgen.models.promptehr.streaming import stream_patients
 from ehrgen.models.trained import synthetic_ids, synthetic_metadata
+from ehrgen.tokens.grammar import VisitGrammar
 from ehrgen.tokens.tokenizer import CodeTokenizer
 
 __all__ = [
@@ -78,6 +79,23 @@ class Context:
 
 
 # --------------------------------------------------------------------------- scratch
+
+
+def check_visit_fits(ctx: Context, generation: GenerationConfig) -> None:
+    """The longest visit the grammar allows must fit the decoder's positions after
+    the prompts and ``<bos>``."""
+    net = ctx.model
+    room = net.config.max_position_embeddings - net.n_prompts - 1
+    per_modality = generation.max_codes_per_modality
+    longest = VisitGrammar(ctx.tokenizer).max_visit_length(per_modality)
+    if longest > room:
+        most = (room - 2) // len(ctx.tokenizer.modalities) - 2
+        raise ConfigError(
+            f"A visit of up to {per_modality} codes per modality takes {longest} "
+            f"tokens; this model's decoder has room for {room} (max_position_"
+            f"embeddings {net.config.max_position_embeddings}). Set "
+            f"GenerationConfig.max_codes_per_modality to {most} or less."
+        )
 
 
 def _streams(ctx: Context, generation: GenerationConfig) -> bool:
@@ -124,6 +142,7 @@ def _extend(
 ) -> None:
     """Append up to ``max_new`` visits to each history; a patient may end (``<eos>``)
     once it has a visit and ``must_continue`` new visits."""
+    check_visit_fits(ctx, generation)
     categorical, numerical = _features(ctx, statics)
     if _streams(ctx, generation):
         # Histories encoded once, visits appended to the cache as they close.
@@ -276,6 +295,7 @@ def impute_modality(
 ) -> Cohort:
     """Replace ``modality`` in visit ``visit_index`` (negative counts from the end) of
     every patient that has that visit; nothing else changes."""
+    check_visit_fits(ctx, generation)
     names = ctx.tokenizer.modalities
     if modality not in names:
         raise ConfigError(
@@ -317,6 +337,7 @@ def complete_visits(
     progress: Progress | None = None,
 ) -> Cohort:
     """Keep the codes of visit ``visit_index`` and decode the rest of it around them."""
+    check_visit_fits(ctx, generation)
     tok, names = ctx.tokenizer, ctx.tokenizer.modalities
     sampler = VisitSampler(
         ctx.model, tok, generation, torch.Generator().manual_seed(seed)
