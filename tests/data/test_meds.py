@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ehrgen._io import OutputExistsError
 from ehrgen.data import Cohort, Patient, Visit
@@ -299,3 +300,63 @@ def test_visit_id_column_with_no_ids_is_an_error(tmp_path):
     )
     with pytest.raises(SchemaError, match="No visit event has a 'adm'"):
         read_meds(_write_foreign(tmp_path / "f", table), visit_id_column="adm")
+
+
+def _shards(rows: list[tuple], tmp: Path, assign) -> Path:
+    """(subject, day, code, value) rows written over shards by ``assign(i, row)``."""
+    by_shard: dict[int, list[tuple]] = {}
+    for i, row in enumerate(rows):
+        by_shard.setdefault(assign(i, row), []).append(row)
+    for shard, part in by_shard.items():
+        subjects, days, codes, values = (list(c) for c in zip(*part))
+        times = [None if d is None else datetime(2020, 1, 1) + timedelta(days=d)
+                 for d in days]  # fmt: skip
+        table = _foreign_table(codes, times, subjects, values)
+        _write_foreign(tmp, table, f"{shard}.parquet")
+    return tmp
+
+
+@settings(
+    max_examples=20,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.integers(1, 6),
+            st.one_of(st.none(), st.integers(0, 5)),
+            st.sampled_from(
+                [
+                    "DIAGNOSIS//a",
+                    "DIAGNOSIS//b",
+                    "LAB//c",
+                    "DRUG//d",
+                    "GENDER//F",
+                    "MEDS_BIRTH",
+                ]
+            ),
+            st.one_of(st.none(), st.floats(0, 10, width=32)),
+        ),
+        min_size=1,
+        max_size=40,
+    ).filter(
+        lambda rows: any(
+            r[1] is not None and "//" in r[2] and "GENDER" not in r[2] for r in rows
+        )
+    ),
+    shards=st.integers(1, 4),
+)
+def test_shards_read_apart_give_the_cohort_read_at_once(tmp_path_factory, rows, shards):
+    """Check that the shard-by-shard read equals one read of all rows (in the
+    shards' order), whether each subject lies in one shard or (falling back to one
+    read) in several; static rows may lie in any shard."""
+    for assign in (lambda i, r: r[0] % shards, lambda i, r: i % shards):
+        ordered = sorted(enumerate(rows), key=lambda item: assign(*item))
+        whole = _shards([r for _, r in ordered], tmp_path_factory.mktemp("w"),
+                        lambda i, r: 0)  # fmt: skip
+        apart = _shards(rows, tmp_path_factory.mktemp("a"), assign)
+        expected = read_meds(whole, unknown_prefixes="drop")
+        cohort = read_meds(apart, unknown_prefixes="drop")
+        assert cohort == expected
+        assert cohort.metadata["unused_events"] == expected.metadata["unused_events"]

@@ -10,7 +10,7 @@ and to keep the source's order among ties).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,27 +63,56 @@ class Rows:
 # --------------------------------------------------------------------------- shards
 
 
+class ShardReader:
+    """Reads shards one group at a time with one code (and visit id) numbering over
+    all of them, so that rows read apart can be joined."""
+
+    def __init__(self, files: list[Path], visit_id_column: str | None) -> None:
+        self.files, self.visit_id_column = files, visit_id_column
+        self.interned: dict[Any, int] = {}
+        self.visit_ids: dict[Any, int] = {}
+
+    def read(self, indices: Sequence[int]) -> Rows:
+        """The rows of ``files[i]`` for ``i`` in ``indices``, checked against the MEDS
+        data schema before they are read."""
+        parts = [
+            _read_shard(
+                self.files[i], i, self.visit_id_column, self.interned, self.visit_ids
+            )
+            for i in indices
+        ]
+        columns = [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
+        subject, time, code, value, visit, file, row = columns
+        return Rows(
+            subject,
+            time,
+            code,
+            value,
+            visit if self.visit_id_column else None,
+            file,
+            row,
+            list(self.interned),
+            self.files,
+        )
+
+
 def read_rows(files: list[Path], visit_id_column: str | None) -> Rows:
-    """All shards, checked against the MEDS data schema before their rows are read."""
-    interned: dict[Any, int] = {}
-    visit_ids: dict[Any, int] = {}
-    parts = [
-        _read_shard(path, i, visit_id_column, interned, visit_ids)
-        for i, path in enumerate(files)
-    ]
-    columns = [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
-    subject, time, code, value, visit, file, row = columns
-    return Rows(
-        subject,
-        time,
-        code,
-        value,
-        visit if visit_id_column else None,
-        file,
-        row,
-        list(interned),
-        files,
-    )
+    """All shards at once (see :class:`ShardReader`)."""
+    return ShardReader(files, visit_id_column).read(range(len(files)))
+
+
+def concat_rows(parts: Sequence[Rows]) -> Rows:
+    """Rows read apart by one :class:`ShardReader`, joined (the last part's codes
+    list holds every code of the earlier ones)."""
+    last = parts[-1]
+    columns = ("subject", "time", "code", "value", "visit", "file", "row")
+    joined = {
+        name: None
+        if getattr(last, name) is None
+        else np.concatenate([getattr(p, name) for p in parts])
+        for name in columns
+    }
+    return Rows(**joined, codes=last.codes, files=last.files)
 
 
 def _read_shard(
@@ -240,6 +269,42 @@ def build_visits(rows: Rows, code_modality: np.ndarray) -> dict[str, np.ndarray]
     }
 
 
+def merge_visits(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray] | None:
+    """The :func:`build_visits` arrays of shards read apart, joined in shard order
+    (``parts`` is emptied as it goes, to free each part once copied); None when a
+    subject's events lie in more than one part."""
+    subjects = np.concatenate([p["subjects"] for p in parts])
+    if len(np.unique(subjects)) != len(subjects):
+        return None
+    used = np.unique(np.concatenate([p["used_codes"] for p in parts]))
+    n_visits = sum(len(p["visit_times"]) for p in parts)
+    n_events = sum(len(p["event_codes"]) for p in parts)
+    visit_offsets = np.empty(len(subjects) + 1, np.int64)
+    visit_times = np.empty(n_visits, "datetime64[us]")
+    event_offsets = np.empty(n_visits + 1, np.int64)
+    event_codes = np.empty(n_events, np.int32)
+    patient, visit, event = 0, 0, 0
+    while parts:
+        part = parts.pop(0)
+        n_p, n_v = len(part["subjects"]), len(part["visit_times"])
+        n_e = len(part["event_codes"])
+        visit_offsets[patient : patient + n_p] = part["visit_offsets"][:-1] + visit
+        visit_times[visit : visit + n_v] = part["visit_times"]
+        event_offsets[visit : visit + n_v] = part["event_offsets"][:-1] + event
+        lookup = np.searchsorted(used, part["used_codes"]).astype(np.int32)
+        event_codes[event : event + n_e] = lookup[part["event_codes"]]
+        patient, visit, event = patient + n_p, visit + n_v, event + n_e
+    visit_offsets[-1], event_offsets[-1] = visit, event
+    return {
+        "subjects": subjects,
+        "visit_offsets": visit_offsets,
+        "visit_times": visit_times,
+        "event_offsets": event_offsets,
+        "event_codes": event_codes,
+        "used_codes": used,
+    }
+
+
 def visit_times_from_ids(rows: Rows) -> Rows:
     """The rows, each at the earliest time of its (subject, visit id); every row has
     a visit id (read_meds drops and counts those without)."""
@@ -289,12 +354,13 @@ def static_columns(
     schema: CohortSchema | None,
     modalities: tuple[str, ...],
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], CohortSchema]:
-    """Baseline features and labels aligned with ``subjects`` (sorted), from the static
-    rows; the schema is inferred from them when the dataset carries none."""
-    position = np.searchsorted(subjects, rows.subject)
-    known = (position < len(subjects)) & (
-        subjects[np.minimum(position, len(subjects) - 1)] == rows.subject
-    )
+    """Baseline features and labels aligned with ``subjects`` (distinct, in any
+    order), from the static rows; the schema is inferred from them when the dataset
+    carries none."""
+    sorter = np.argsort(subjects, kind="stable")
+    slot = np.searchsorted(subjects, rows.subject, sorter=sorter)
+    position = sorter[np.minimum(slot, len(subjects) - 1)]
+    known = (slot < len(subjects)) & (subjects[position] == rows.subject)
     rows, position = rows.take(known), position[known]
     code_prefix = np.array(prefixes, dtype=object)[rows.code]
     code_value = np.array(values, dtype=object)[rows.code]

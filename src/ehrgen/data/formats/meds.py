@@ -43,6 +43,7 @@ import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -56,9 +57,11 @@ from ehrgen.data.formats._meds_columns import (
     LABEL_PREFIX,
     NO_VISIT,
     Rows,
+    ShardReader,
     age_at_first_visit,
     build_visits,
-    read_rows,
+    concat_rows,
+    merge_visits,
     split_codes,
     static_columns,
     visit_times_from_ids,
@@ -160,38 +163,21 @@ def read_meds(
     )
     _check_static_prefixes(static_prefixes, prefix_to_modality)
     grouping = parse_visit_by(visit_by, visit_id_column, admission_prefixes)
-    rows = read_rows(_data_files(root), visit_id_column)
-    if split is not None:
-        rows = rows.take(np.isin(rows.subject, _split_subjects(root, split)))
-    prefixes, values = split_codes(rows.codes)
-    values = [
-        p if v is None and p in prefix_to_modality else v
-        for p, v in zip(prefixes, values)
-    ]
-    report: dict[str, Any] = {"source": str(root), "format": "MEDS"}
-    unused = _Unused(prefixes)
-    static = np.isnat(rows.time)
-    if static_prefixes is not None:
-        named = set(static_prefixes)
-        static |= np.array([p in named for p in prefixes], dtype=bool)[rows.code]
-    events = rows.take(~static)
-    births = _special_codes(events, report)
-    code_modality = _code_modalities(prefixes, values, prefix_to_modality, modalities)
-    if grouping.kind == "admission":
-        events = _in_stays(events, prefixes, grouping, code_modality, unused)
-    elif grouping.kind == "id":
-        events = _admission_times(events)
-    events = _known_modalities(
-        events, code_modality, prefixes, unknown_prefixes, report, unused
-    )
-    if grouping.kind == "id":
-        events = _with_visit_ids(events, visit_id_column, unused)
-    elif grouping.kind == "window":
-        events = window_visits(events, grouping.window)
-    parts = build_visits(events, code_modality)
+    files = _data_files(root)
+    wanted = None if split is None else _split_subjects(root, split)
+    options = _Options(prefix_to_modality, modalities, static_prefixes,
+                       unknown_prefixes, grouping, visit_id_column)  # fmt: skip
+    # Shard by shard, so that memory holds the finished arrays and one shard's rows;
+    # all at once where a subject's rows lie in several shards.
+    read = _read_events(root, files, [[i] for i in range(len(files))], wanted, options)
+    if read is None:
+        read = _read_events(root, files, [list(range(len(files)))], wanted, options)
+    assert read is not None  # one group cannot split a subject
+    parts, static_rows, births, codes, report, unused = read
+    prefixes, values, code_modality = codes.prefixes, codes.values, codes.modality
     subjects, used = parts.pop("subjects"), parts.pop("used_codes")
     baseline = _baseline_rows(
-        rows.take(static), subjects, prefixes, values, static_prefixes, unused
+        static_rows, subjects, prefixes, values, static_prefixes, unused
     )
     columns, labels, schema = static_columns(
         baseline, subjects, prefixes, values, schema, modalities
@@ -209,7 +195,7 @@ def read_meds(
     elif births:
         count = report["ignored_meds_codes"][BIRTH_CODE]
         unused.add_count(BIRTH_CODE, "the data give the age", count)
-    _report_subjects_without_visits(rows.subject[static], subjects, report)
+    _report_subjects_without_visits(static_rows.subject, subjects, report)
     report["unused_events"] = unused.listing()
     if report["unused_events"]:
         # Debug, not info: the CLI prints this list from the metadata.
@@ -227,6 +213,128 @@ def read_meds(
         **parts,
     )
     return _in_split_file_order(root, cohort, subjects)
+
+
+@dataclass(frozen=True)
+class _Options:
+    """What read_meds was asked, for :func:`_read_events`."""
+
+    prefix_to_modality: Mapping[str, str]
+    modalities: tuple[str, ...]
+    static_prefixes: Sequence[str] | None
+    unknown_prefixes: str
+    grouping: VisitGrouping
+    visit_id_column: str | None
+
+
+class _Codes:
+    """Prefix, value and modality of each code read so far (lists grown in place,
+    so that :class:`_Unused` sees new codes)."""
+
+    def __init__(self, options: _Options) -> None:
+        self.options = options
+        self.prefixes: list[str] = []
+        self.values: list[str | None] = []
+        self.modality = np.zeros(0, np.int64)
+
+    def update(self, codes: list[str]) -> None:
+        if len(codes) == len(self.prefixes):
+            return
+        mapping = self.options.prefix_to_modality
+        prefixes, values = split_codes(codes[len(self.prefixes) :])
+        self.prefixes += prefixes
+        self.values += [
+            p if v is None and p in mapping else v for p, v in zip(prefixes, values)
+        ]
+        self.modality = _code_modalities(
+            self.prefixes, self.values, mapping, self.options.modalities
+        )
+
+
+def _read_events(
+    root: Path,
+    files: list[Path],
+    groups: list[list[int]],
+    wanted: np.ndarray | None,
+    options: _Options,
+):
+    """Visits of every group of shards, joined: (visit arrays, static rows, births,
+    codes, report, unused counts), or None when a subject spans groups."""
+    reader = ShardReader(files, options.visit_id_column)
+    codes = _Codes(options)
+    report: dict[str, Any] = {"source": str(root), "format": "MEDS"}
+    unused = _Unused(codes.prefixes)
+    parts, static_parts, births = [], [], {}
+    for group in groups:
+        rows = reader.read(group)
+        if wanted is not None:
+            rows = rows.take(np.isin(rows.subject, wanted))
+        codes.update(rows.codes)
+        static = np.isnat(rows.time)
+        if options.static_prefixes is not None:
+            named = set(options.static_prefixes)
+            in_named = np.array([p in named for p in codes.prefixes], dtype=bool)
+            static |= in_named[rows.code]
+        static_parts.append(rows.take(static))
+        events = rows.take(~static)
+        del rows
+        births.update(_special_codes(events, report))
+        events = _visit_events(events, codes, options, report, unused)
+        if len(events.subject):
+            parts.append(build_visits(events, codes.modality))
+    _check_not_empty(parts, options, unused)
+    merged = merge_visits(parts) if len(parts) > 1 else parts[0]
+    if merged is None:
+        return None
+    _warn_dropped(report, unused, options)
+    return merged, concat_rows(static_parts), births, codes, report, unused
+
+
+def _visit_events(
+    events: Rows, codes: _Codes, options: _Options, report: dict, unused: _Unused
+) -> Rows:
+    """A shard's events of a modality, each with its visit (id or time)."""
+    grouping = options.grouping
+    if grouping.kind == "admission":
+        events = _in_stays(events, codes.prefixes, grouping, codes.modality, unused)
+    elif grouping.kind == "id":
+        events = _admission_times(events)
+    events = _known_modalities(
+        events, codes.modality, codes.prefixes, options.unknown_prefixes, report,
+        unused,
+    )  # fmt: skip
+    if grouping.kind == "id":
+        events = _with_visit_ids(events, options.visit_id_column, unused)
+    elif grouping.kind == "window":
+        events = window_visits(events, grouping.window)
+    return events
+
+
+def _check_not_empty(parts: list, options: _Options, unused: _Unused) -> None:
+    if parts:
+        return
+    column = options.visit_id_column
+    if any(reason == f"no {column}" for _, reason in unused.counts):
+        raise SchemaError(
+            f"No visit event has a {column!r}: the cohort is empty. Check "
+            f"visit_id_column (--visit-id-column), or leave it out to group the "
+            f"events into visits by time."
+        )
+    raise SchemaError("The MEDS dataset holds no visit event: the cohort is empty.")
+
+
+def _warn_dropped(report: dict, unused: _Unused, options: _Options) -> None:
+    """One warning per kind of drop, for the whole dataset."""
+    dropped = report.get("dropped_unknown_prefixes")
+    if dropped:
+        ranked = sorted(dropped.items(), key=lambda x: -x[1])
+        listing = ", ".join(f"{p!r} ({n} rows)" for p, n in ranked[:10])
+        logger.warning("Dropped codes with unknown prefixes: %s.", listing)
+    if options.grouping.kind == "id":
+        reason = f"no {options.visit_id_column}"
+        missing = sum(n for (_, r), n in unused.counts.items() if r == reason)
+        if missing:
+            logger.warning("Dropped %d event rows with %s.", missing, reason)
 
 
 class _Unused:
@@ -313,15 +421,7 @@ def _in_stays(
 def _with_visit_ids(events: Rows, column: str, unused: _Unused) -> Rows:
     """The events that have a visit id; the others are counted as unused."""
     missing = events.visit == NO_VISIT
-    if missing.any():
-        logger.warning("Dropped %d event rows with no %s.", int(missing.sum()), column)
-        unused.add(events, missing, f"no {column}")
-    if missing.all():
-        raise SchemaError(
-            f"No visit event has a {column!r}: the cohort is empty. Check "
-            f"visit_id_column (--visit-id-column), or leave it out to group the "
-            f"events into visits by time."
-        )
+    unused.add(events, missing, f"no {column}")
     return events.take(~missing)
 
 
@@ -367,9 +467,9 @@ def _special_codes(events: Rows, report: dict[str, Any]) -> dict[int, np.datetim
     if not len(rows):
         return {}
     ids, counts = np.unique(events.code[rows], return_counts=True)
-    report["ignored_meds_codes"] = {
-        events.codes[i]: int(n) for i, n in zip(ids.tolist(), counts.tolist())
-    }
+    ignored = report.setdefault("ignored_meds_codes", {})
+    for i, n in zip(ids.tolist(), counts.tolist()):
+        ignored[events.codes[i]] = ignored.get(events.codes[i], 0) + int(n)
     births = rows[np.array([events.codes[c] == BIRTH_CODE for c in events.code[rows]])]
     return dict(zip(events.subject[births].tolist(), events.time[births]))
 
@@ -418,13 +518,11 @@ def _known_modalities(
                 f"prefix_to_modality= (--prefix-map PREFIX=modality), or pass "
                 f"unknown_prefixes='drop' (--unknown-prefixes drop)."
             )
-        logger.warning("Dropped codes with unknown prefixes: %s.", listing)
-        report["dropped_unknown_prefixes"] = dict(ranked)
+        dropped = report.setdefault("dropped_unknown_prefixes", {})
+        for prefix, n in ranked:
+            dropped[prefix] = dropped.get(prefix, 0) + n
         unused.add(events, unknown, "no modality mapped")
-    events = events.take(code_modality[events.code] >= 0)
-    if len(events.subject) == 0:
-        raise SchemaError("The MEDS dataset holds no visit event: the cohort is empty.")
-    return events
+    return events.take(code_modality[events.code] >= 0)
 
 
 def _report_subjects_without_visits(
@@ -440,12 +538,14 @@ def _in_split_file_order(root: Path, cohort: Cohort, subjects: np.ndarray) -> Co
     """The cohort in the order of ``subject_splits.parquet`` (the order ehrgen wrote
     it in), when that file lists every subject; else sorted by subject id."""
     path = root / "metadata" / "subject_splits.parquet"
-    if not path.exists():
-        return cohort
-    listed = pq.read_table(path, columns=["subject_id"]).column(0).to_numpy()
-    rank = dict(zip(listed.tolist(), range(len(listed))))
-    order = [rank.get(s) for s in subjects.tolist()]
-    if None in order or order == sorted(order):
+    order = None
+    if path.exists():
+        listed = pq.read_table(path, columns=["subject_id"]).column(0).to_numpy()
+        rank = dict(zip(listed.tolist(), range(len(listed))))
+        order = [rank.get(s) for s in subjects.tolist()]
+    if order is None or None in order:
+        order = subjects.tolist()  # shards read apart: back to subject order
+    if all(a < b for a, b in zip(order, order[1:])):
         return cohort
     return cohort.select(np.argsort(np.asarray(order), kind="stable"))
 
