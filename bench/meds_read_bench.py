@@ -56,8 +56,10 @@ def write_dataset(root: Path, events: int, shard_events: int, seed: int) -> int:
             "timedelta64[D]"
         )
         gap = rng.integers(1, 200, len(visit_subject)).astype("timedelta64[D]")
-        visit_time = np.repeat(start, visits) + np.cumsum(gap) - np.repeat(
-            np.add.reduceat(gap, np.r_[0, np.cumsum(visits)[:-1]]), visits
+        visit_time = (
+            np.repeat(start, visits)
+            + np.cumsum(gap)
+            - np.repeat(np.add.reduceat(gap, np.r_[0, np.cumsum(visits)[:-1]]), visits)
         )
         columns: dict[str, list] = {"subject": [], "time": [], "code": [], "value": []}
         for names_k in names:
@@ -146,8 +148,9 @@ def main() -> None:
             root = Path(tmp) / "meds"
             common = [sys.executable, __file__, "--root", str(root)]
             size = ["--events", str(events), "--shard-events", str(args.shard_events)]
-            written = _child(common + ["--child", "write", *size, "--seed", str(args.seed)])
-            result = _child(common + ["--child", "read"])
+            seed = ["--seed", str(args.seed)]
+            written = _child([*common, "--child", "write", *size, *seed])
+            result = _child([*common, "--child", "read"])
             disk = sum(f.stat().st_size for f in root.rglob("*.parquet"))
             shards = len(list(root.rglob("*.parquet")))
         per_event = result["peak_above_imports"] / written["rows"]

@@ -25,6 +25,7 @@ code_strings = st.one_of(
     ),
 )
 float32_ages = st.floats(0, 120, allow_nan=False, width=32)
+lab_values = st.one_of(st.none(), st.floats(-1e6, 1e6, allow_nan=False, width=32))
 
 
 @st.composite
@@ -41,7 +42,11 @@ def visits_in_order(draw, max_visits: int = 5, with_times: bool = True):
                 min_size=1,
             )
         )
-        visits.append(Visit(events, time if with_times else None))
+        # Some lab codes carry a numeric result (float32, as MEDS stores it).
+        labs = list(dict.fromkeys(events.get("lab", ())))
+        results = draw(st.lists(lab_values, min_size=len(labs), max_size=len(labs)))
+        values = {"lab": {c: v for c, v in zip(labs, results) if v is not None}}
+        visits.append(Visit(events, time if with_times else None, values))
         time = time + timedelta(microseconds=gap)
     return tuple(visits)
 

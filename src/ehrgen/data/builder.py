@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 import numpy as np
 
 from ehrgen.data.cohort import Cohort
-from ehrgen.data.records import PLACEHOLDER_EPOCH, check_times
+from ehrgen.data.records import PLACEHOLDER_EPOCH, check_times, numeric_results
 from ehrgen.data.schema import CohortSchema
 from ehrgen.errors import SchemaError
 
@@ -52,6 +52,8 @@ class CohortBuilder:
         self._visit_times: list[datetime | None] = []
         self._event_counts: list[int] = []
         self._event_codes: list[int] = []
+        self._event_values: list[float] = []
+        self._has_values = False
         self._dropped_patients = 0
         self._dropped_visits = 0
 
@@ -59,26 +61,34 @@ class CohortBuilder:
         self,
         patient_id: str,
         static: Mapping[str, str | float | None],
-        visits: Sequence[tuple[datetime | None, Mapping[str, Iterable[str]]]],
+        visits: Sequence[tuple],
         labels: Mapping[str, float] | None = None,
     ) -> None:
         """Add one patient: its baseline features and ``(time, {modality: codes})``
-        visits in time order. Empty visits are dropped; a patient left with no visit
-        is dropped (counted, and reported once by :meth:`build`)."""
+        visits in time order, or ``(time, codes, {modality: {code: value}})`` for
+        codes with a numeric value. Empty visits are dropped; a patient left with no
+        visit is dropped (counted, and reported once by :meth:`build`)."""
         patient_id = str(patient_id)
         where = f"{self.source}: patient {patient_id!r}"
         if patient_id in self._seen_ids:
             raise SchemaError(f"{where}: duplicate patient id.")
         static_row = self._static_row(static, where)
-        codes, counts, times = [], [], []
-        for time, events in visits:
+        codes, numbers, counts, times = [], [], [], []
+        for time, events, *rest in visits:
+            results = rest[0] if rest else {}
             n_before = len(codes)
             for modality in self.schema.modalities:
                 values = events.get(modality)
                 if values:
                     m = self._modality_index[modality]
+                    known = numeric_results(
+                        results.get(modality, {}),
+                        set(values),
+                        f"{where}, field 'value'",
+                    )
                     for value in dict.fromkeys(values):
                         codes.append(self._intern(m, value, where))
+                        numbers.append(known.get(value, np.nan))
             unknown = set(events) - self._modality_index.keys()
             if unknown:
                 raise SchemaError(
@@ -108,6 +118,8 @@ class CohortBuilder:
         self._visit_times.extend(times)
         self._event_counts.extend(counts)
         self._event_codes.extend(codes)
+        self._event_values.extend(numbers)
+        self._has_values = self._has_values or any(n == n for n in numbers)
 
     def _intern(self, modality: int, value: str, where: str) -> int:
         key = (modality, value)
@@ -202,6 +214,9 @@ class CohortBuilder:
             visit_times=times.reshape(-1),
             event_offsets=np.concatenate([[0], np.cumsum(self._event_counts)]),
             event_codes=np.asarray(self._event_codes, dtype=np.int32),
+            event_values=np.asarray(self._event_values, dtype=np.float32)
+            if self._has_values
+            else None,
             code_values=np.array([value for (_, value), _ in code_items], dtype=object),
             code_modality=np.array([m for (m, _), _ in code_items], dtype=np.int8),
             times_are_placeholders=times_are_placeholders,

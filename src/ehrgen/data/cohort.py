@@ -25,6 +25,7 @@ Conventions, relied on by every reader and writer:
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, overload
@@ -127,6 +128,8 @@ class Cohort:
         event_offsets: (V+1,) int64; visit v's events are
             ``event_offsets[v]:event_offsets[v+1]``.
         event_codes: (E,) int32 indices into ``code_values`` / ``code_modality``.
+        event_values: (E,) float32 numeric value of each event (a lab's result), NaN
+            where it has none; None when no event has one.
         code_values: (C,) object array of code strings.
         code_modality: (C,) int8 index of each code's modality in ``schema.modalities``.
         labels: name -> (P,) float32 patient-level outcomes (not features: a model is
@@ -146,6 +149,7 @@ class Cohort:
         event_codes: np.ndarray,
         code_values: np.ndarray,
         code_modality: np.ndarray,
+        event_values: np.ndarray | None = None,
         times_are_placeholders: bool = False,
         labels: Mapping[str, np.ndarray] | None = None,
         metadata: Mapping[str, Any] | None = None,
@@ -165,6 +169,11 @@ class Cohort:
         self.visit_times = _frozen(np.asarray(visit_times, dtype="datetime64[us]"))
         self.event_offsets = _frozen(np.asarray(event_offsets, dtype=np.int64))
         self.event_codes = _frozen(np.asarray(event_codes, dtype=np.int32))
+        self.event_values = (
+            None
+            if event_values is None
+            else _frozen(np.asarray(event_values, dtype=np.float32))
+        )
         self.code_values = _frozen(np.asarray(code_values, dtype=object))
         self.code_modality = _frozen(np.asarray(code_modality, dtype=np.int8))
         self.times_are_placeholders = bool(times_are_placeholders)
@@ -182,6 +191,11 @@ class Cohort:
             "visit_offsets": (self.visit_offsets, n + 1),
             "event_offsets": (self.event_offsets, len(self.visit_times) + 1),
             "code_modality": (self.code_modality, len(self.code_values)),
+            **(
+                {}
+                if self.event_values is None
+                else {"event_values": (self.event_values, len(self.event_codes))}
+            ),
             **{f"static[{k!r}]": (v, n) for k, v in self.static.items()},
             **{f"labels[{k!r}]": (v, n) for k, v in self.labels.items()},
         }
@@ -227,7 +241,7 @@ class Cohort:
             builder.add(
                 patient.patient_id,
                 patient.static,
-                [(v.time, v.events) for v in patient.visits],
+                [(v.time, v.events, v.values) for v in patient.visits],
                 labels={name: values[i] for name, values in labels.items()},
             )
         return builder.build(metadata=metadata)
@@ -305,14 +319,23 @@ class Cohort:
                 static[name] = float(value)
         visits = []
         for v in range(self.visit_offsets[p], self.visit_offsets[p + 1]):
-            codes = self.event_codes[self.event_offsets[v] : self.event_offsets[v + 1]]
+            span = slice(self.event_offsets[v], self.event_offsets[v + 1])
+            codes = self.event_codes[span]
+            numbers = (
+                self.event_values[span].tolist()
+                if self.event_values is not None
+                else [math.nan] * len(codes)
+            )
             events: dict[str, list[str]] = {}
-            for code in codes.tolist():
+            values: dict[str, dict[str, float]] = {}
+            for code, number in zip(codes.tolist(), numbers):
                 modality = self.schema.modalities[self.code_modality[code]]
                 events.setdefault(modality, []).append(self.code_values[code])
+                if number == number:
+                    values.setdefault(modality, {})[self.code_values[code]] = number
             # Placeholder times belong to the storage, not to the data: hide them.
             time = None if self.times_are_placeholders else self.visit_times[v].item()
-            visits.append(Visit({k: tuple(c) for k, c in events.items()}, time))
+            visits.append(Visit({k: tuple(c) for k, c in events.items()}, time, values))
         return Patient(str(self.patient_ids[p]), static, tuple(visits))
 
     # ---- derived views
@@ -348,6 +371,9 @@ class Cohort:
             visit_times=self.visit_times[visit_idx],
             event_offsets=event_offsets,
             event_codes=self.event_codes[event_idx],
+            event_values=None
+            if self.event_values is None
+            else self.event_values[event_idx],
             code_values=self.code_values,
             code_modality=self.code_modality,
             times_are_placeholders=self.times_are_placeholders,
@@ -377,6 +403,7 @@ class Cohort:
             visit_times=self.visit_times,
             event_offsets=self.event_offsets,
             event_codes=self.event_codes,
+            event_values=self.event_values,
             code_values=self.code_values,
             code_modality=self.code_modality,
             times_are_placeholders=self.times_are_placeholders,

@@ -382,6 +382,7 @@ def _select(
         visit_times=cohort.visit_times[visits],
         event_offsets=event_offsets,
         event_codes=event_codes.astype(np.int32).reshape(-1),
+        event_values=None if cohort.event_values is None else cohort.event_values[keep],
         code_values=codes.values[used],
         code_modality=codes.modality[used],
         times_are_placeholders=cohort.times_are_placeholders,

@@ -6,13 +6,21 @@ columnar and makes them on demand.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from ehrgen.errors import SchemaError
 
-__all__ = ["PLACEHOLDER_EPOCH", "Patient", "Visit", "check_times", "placeholder_time"]
+__all__ = [
+    "PLACEHOLDER_EPOCH",
+    "Patient",
+    "Visit",
+    "check_times",
+    "numeric_results",
+    "placeholder_time",
+]
 
 PLACEHOLDER_EPOCH = datetime(2000, 1, 1)
 
@@ -23,15 +31,21 @@ class Visit:
 
     Codes are de-duplicated within a modality (first occurrence kept) and empty
     modalities are dropped, so two visits with the same content compare equal.
+    ``values`` holds the numeric result of the codes that have one (a lab's value, in
+    the unit its code names): modality -> {code: value}, each code one of the visit's.
 
     Example:
         >>> v = Visit({"diagnosis": ["4019", "25000", "4019"], "drug": []})
         >>> v.events
         {'diagnosis': ('4019', '25000')}
+        >>> lab = Visit({"lab": ["K//mEq/L"]}, values={"lab": {"K//mEq/L": 4.1}})
+        >>> lab.values
+        {'lab': {'K//mEq/L': 4.1}}
     """
 
     events: Mapping[str, tuple[str, ...]]
     time: datetime | None = None
+    values: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.events, Mapping):
@@ -57,10 +71,28 @@ class Visit:
             if unique:
                 normalised[modality] = unique
         object.__setattr__(self, "events", normalised)
+        object.__setattr__(self, "values", self._checked_values())
         if self.time is not None and not isinstance(self.time, datetime):
             raise SchemaError(
                 f"Visit.time must be a datetime or None. Got {self.time!r} instead."
             )
+
+    def _checked_values(self) -> dict[str, dict[str, float]]:
+        """``values`` as plain dicts of floats, in the events' order, NaN left out."""
+        if not isinstance(self.values, Mapping):
+            raise SchemaError(
+                f"Visit.values must be a mapping modality -> {{code: value}}. Got "
+                f"{type(self.values).__name__} instead."
+            )
+        checked = {
+            m: numeric_results(by_code, self.events.get(m, ()), f"Visit {m!r} values")
+            for m, by_code in self.values.items()
+        }
+        return {
+            m: {c: checked[m][c] for c in self.events[m] if c in checked[m]}
+            for m in self.events
+            if checked.get(m)
+        }
 
     def codes(self, modality: str) -> tuple[str, ...]:
         """The codes of one modality (empty when the visit has none)."""
@@ -109,3 +141,30 @@ def check_times(times: list[datetime | None], where: str) -> None:
 def placeholder_time(visit_index: int) -> datetime:
     """The placeholder time of a patient's ``visit_index``-th visit."""
     return PLACEHOLDER_EPOCH + timedelta(days=visit_index)
+
+
+def numeric_results(
+    results: Mapping[str, object], codes: Collection[str], where: str
+) -> dict[str, float]:
+    """The numeric values of some of a visit's codes, checked: each code one of
+    ``codes``, each value a finite number (NaN, "no value", is left out)."""
+    checked: dict[str, float] = {}
+    for code, value in results.items():
+        if code not in codes:
+            raise SchemaError(
+                f"{where}: code {code!r} has a value but is not among the visit's "
+                f"codes of that modality."
+            )
+        try:
+            number = float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise SchemaError(
+                f"{where}: the value of code {code!r} must be a number. Got {value!r}."
+            ) from None
+        if math.isinf(number):
+            raise SchemaError(
+                f"{where}: the value of code {code!r} must be finite. Got {value!r}."
+            )
+        if number == number:
+            checked[code] = number
+    return checked

@@ -235,7 +235,9 @@ def split_codes(codes: list[str]) -> tuple[list[str], list[str | None]]:
 def build_visits(rows: Rows, code_modality: np.ndarray) -> dict[str, np.ndarray]:
     """The CSR arrays of a cohort (see :class:`~ehrgen.data.cohort.Cohort`) from its
     event rows: visits are the rows of a subject sharing a time (or a visit id, whose
-    time is then its earliest row's); codes repeated in a visit are kept once."""
+    time is then its earliest row's); codes repeated in a visit are kept once, with
+    the last ``numeric_value`` among their rows in the source's order (MEDS rows are
+    in time order within a subject); ``event_values`` is None when no row has one."""
     modality = code_modality.astype(np.int8)[rows.code]
     if rows.visit is not None:
         rows = visit_times_from_ids(rows)
@@ -245,8 +247,11 @@ def build_visits(rows: Rows, code_modality: np.ndarray) -> dict[str, np.ndarray]
     del modality
     keys = [k[order] for k in (rows.subject, *visit_keys)]  # subject, time[, visit]
     code = rows.code[order]
+    value = rows.value[order] if not np.isnan(rows.value).all() else None
     del order
     keep = ~_repeated(*keys, code)
+    if value is not None:
+        value = _last_values(keys, code, value)[keep]
     keys, code = [k[keep] for k in keys], code[keep]
     subject, time = keys[0], keys[1]
     new_visit = np.zeros(len(subject), dtype=bool)
@@ -265,8 +270,30 @@ def build_visits(rows: Rows, code_modality: np.ndarray) -> dict[str, np.ndarray]
         "visit_times": _strictly_increasing(time[visit_starts], patient_starts),
         "event_offsets": np.append(visit_starts, len(subject)).astype(np.int64),
         "event_codes": event_codes.astype(np.int32),
+        "event_values": value,
         "used_codes": used,
     }
+
+
+def _last_values(
+    keys: Sequence[np.ndarray], code: np.ndarray, value: np.ndarray
+) -> np.ndarray:
+    """Per row, the last non-NaN value among the rows equal to it on every key and
+    the code (later means later in the arrays); NaN when none of them has one."""
+    n = len(code)
+    order = np.lexsort((np.arange(n), code, *keys[::-1]))
+    new = np.zeros(n, dtype=bool)
+    new[:1] = True
+    for key in (*keys, code):
+        sorted_key = key[order]
+        new[1:] |= sorted_key[1:] != sorted_key[:-1]
+    ordered = value[order]
+    position = np.where(np.isnan(ordered), -1, np.arange(n))
+    last = np.maximum.reduceat(position, np.flatnonzero(new)) if n else position
+    per_group = np.where(last >= 0, ordered[np.maximum(last, 0)], np.nan)
+    out = np.empty(n, dtype=np.float32)
+    out[order] = per_group[np.cumsum(new) - 1]
+    return out
 
 
 def merge_visits(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray] | None:
@@ -283,6 +310,8 @@ def merge_visits(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray] | 
     visit_times = np.empty(n_visits, "datetime64[us]")
     event_offsets = np.empty(n_visits + 1, np.int64)
     event_codes = np.empty(n_events, np.int32)
+    with_values = any(p["event_values"] is not None for p in parts)
+    event_values = np.full(n_events, np.nan, np.float32) if with_values else None
     patient, visit, event = 0, 0, 0
     while parts:
         part = parts.pop(0)
@@ -293,6 +322,8 @@ def merge_visits(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray] | 
         event_offsets[visit : visit + n_v] = part["event_offsets"][:-1] + event
         lookup = np.searchsorted(used, part["used_codes"]).astype(np.int32)
         event_codes[event : event + n_e] = lookup[part["event_codes"]]
+        if part["event_values"] is not None:
+            event_values[event : event + n_e] = part["event_values"]
         patient, visit, event = patient + n_p, visit + n_v, event + n_e
     visit_offsets[-1], event_offsets[-1] = visit, event
     return {
@@ -301,6 +332,7 @@ def merge_visits(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray] | 
         "visit_times": visit_times,
         "event_offsets": event_offsets,
         "event_codes": event_codes,
+        "event_values": event_values,
         "used_codes": used,
     }
 

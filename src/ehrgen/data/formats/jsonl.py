@@ -8,8 +8,10 @@ Each line is one JSON object::
 
 ``static`` holds the known baseline features (a missing one is absent or null), ``time``
 is an ISO 8601 time or null (a cohort with placeholder times is written with null
-times), ``events`` maps a modality to its codes, and ``labels`` (written only when the
-cohort has labels; null when missing) holds patient-level outcomes.
+times), ``events`` maps a modality to its codes, ``values`` (written only for visits
+with one) maps a modality to ``{code: number}`` for the codes with a numeric result
+(``{"lab": {"50912//mg/dL": 1.4}}``), and ``labels`` (written only when the cohort has
+labels; null when missing) holds patient-level outcomes.
 
 Beside ``cohort.jsonl`` a sidecar ``cohort.jsonl.schema.json`` keeps what lines cannot:
 the schema (modality order, every category, even unused ones), whether times are
@@ -33,7 +35,7 @@ from ehrgen.errors import SchemaError, did_you_mean
 __all__ = ["read_jsonl", "schema_sidecar", "write_jsonl"]
 
 _PATIENT_KEYS = ("patient_id", "static", "visits", "labels")
-_VISIT_KEYS = ("time", "events")
+_VISIT_KEYS = ("time", "events", "values")
 _SIDECAR_KEYS = ("schema", "times_are_placeholders", "metadata")
 _LINE_BREAKS = str.maketrans({c: f"\\u{ord(c):04x}" for c in "\x85\u2028\u2029"})
 
@@ -128,14 +130,18 @@ def _patient_record(patient: Patient) -> dict[str, Any]:
     return {
         "patient_id": patient.patient_id,
         "static": dict(patient.static),
-        "visits": [
-            {
-                "time": None if visit.time is None else visit.time.isoformat(),
-                "events": {m: list(codes) for m, codes in visit.events.items()},
-            }
-            for visit in patient.visits
-        ],
+        "visits": [_visit_record(visit) for visit in patient.visits],
     }
+
+
+def _visit_record(visit: Visit) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "time": None if visit.time is None else visit.time.isoformat(),
+        "events": {m: list(codes) for m, codes in visit.events.items()},
+    }
+    if visit.values:
+        record["values"] = {m: dict(by_code) for m, by_code in visit.values.items()}
+    return record
 
 
 def _dumps(value: Any, what: str, indent: int | None = None) -> str:
@@ -161,7 +167,7 @@ class _Record(NamedTuple):
     line: int
     patient_id: str
     static: dict[str, str | float]
-    visits: list[tuple[datetime | None, dict[str, list[str]]]]
+    visits: list[tuple[datetime | None, dict[str, list[str]], dict[str, dict]]]
     labels: dict[str, float] | None
 
 
@@ -331,7 +337,7 @@ def _parse_static(value: Any, where: str) -> dict[str, str | float]:
 
 def _parse_visit(
     visit: Any, i: int, where: str
-) -> tuple[datetime | None, dict[str, list[str]]]:
+) -> tuple[datetime | None, dict[str, list[str]], dict[str, dict[str, float]]]:
     field = f"visits[{i}]"
     if not isinstance(visit, dict):
         raise SchemaError(
@@ -357,7 +363,43 @@ def _parse_visit(
                     f"{where}, field '{field}.events.{modality}[{j}]': codes must be "
                     f"non-empty strings. Got {_describe(code)}."
                 )
-    return _parse_time(visit.get("time"), where, f"{field}.time"), events
+    values = _parse_values(visit.get("values"), events, where, f"{field}.values")
+    return _parse_time(visit.get("time"), where, f"{field}.time"), events, values
+
+
+def _parse_values(
+    values: Any, events: dict[str, list[str]], where: str, field: str
+) -> dict[str, dict[str, float]]:
+    """``{modality: {code: number}}`` for codes of the visit (null: none)."""
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise SchemaError(
+            f"{where}, field '{field}': expected an object modality -> {{code: "
+            f"number}}. Got {_describe(values)}."
+        )
+    parsed: dict[str, dict[str, float]] = {}
+    for modality, by_code in values.items():
+        if not isinstance(by_code, dict):
+            raise SchemaError(
+                f"{where}, field '{field}.{modality}': expected an object code -> "
+                f"number. Got {_describe(by_code)}."
+            )
+        for code, number in by_code.items():
+            if code not in events.get(modality, ()):
+                raise SchemaError(
+                    f"{where}, field '{field}.{modality}.{code}': not one of the "
+                    f"visit's {modality} codes."
+                )
+            if number is None:
+                continue
+            if isinstance(number, bool) or not isinstance(number, int | float):
+                raise SchemaError(
+                    f"{where}, field '{field}.{modality}.{code}': expected a number. "
+                    f"Got {_describe(number)}."
+                )
+            parsed.setdefault(modality, {})[code] = float(number)
+    return parsed
 
 
 def _parse_time(value: Any, where: str, field: str) -> datetime | None:
@@ -413,7 +455,7 @@ def _check_time_mix(records: list[_Record], path: Path) -> None:
     first_line = {True: 0, False: 0}  # has a time -> first line seen
     describe = {True: "has a time", False: "has no time"}
     for record in records:
-        for i, (time, _) in enumerate(record.visits):
+        for i, (time, *_) in enumerate(record.visits):
             kind = time is not None
             first_line[kind] = first_line[kind] or record.line
             if first_line[not kind]:
@@ -427,7 +469,9 @@ def _check_time_mix(records: list[_Record], path: Path) -> None:
 
 def _as_patients(records: Iterable[_Record]) -> Iterator[Patient]:
     for record in records:
-        visits = tuple(Visit(events, time) for time, events in record.visits)
+        visits = tuple(
+            Visit(events, time, values) for time, events, values in record.visits
+        )
         yield Patient(record.patient_id, record.static, visits)
 
 

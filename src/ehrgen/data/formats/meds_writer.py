@@ -208,7 +208,11 @@ def _events_table(cohort: Cohort, subject_ids: np.ndarray) -> pa.Table:
     # Static rows sort before events; events keep their stored order.
     keys.append(np.arange(cohort.n_events, dtype=np.int64) + len(keys))
     codes.append(code_strings[cohort.event_codes])
-    values.append(np.full(cohort.n_events, np.nan, dtype=np.float32))
+    values.append(
+        np.full(cohort.n_events, np.nan, dtype=np.float32)
+        if cohort.event_values is None
+        else cohort.event_values
+    )
     times.append(cohort.visit_times[cohort.event_visit])
     patient, key = np.concatenate(subjects), np.concatenate(keys)
     # MEDS shards are sorted by subject id; the cohort's own order is kept by

@@ -1,0 +1,107 @@
+"""Tests of numeric values on events (a lab's result): the data model, the MEDS and
+JSONL round trips, the MEDS summary of a code repeated in a visit, preprocessing."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+import numpy as np
+import pytest
+
+from ehrgen.data import Cohort, Patient, Visit
+from ehrgen.data.formats.jsonl import read_jsonl, write_jsonl
+from ehrgen.data.formats.meds import read_meds, write_meds
+from ehrgen.data.preprocess import Preprocessing, preprocess
+from ehrgen.errors import SchemaError
+from tests.data.fixtures_meds_extract import write_meds_extract
+
+T = datetime(2020, 1, 1)
+
+
+def _cohort() -> Cohort:
+    return Cohort.from_patients(
+        [
+            Patient("1", {}, (
+                Visit({"diagnosis": ["d1"], "lab": ["k", "na"]}, T,
+                      {"lab": {"k": 4.1, "na": 139.0}}),
+                Visit({"lab": ["k"]}, datetime(2020, 2, 1)),
+            )),
+            Patient("2", {}, (Visit({"lab": ["k"]}, T, {"lab": {"k": 5.5}}),)),
+        ]
+    )  # fmt: skip
+
+
+def test_values_are_stored_per_event_and_read_back_per_visit():
+    cohort = _cohort()
+    assert cohort.event_values is not None
+    assert np.isnan(cohort.event_values).sum() == 2  # d1 and the second visit's k
+    first = cohort[0]
+    assert first.visits[0].values == {"lab": {"k": pytest.approx(4.1), "na": 139.0}}
+    assert first.visits[1].values == {}
+    assert cohort[1:].event_values.tolist() == [pytest.approx(5.5)]
+    plain = Cohort.from_patients([Patient("3", {}, (Visit({"lab": ["k"]}, T),))])
+    assert plain.event_values is None  # no memory spent on cohorts without values
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"lab": {"x": 1.0}}, "not among the visit's codes"),
+        ({"diagnosis": {"k": 1.0}}, "not among the visit's codes"),
+        ({"lab": {"k": "high"}}, "must be a number"),
+        ({"lab": {"k": float("inf")}}, "must be finite"),
+        ([1.0], "must be a mapping"),
+    ],
+)
+def test_bad_values_are_refused(values, message):
+    with pytest.raises(SchemaError, match=message):
+        Visit({"lab": ["k"]}, T, values)
+
+
+def test_meds_and_jsonl_keep_values(tmp_path):
+    cohort = _cohort()
+    assert read_meds(write_meds(cohort, tmp_path / "meds")) == cohort
+    assert read_jsonl(write_jsonl(cohort, tmp_path / "c.jsonl")) == cohort
+    line = json.loads((tmp_path / "c.jsonl").read_text().splitlines()[0])
+    assert line["visits"][0]["values"] == {"lab": {"k": pytest.approx(4.1),
+                                                   "na": 139.0}}  # fmt: skip
+    assert "values" not in line["visits"][1]
+
+
+def test_jsonl_values_errors_name_the_line_and_field(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    visit = {"time": None, "events": {"lab": ["k"]}, "values": {"lab": {"k": "4"}}}
+    path.write_text(json.dumps({"patient_id": "1", "visits": [visit]}) + "\n")
+    with pytest.raises(SchemaError, match=r"bad.jsonl:1.*visits\[0\].values.lab.k"):
+        read_jsonl(path)
+
+
+def test_meds_keeps_the_last_value_of_a_code_repeated_in_a_visit(tmp_path):
+    """MEDS-Extract's first stay has creatinine 1.2 then 1.0: the visit keeps 1.0;
+    the lab outside any stay keeps its own 1.1."""
+    src = write_meds_extract(tmp_path / "src")
+    cohort = read_meds(
+        src,
+        prefix_to_modality={"LAB": "lab", "DIAGNOSIS": "diagnosis"},
+        unknown_prefixes="drop",
+    )
+    by_day = {v.time.date().isoformat(): v.values for v in cohort[0].visits}
+    assert by_day["2020-01-01"] == {"lab": {"50912//mg/dL": pytest.approx(1.2)}}
+    assert by_day["2020-03-01"] == {"lab": {"50912//mg/dL": pytest.approx(1.1)}}
+    stays = read_meds(
+        src,
+        prefix_to_modality={"LAB": "lab", "DIAGNOSIS": "diagnosis"},
+        unknown_prefixes="drop",
+        visit_id_column="hadm_id",
+    )
+    assert stays[0].visits[0].values == {"lab": {"50912//mg/dL": pytest.approx(1.0)}}
+
+
+def test_preprocessing_keeps_the_values_of_kept_events():
+    cohort = _cohort()
+    kept = preprocess(cohort, Preprocessing(modalities=("lab",)))
+    assert [v.values for v in kept[0].visits] == [
+        {"lab": {"k": pytest.approx(4.1), "na": 139.0}},
+        {},
+    ]
