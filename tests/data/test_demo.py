@@ -310,3 +310,64 @@ def test_truth_tables_are_consistent() -> None:
         assert set(condition.stages) <= set(condition.diagnosis_codes)
     assert set(TRUTH.chronic_codes).isdisjoint(TRUTH.acute_codes)
     assert demo_truth() == TRUTH
+
+
+def _lab_value_by_visit(cohort: Cohort, lab: str) -> np.ndarray:
+    """(V,) the value of ``lab`` at each visit, NaN where it was not measured."""
+    out = np.full(cohort.n_visits, np.nan)
+    is_lab = cohort.code_values[cohort.event_codes] == lab
+    out[cohort.event_visit[is_lab]] = cohort.event_values[is_lab]
+    return out
+
+
+def test_every_lab_has_a_value_and_only_labs_do(big: Cohort) -> None:
+    is_lab = cohort_modality(big) == "lab"
+    assert np.isfinite(big.event_values[is_lab]).all()
+    assert np.isnan(big.event_values[~is_lab]).all()
+    assert set(TRUTH.lab_values) == set(TRUTH.vocabulary["lab"])
+
+
+@pytest.mark.parametrize(
+    "lab, condition_codes, at_least",
+    [
+        ("Creatinine", ("ICD9CM//5853", "ICD9CM//5854", "ICD9CM//5855"), 1.0),
+        ("Glucose", ("ICD9CM//25000",), 40.0),
+        ("White Blood Cells", ("ICD9CM//486", "ICD9CM//0389"), 4.0),
+    ],
+)
+def test_lab_values_follow_the_conditions(big, lab, condition_codes, at_least) -> None:
+    """Mean creatinine is higher with a CKD code, glucose with diabetes, white cells
+    with pneumonia or sepsis, by most of the truth's shift."""
+    values = _lab_value_by_visit(big, lab)
+    sick = np.zeros(big.n_visits, dtype=bool)
+    for code in condition_codes:
+        sick |= has_code(big, code)
+    measured = np.isfinite(values)
+    difference = values[measured & sick].mean() - values[measured & ~sick].mean()
+    assert difference > at_least, difference
+
+
+def test_ckd_stage_raises_creatinine_step_by_step(big: Cohort) -> None:
+    values = _lab_value_by_visit(big, "Creatinine")
+    means = [np.nanmean(values[has_code(big, f"ICD9CM//585{s}")]) for s in (3, 4, 5)]
+    assert means[0] < means[1] < means[2], means
+    table = TRUTH.lab_values["Creatinine"]
+    assert means[2] == pytest.approx(table.expected({"ckd": 2}), rel=0.15)
+
+
+def test_acute_events_bring_the_next_visit_sooner(big: Cohort) -> None:
+    acute = np.zeros(big.n_visits, dtype=bool)
+    for code in TRUTH.acute_codes:
+        acute |= has_code(big, code)
+    last = np.zeros(big.n_visits, dtype=bool)
+    last[big.visit_offsets[1:] - 1] = True
+    gaps = np.diff(big.visit_times).astype("timedelta64[m]").astype(float) / 1440
+    after_acute = np.median(gaps[(acute & ~last)[:-1]])
+    after_other = np.median(gaps[(~acute & ~last)[:-1]])
+    assert after_acute < 0.5 * after_other, (after_acute, after_other)
+
+
+def cohort_modality(cohort: Cohort) -> np.ndarray:
+    """(E,) each event's modality name."""
+    names = np.array(cohort.schema.modalities, dtype=object)
+    return names[cohort.event_modality]

@@ -16,7 +16,9 @@ The generative model, per patient:
    at :data:`MAX_VISITS` (mean about 3.3, long tail). The first visit falls at a
    whole minute uniformly in 2010-2020; each gap is log-normal (sigma 1.1) with a
    median of ``120 / (1 + 0.3 * k)`` days, ``k`` the number of chronic conditions at
-   the previous visit (the sick come back sooner), clipped to [1 day, 3 years].
+   the previous visit (the sick come back sooner), times :data:`ACUTE_GAP_FACTOR`
+   when the previous visit had an acute event (they come back much sooner), clipped
+   to [1 day, 3 years].
 3. **Risk.** Every :class:`Condition` has a logistic risk, evaluated at the age of the
    visit: ``odds = odds(base) * per_decade ** ((age - 50) / 10) * male_or ** male *
    child_or ** (age < 18) * ethnicity_or[e] * prod(raised_by[c] for c present)``. It
@@ -28,12 +30,21 @@ The generative model, per patient:
    starts at its first stage and moves one stage on with probability ``progress`` at
    each later visit, never back.
 5. **Acute events** happen at a visit with their risk, raised by the chronic conditions
-   present at that visit; they do not persist.
+   present at that visit; they do not persist. (Times, chronic conditions and acute
+   events are drawn visit rank by visit rank, since each gap depends on the visit
+   before.)
 6. **Codes.** Each condition active at a visit emits each of its codes independently
    with the code's probability (a staged condition emits only its current stage's
    diagnosis code). Background noise adds ``Poisson(noise_rate[m])`` codes of modality
    ``m`` drawn uniformly from ``noise_codes[m]``. A visit left without a diagnosis gets
    :data:`FALLBACK_CODE` (a routine examination).
+7. **Lab values.** Every lab code at a visit gets a value in its unit
+   (``DemoTruth.lab_values``): ``Normal(mean, sd)`` for a healthy patient, plus the
+   shift of each condition active at the visit that moves it (creatinine rises with
+   the CKD stage, glucose and HbA1c with diabetes, white cells with infection, ...),
+   floored at a tenth of the healthy mean and rounded to 2 significant decimals.
+   Values come from a second generator seeded from the same seed, so they leave the
+   codes unchanged.
 
 Code strings carry their system before ``//``: diagnoses ``ICD9CM//4019`` (ICD-9-CM,
 no dot), procedures ``ICD9PROC//3995``, drugs ``ATC//C09A`` (ATC level 3), labs plain
@@ -54,11 +65,13 @@ from ehrgen.data import Cohort, CohortBuilder, CohortSchema
 from ehrgen.errors import ConfigError
 
 __all__ = [
+    "ACUTE_GAP_FACTOR",
     "FALLBACK_CODE",
     "MAX_VISITS",
     "ONSET_PER_VISIT",
     "Condition",
     "DemoTruth",
+    "LabValue",
     "demo_cohort",
     "demo_schema",
     "demo_truth",
@@ -72,6 +85,8 @@ MAX_VISITS = 25
 # that most chronic disease is already present at the first visit, as in a cohort
 # recruited from people who come to hospital.
 ONSET_PER_VISIT = 0.05
+# The median gap after a visit with an acute event, as a fraction of the usual one.
+ACUTE_GAP_FACTOR = 0.25
 FALLBACK_CODE = "ICD9CM//V700"
 NOISE_RATE = {"diagnosis": 0.5, "procedure": 0.2, "drug": 0.6, "lab": 1.2}
 _PREFIX = dict(diagnosis="ICD9CM//", procedure="ICD9PROC//", drug="ATC//", lab="")
@@ -308,6 +323,69 @@ def _noise_codes() -> dict[str, tuple[str, ...]]:
 
 
 @dataclass(frozen=True)
+class LabValue:
+    """How the simulator draws a lab's value: ``Normal(mean, sd)`` in ``unit`` for a
+    healthy patient, plus ``shifts[c]`` for each active condition ``c`` (for a staged
+    condition, ``stage_shifts[c][s]`` at stage ``s`` instead)."""
+
+    unit: str
+    mean: float
+    sd: float
+    shifts: Mapping[str, float] = field(default_factory=dict)
+    stage_shifts: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
+
+    def expected(self, active: Mapping[str, int | None]) -> float:
+        """The mean value given the active conditions (name -> stage or None)."""
+        mean = self.mean
+        for name, stage in active.items():
+            if name in self.stage_shifts and stage is not None:
+                mean += self.stage_shifts[name][stage]
+            else:
+                mean += self.shifts.get(name, 0.0)
+        return mean
+
+
+def _lab_values() -> dict[str, LabValue]:
+    """Reference ranges of adult lab tests (healthy mean and spread) and the shift
+    each condition gives, round figures chosen to be clinically plausible."""
+    return {
+        "Glucose": LabValue("mg/dL", 95, 12, {"type2_diabetes": 70, "obesity": 10,
+                                                "sepsis": 40}),
+        "Cholesterol, Total": LabValue("mg/dL", 185, 25, {"hyperlipidemia": 70}),
+        "LDL Cholesterol": LabValue("mg/dL", 105, 20, {"hyperlipidemia": 60}),
+        "HbA1c": LabValue("%", 5.4, 0.3, {"type2_diabetes": 2.2, "obesity": 0.3}),
+        "Potassium": LabValue("mEq/L", 4.2, 0.3, {"hypertension": 0.1},
+                              {"ckd": (0.4, 0.7, 1.1)}),
+        "Sodium": LabValue("mEq/L", 140, 2.5, {"chf": -4, "sepsis": -3}),
+        "Creatinine": LabValue("mg/dL", 0.9, 0.18, {"chf": 0.3, "sepsis": 0.8},
+                               {"ckd": (0.9, 2.0, 4.2)}),
+        "Urea Nitrogen": LabValue("mg/dL", 14, 3.5, {"chf": 8, "sepsis": 12},
+                                  {"ckd": (15, 30, 55)}),
+        "NT-proBNP": LabValue("pg/mL", 90, 40, {"chf": 2500,
+                                                "atrial_fibrillation": 400}),
+        "INR": LabValue("ratio", 1.0, 0.08, {"atrial_fibrillation": 1.4}),
+        "pCO2": LabValue("mmHg", 40, 3, {"copd": 12}),
+        "TSH": LabValue("mIU/L", 2.0, 0.8, {"hypothyroidism": 6.0}),
+        "Vitamin D": LabValue("ng/mL", 32, 8, {"osteoporosis": -12}),
+        "Hemoglobin": LabValue("g/dL", 14, 1.2, {"anemia": -4, "hip_fracture": -2.5,
+                                                 "ckd": -1.5}),
+        "Ferritin": LabValue("ng/mL", 120, 50, {"anemia": -95}),
+        "Uric Acid": LabValue("mg/dL", 5.5, 1.0, {"gout": 3.0, "ckd": 1.0}),
+        "PSA": LabValue("ng/mL", 1.2, 0.6, {"bph": 3.5}),
+        "White Blood Cells": LabValue("K/uL", 7.0, 1.5, {"pneumonia": 6.0,
+                                                         "sepsis": 9.0, "uti": 2.5}),
+        "Lactate": LabValue("mmol/L", 1.1, 0.3, {"sepsis": 2.8, "pneumonia": 0.6}),
+        "Troponin I": LabValue("ng/mL", 0.01, 0.005, {"myocardial_infarction": 4.0}),
+        "CK-MB": LabValue("ng/mL", 2.5, 1.0, {"myocardial_infarction": 35.0}),
+        "WBC, Urine": LabValue("/hpf", 2.0, 1.0, {"uti": 45.0}),
+        "RSV Antigen": LabValue("index", 0.2, 0.1, {"bronchiolitis": 3.0}),
+        "hCG": LabValue("mIU/mL", 3.0, 1.5, {"delivery": 25000.0}),
+        "Platelet Count": LabValue("K/uL", 250, 50, {"sepsis": -110}),
+        "Hematocrit": LabValue("%", 42, 3.5, {"anemia": -11, "hip_fracture": -7}),
+    }  # fmt: skip
+
+
+@dataclass(frozen=True)
 class DemoTruth:
     """What the demo simulator does, as data: the tables it draws from and facts
     derived from them. Treat it as read-only.
@@ -329,6 +407,9 @@ class DemoTruth:
         onset_per_visit: per-visit onset of an absent chronic condition, as a
             fraction of its risk.
         fallback_code: the diagnosis of a visit that would have none.
+        lab_values: lab code -> :class:`LabValue` (unit, healthy range, shifts).
+        acute_gap_factor: the median gap after a visit with an acute event, as a
+            fraction of the usual one.
 
     Example:
         >>> truth = demo_truth()
@@ -352,6 +433,8 @@ class DemoTruth:
     max_visits: int = MAX_VISITS
     onset_per_visit: float = ONSET_PER_VISIT
     fallback_code: str = FALLBACK_CODE
+    lab_values: Mapping[str, LabValue] = field(default_factory=_lab_values)
+    acute_gap_factor: float = ACUTE_GAP_FACTOR
 
     @property
     def vocabulary(self) -> dict[str, tuple[str, ...]]:
@@ -477,6 +560,7 @@ def demo_cohort(n_patients: int = 1000, seed: int = 0) -> Cohort:
             )
     truth = demo_truth()
     sim = _Simulation(np.random.default_rng(seed), truth, int(n_patients))
+    sim.value_rng = np.random.default_rng([int(seed), 1])
     metadata = {
         "source": "ehrgen demo simulator",
         "seed": int(seed),
@@ -496,6 +580,8 @@ class _Simulation:
     def __init__(self, rng: np.random.Generator, truth: DemoTruth, n: int) -> None:
         self.rng, self.truth = rng, truth
         self.chronic = [c for c in truth.conditions.values() if c.chronic]
+        self.acute_events = [c for c in truth.conditions.values() if not c.chronic]
+        self.value_rng = rng
         self.vocabulary = [c for m in MODALITIES for c in truth.vocabulary[m]]
         self.male = rng.random(n) < truth.gender_p["M"]  # (P,)
         self.ethnicity = rng.choice(
@@ -516,12 +602,14 @@ class _Simulation:
         self.age = np.zeros(v)  # (V,) age at the visit, years
         self.present = np.zeros((v, k), dtype=bool)  # (V, K) chronic conditions
         self.stage = np.zeros((v, k), dtype=np.int8)  # (V, K) current stages
+        self.acute = np.zeros((v, len(self.acute_events)), dtype=bool)  # (V, A)
         # One step per visit rank, vectorised over the patients with that many
         # visits: a visit depends on the previous one (gap, persistence, progression).
         for j in range(int(self.counts.max())):
             who = np.flatnonzero(self.counts > j)
             self._step_time(who, j)
             self._step_chronic(who, j)
+            self._step_acute(who, j)
 
     def _step_time(self, who: np.ndarray, j: int) -> None:
         first = self.offsets[who]
@@ -530,6 +618,8 @@ class _Simulation:
             self.minutes[rows] = self.rng.integers(0, _FIRST_VISIT_SPAN, rows.size)
         else:
             median_days = 120.0 / (1.0 + 0.3 * self.present[rows - 1].sum(axis=1))
+            after_acute = self.acute[rows - 1].any(axis=1)
+            median_days *= np.where(after_acute, self.truth.acute_gap_factor, 1.0)
             days = self.rng.lognormal(np.log(median_days), 1.1)
             gap = np.clip(np.round(days * _MINUTES_PER_DAY), _MINUTES_PER_DAY, _MAX_GAP)
             self.minutes[rows] = self.minutes[rows - 1] + gap.astype(np.int64)
@@ -554,17 +644,17 @@ class _Simulation:
             self.present[rows, k] = now
             present[condition.name] = now
 
+    def _step_acute(self, who: np.ndarray, j: int) -> None:
+        rows = self.offsets[who] + j
+        present = {c.name: self.present[rows, k] for k, c in enumerate(self.chronic)}
+        male, ethnicity = self.male[who], self.ethnicity[who]
+        for a, condition in enumerate(self.acute_events):
+            risk = condition.risk(self.age[rows], male, ethnicity, present)
+            self.acute[rows, a] = self.rng.random(rows.size) < risk
+
     def active(self) -> np.ndarray:
         """(V, C) bool: the conditions, chronic then acute, active at each visit."""
-        present = {c.name: self.present[:, k] for k, c in enumerate(self.chronic)}
-        p = self.patient
-        acute = [
-            self.rng.random(len(p))
-            < c.risk(self.age, self.male[p], self.ethnicity[p], present)
-            for c in self.truth.conditions.values()
-            if not c.chronic
-        ]
-        return np.column_stack([self.present, *acute])
+        return np.column_stack([self.present, self.acute])
 
     def codes(self) -> tuple[np.ndarray, np.ndarray]:
         """(E,) visit and code indices (into ``vocabulary``), sorted, unique."""
@@ -612,9 +702,34 @@ class _Simulation:
                 code_of.append(ids[k])
         return visit_of, code_of
 
+    def lab_values(self, visit_of: np.ndarray, code_of: np.ndarray) -> np.ndarray:
+        """(E,) each lab event's value (NaN for other events), see the docstring."""
+        out = np.full(len(code_of), np.nan)
+        active = self.active()
+        names = list(self.truth.conditions)
+        chronic_rank = {c.name: k for k, c in enumerate(self.chronic)}
+        for lab, table in self.truth.lab_values.items():
+            if lab not in self.vocabulary:
+                continue
+            rows = np.flatnonzero(code_of == self.vocabulary.index(lab))
+            visits = visit_of[rows]
+            mean = np.full(rows.size, float(table.mean))
+            for name, shift in table.shifts.items():
+                mean += shift * active[visits, names.index(name)]
+            for name, by_stage in table.stage_shifts.items():
+                k = chronic_rank[name]
+                shifts = np.asarray(by_stage)[self.stage[visits, k]]
+                mean += shifts * self.present[visits, k]
+            drawn = self.value_rng.normal(mean, table.sd)
+            drawn = np.maximum(drawn, 0.1 * table.mean)
+            decimals = max(0, 2 - math.floor(math.log10(table.mean)))
+            out[rows] = np.round(drawn, decimals)
+        return out
+
     def build(self, metadata: dict[str, Any]) -> Cohort:
         """Draw the codes and hand every patient to a :class:`CohortBuilder`."""
         visit_of, code_of = self.codes()
+        numbers = self.lab_values(visit_of, code_of).tolist()
         modality = [m for m in MODALITIES for _ in self.truth.vocabulary[m]]
         counts = np.bincount(visit_of, minlength=len(self.minutes))
         event_offsets = np.concatenate([[0], np.cumsum(counts)]).tolist()
@@ -626,9 +741,13 @@ class _Simulation:
             visits = []
             for v in range(offsets[p], offsets[p + 1]):
                 events: dict[str, list[str]] = {}
-                for code in codes[event_offsets[v] : event_offsets[v + 1]]:
-                    events.setdefault(modality[code], []).append(self.vocabulary[code])
-                visits.append((times[v], events))
+                values: dict[str, dict[str, float]] = {}
+                for e in range(event_offsets[v], event_offsets[v + 1]):
+                    code = self.vocabulary[codes[e]]
+                    events.setdefault(modality[codes[e]], []).append(code)
+                    if numbers[e] == numbers[e]:
+                        values.setdefault("lab", {})[code] = numbers[e]
+                visits.append((times[v], events, values))
             static = {
                 "gender": "M" if self.male[p] else "F",
                 "ethnicity": ethnicities[self.ethnicity[p]],

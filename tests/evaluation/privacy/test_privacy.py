@@ -238,7 +238,10 @@ def test_an_independent_generator_looks_private(scenarios):
     )
     holdout_rate = _figure(result, "copies.exact_copy_rate_holdout")
     assert _figure(result, "copies.exact_copy_rate") < holdout_rate + 0.03
-    assert abs(_figure(result, "nnaa.nnaar")) < 0.08
+    # Fresh samples of this size spread more than NNAAR's bootstrap interval says
+    # (seeds 1-4 of the demo gave -0.088, -0.004, -0.019, -0.013); a copying
+    # generator scores far above this bound.
+    assert abs(_figure(result, "nnaa.nnaar")) < 0.1
     assert abs(_figure(result, "rare_code_inference.f1_advantage")) < 0.15
 
 
