@@ -92,6 +92,7 @@ EXPECTED = [
                     "lab": ("ITEMID//51006", "ITEMID//50931"),
                 },
                 FIRST,
+                {"lab": {"ITEMID//51006": 10.0, "ITEMID//50931": 95.0}},
             ),
             Visit(
                 {

@@ -105,3 +105,25 @@ def test_preprocessing_keeps_the_values_of_kept_events():
         {"lab": {"k": pytest.approx(4.1), "na": 139.0}},
         {},
     ]
+
+
+def test_mimic_labs_keep_the_last_valuenum_of_the_visit(tmp_path):
+    """Two creatinines in one admission (1.0, then 2.0, then one with no VALUENUM)
+    keep 2.0; a LABEVENTS without a VALUENUM column gives no values."""
+    from ehrgen.data.formats.mimic3 import read_mimic3
+    from tests.data.test_mimic3 import write_mimic3
+
+    labs = """\
+ROW_ID,SUBJECT_ID,HADM_ID,ITEMID,CHARTTIME,VALUE,VALUENUM,VALUEUOM,FLAG
+1,10,100,50912,2100-01-10 09:00:00,1.0,1.0,mg/dL,
+2,10,100,50912,2100-01-10 12:00:00,2.0,2.0,mg/dL,
+3,10,100,50912,2100-01-10 15:00:00,pending,,mg/dL,
+"""
+    cohort = read_mimic3(write_mimic3(tmp_path / "a", LABEVENTS=labs))
+    assert cohort[0].visits[0].values == {"lab": {"ITEMID//50912": 2.0}}
+    no_values = "\n".join(
+        ",".join(f for i, f in enumerate(line.split(",")) if i != 6)
+        for line in labs.splitlines()
+    )
+    cohort = read_mimic3(write_mimic3(tmp_path / "b", LABEVENTS=no_values + "\n"))
+    assert cohort.event_values is None

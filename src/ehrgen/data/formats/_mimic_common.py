@@ -336,7 +336,8 @@ class EventQuery:
     and ``order`` (a time) for the rows without an admission id, which are assigned
     to the admission whose interval holds their time. ``format`` turns the distinct
     keys (a sorted frame) into code strings; ``explain`` builds the error for bad
-    rows.
+    rows. With ``values``, ``rows`` and ``orphans`` also have ``value`` (Float64, null
+    when the row has none): an event keeps the last value of its rows by ``order``.
     """
 
     modality: str
@@ -345,6 +346,7 @@ class EventQuery:
     format: Callable[[pl.DataFrame], list[str]]
     explain: Callable[[], SchemaError]
     orphans: pl.LazyFrame | None = None
+    values: bool = False
 
 
 @dataclass
@@ -356,6 +358,7 @@ class Events:
     visit: np.ndarray  # (n,) int64 row of the visits frame
     code: np.ndarray  # (n,) int64 index into values
     values: np.ndarray  # (C,) object, sorted code strings
+    numbers: np.ndarray | None = None  # (n,) float32 value of each event, NaN: none
 
 
 def read_events(
@@ -374,9 +377,13 @@ def read_events(
     keys = list(query.keys)
     has_code = pl.all_horizontal(pl.col(k).is_not_null() for k in keys)
     good = pl.col("rows") - pl.col("bad")
+    last_value = [_last_value()] if query.values else []
     (groups,) = table.collect(
         query.rows.group_by("hadm", *keys).agg(
-            pl.col("order").min(), pl.len().alias("rows"), pl.col("bad").sum()
+            pl.col("order").min(),
+            pl.len().alias("rows"),
+            pl.col("bad").sum(),
+            *last_value,
         )
     )
     counts = groups.select(
@@ -390,9 +397,12 @@ def read_events(
     if counts["rows_invalid"] and invalid_rows == "error":
         raise query.explain()
     groups = groups.filter(has_code & pl.col("hadm").is_not_null() & (good > 0))
-    groups = groups.select("hadm", *keys, "order", good.alias("rows"))
+    value = ["value"] if query.values else []
+    groups = groups.select("hadm", *keys, "order", good.alias("rows"), *value)
     if query.orphans is not None:
-        (assigned,) = table.collect(_assigned(query.orphans, visits, keys))
+        (assigned,) = table.collect(
+            _assigned(query.orphans, visits, keys, query.values)
+        )
         assigned = assigned.filter(has_code).select(groups.columns)
         counts["rows_assigned_by_time"] = int(assigned["rows"].sum())
         counts["rows_without_admission_id"] -= counts["rows_assigned_by_time"]
@@ -409,7 +419,14 @@ def read_events(
     return result
 
 
-def _assigned(orphans: pl.LazyFrame, visits: pl.DataFrame, keys: list[str]):
+def _last_value() -> pl.Expr:
+    """Within a group: the value of its latest row that has one."""
+    return pl.col("value").sort_by("order").drop_nulls().last().alias("value")
+
+
+def _assigned(
+    orphans: pl.LazyFrame, visits: pl.DataFrame, keys: list[str], values: bool
+):
     """Rows without an admission id, grouped under the admission whose interval
     [start, end] holds their time (the latest-starting one when admissions
     overlap)."""
@@ -425,7 +442,7 @@ def _assigned(orphans: pl.LazyFrame, visits: pl.DataFrame, keys: list[str]):
         .join(intervals, on="subject", how="inner")
         .filter(inside)
         .group_by("hadm", *keys)
-        .agg(time.min(), pl.len().alias("rows"))
+        .agg(time.min(), pl.len().alias("rows"), *([_last_value()] if values else []))
     )
 
 
@@ -444,6 +461,7 @@ def _to_arrays(query: EventQuery, events: pl.DataFrame, keys: list[str]) -> Even
         "visit",
         "order",
         (key.rank("dense").cast(pl.Int64) - 1).alias("code"),
+        *(["value"] if query.values else []),
     )
     events = events.with_columns(
         code=pl.Series(index.reshape(-1)).gather(events["code"])
@@ -453,8 +471,15 @@ def _to_arrays(query: EventQuery, events: pl.DataFrame, keys: list[str]) -> Even
     events = events.filter(
         (pl.col("visit") * len(values) + pl.col("code")).is_first_distinct()
     )
+    numbers = None
+    if query.values:
+        numbers = events["value"].cast(pl.Float32).fill_null(np.nan).to_numpy()
     return Events(
-        query.modality, events["visit"].to_numpy(), events["code"].to_numpy(), values
+        query.modality,
+        events["visit"].to_numpy(),
+        events["code"].to_numpy(),
+        values,
+        numbers,
     )
 
 
@@ -484,6 +509,12 @@ def build_cohort(
     offsets = np.cumsum([0] + [len(e.values) for e in events])
     visit = np.concatenate([e.visit for e in events])
     code = np.concatenate([e.code + o for e, o in zip(events, offsets.tolist())])
+    numbers = np.concatenate(
+        [
+            e.numbers if e.numbers is not None else np.full(len(e.visit), np.nan)
+            for e in events
+        ]
+    ).astype(np.float32)
     order = np.argsort(visit, kind="stable")  # keeps modality blocks, then order
     per_visit = np.bincount(visit, minlength=visits.height)
     kept = per_visit > 0
@@ -514,6 +545,7 @@ def build_cohort(
         visit_times=times,
         event_offsets=np.concatenate([[0], np.cumsum(per_visit[kept])]),
         event_codes=code[order].astype(np.int32),
+        event_values=numbers[order] if np.isfinite(numbers).any() else None,
         code_values=np.concatenate([e.values for e in events]),
         code_modality=np.repeat(
             np.arange(len(events)), [len(e.values) for e in events]

@@ -429,7 +429,8 @@ def lab_query(
 ) -> EventQuery:
     """Labs by ITEMID (``ITEMID//50912``) or, given ``items`` (``itemid`` -> label),
     by label (``LABEL//Creatinine``; ITEMIDs without a label keep their ITEMID);
-    ordered by first chart time within a visit."""
+    ordered by first chart time within a visit; each with its ``VALUENUM``, the last
+    one charted in the visit."""
     subject, hadm, item, time = (
         table.name_of(c) for c in ("subject_id", "hadm_id", "itemid", "charttime")
     )
@@ -444,15 +445,21 @@ def lab_query(
         key = key.replace_strict(
             known["itemid"].to_list(), ids, default=-key, return_dtype=pl.Int64
         )
-    scan = table.scan(
-        {subject: pl.Int64, hadm: pl.Int64, item: pl.Int64, time: pl.String}
-    )
-    scan = scan.with_columns(invalid_time(time).alias("bad"))
+    columns = {subject: pl.Int64, hadm: pl.Int64, item: pl.Int64, time: pl.String}
+    number = table.name_of("valuenum")
+    has_values = table.has(number)
+    if has_values:
+        columns[number] = pl.String
+    scan = table.scan(columns).with_columns(invalid_time(time).alias("bad"))
+    # A result that does not parse as a number is no value (MIMIC leaves some empty).
+    value = [pl.col(number).cast(pl.Float64, strict=False).alias("value")]
+    value = value if has_values else []
     rows = scan.select(
         pl.col(hadm).alias("hadm"),
         key.alias("code"),
         parse_time(time).alias("order"),
         "bad",
+        *value,
     )
     orphans = None
     if assign_orphans:
@@ -460,6 +467,7 @@ def lab_query(
             pl.col(subject).alias("subject"),
             key.alias("code"),
             parse_time(time).alias("order"),
+            *value,
         )
 
     def format_codes(distinct: pl.DataFrame) -> list[str]:
@@ -471,7 +479,13 @@ def lab_query(
         ]
 
     return EventQuery(
-        "lab", rows, ("code",), format_codes, lambda: time_error(table, [time]), orphans
+        "lab",
+        rows,
+        ("code",),
+        format_codes,
+        lambda: time_error(table, [time]),
+        orphans,
+        values=has_values,
     )
 
 
