@@ -127,3 +127,26 @@ ROW_ID,SUBJECT_ID,HADM_ID,ITEMID,CHARTTIME,VALUE,VALUENUM,VALUEUOM,FLAG
     )
     cohort = read_mimic3(write_mimic3(tmp_path / "b", LABEVENTS=no_values + "\n"))
     assert cohort.event_values is None
+
+
+@pytest.mark.parametrize("file_format", ["csv", "parquet"])
+def test_omop_measurements_keep_their_values(tmp_path, file_format):
+    """A demo cohort (labs with values) written as OMOP and read back by source
+    value keeps every lab's value in ``measurement.value_as_number``."""
+    from ehrgen.data.demo import demo_cohort
+    from ehrgen.data.formats.omop import read_omop
+    from ehrgen.data.formats.omop_writer import write_omop
+
+    def lab_values(cohort, prefix=""):
+        return sorted(
+            (p.patient_id, v.time, code.removeprefix(prefix), round(value, 4))
+            for p in cohort
+            for v in p.visits
+            for code, value in v.values.get("lab", {}).items()
+        )
+
+    cohort = demo_cohort(30, seed=0)
+    write_omop(cohort, tmp_path / "cdm", file_format=file_format)
+    back = read_omop(tmp_path / "cdm", code_source="source_value")
+    assert len(lab_values(cohort)) > 50
+    assert lab_values(back, "SOURCE//") == lab_values(cohort)

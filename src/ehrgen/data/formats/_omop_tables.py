@@ -30,7 +30,7 @@ import polars as pl
 
 from ehrgen.errors import ConfigError, SchemaError
 
-Kind = Literal["int", "time", "str"]
+Kind = Literal["int", "float", "time", "str"]
 ROW = "_row"
 
 # Timestamp spellings accepted in text columns, tried in this order (those with no
@@ -48,6 +48,7 @@ AGE_CAP = 90.0
 _GENDERS = {8507: "M", 8532: "F"}
 _EXPECTED = {
     "int": "an integer",
+    "float": "a number",
     "time": "a date or timestamp (YYYY-MM-DD[ HH:MM:SS])",
     "str": "a string",
 }
@@ -350,7 +351,12 @@ def read_table(
     return typed
 
 
-_DTYPES: dict[str, Any] = {"int": pl.Int64, "time": pl.Datetime("us"), "str": pl.String}
+_DTYPES: dict[str, Any] = {
+    "int": pl.Int64,
+    "float": pl.Float64,
+    "time": pl.Datetime("us"),
+    "str": pl.String,
+}
 
 
 def _checked_casts(
@@ -434,11 +440,15 @@ def _cast(
         text = _text(raw)
         if column.kind == "int":
             return text.cast(pl.Int64, strict=False)
+        if column.kind == "float":
+            return text.cast(pl.Float64, strict=False)
         if column.kind == "time":
             return _parse_time(text, formats or TIME_FORMATS)
         return text
     if column.kind == "int" and dtype.is_integer():
         return raw.cast(pl.Int64)
+    if column.kind == "float" and dtype.is_numeric():
+        return raw.cast(pl.Float64)
     if column.kind == "int" and dtype.is_numeric():
         number = raw.cast(pl.Float64)
         return pl.when(number == number.round()).then(number.cast(pl.Int64))

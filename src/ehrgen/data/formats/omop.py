@@ -13,8 +13,8 @@ case. What is read:
   MIMIC readers do (unknown when the first visit precedes the birth date);
 * one modality per clinical table: ``condition_occurrence`` -> ``diagnosis``,
   ``procedure_occurrence`` -> ``procedure``, ``drug_exposure`` -> ``drug``,
-  ``measurement`` -> ``lab`` (codes only, not values). An absent table drops its
-  modality with a warning;
+  ``measurement`` -> ``lab``, with its ``value_as_number`` (the visit's last). An
+  absent table drops its modality with a warning;
 * ``visit_occurrence`` (optional): the start time of visits.
 
 Codes carry their system, so they round-trip through MEDS
@@ -190,11 +190,14 @@ def _read(tables: Tables, modalities: tuple[str, ...], code_source: str) -> Coho
     persons = _read_persons(tables)
     present = _present_modalities(tables, names, modalities)
     dropped: dict[str, Any] = {}
-    frames = []
+    frames, results = [], []
     for modality in present:
         spec = CLINICAL_TABLES[modality]
-        frame, dropped[spec.table] = _read_events(tables, spec, persons, code_source)
+        frame, numbers, dropped[spec.table] = _read_events(
+            tables, spec, persons, code_source
+        )
         frames.append(frame)
+        results.append(numbers)
     if all(frame.height == 0 for frame in frames):
         raise SchemaError(
             f"{tables.where}: no clinical row has a known person, a date and a code; "
@@ -211,6 +214,7 @@ def _read(tables: Tables, modalities: tuple[str, ...], code_source: str) -> Coho
             [_event_keys(f, groups, codes, m, keys) for m, f in enumerate(frames)]
         )
     )
+    event_values = _event_values(events, results, groups, codes, keys)
     del frames, groups
     dropped["persons_without_events"] = persons.height - visits["person_id"].n_unique()
     _report_drops(tables.where, dropped)
@@ -223,7 +227,9 @@ def _read(tables: Tables, modalities: tuple[str, ...], code_source: str) -> Coho
     }
     if concepts is not None:
         metadata["code_descriptions"] = _descriptions(codes, concepts)
-    return _build(events, visits, codes, persons, concepts, present, metadata)
+    return _build(
+        events, visits, codes, persons, concepts, present, metadata, event_values
+    )
 
 
 def _present_modalities(
@@ -264,11 +270,15 @@ def _read_persons(tables: Tables) -> pl.DataFrame:
 
 def _read_events(
     tables: Tables, spec: ClinicalTable, persons: pl.DataFrame, code_source: str
-) -> tuple[pl.DataFrame, dict[str, int]]:
+) -> tuple[pl.DataFrame, pl.DataFrame | None, dict[str, int]]:
     """One row per visit group (person, by_day, vkey) of one table, with its earliest
-    time and its distinct code keys (list columns), and the number of rows dropped
-    per reason."""
+    time and its distinct code keys (list columns); for ``measurement``, the last
+    ``value_as_number`` of each (visit group, code) (None for other tables); and the
+    number of rows dropped per reason."""
     columns, concept, value, has_code = _event_columns(spec, code_source)
+    measured = spec.table == "measurement"
+    if measured:
+        columns.append(Column("value_as_number", "float", required=False))
     known = persons.select("person_id", pl.lit(True).alias("known")).lazy()
     rows = (
         read_table(tables, spec.table, columns)
@@ -282,6 +292,7 @@ def _read_events(
             *([] if value is None else [value.alias("value")]),
             has_code.fill_null(False).alias("has_code"),
             pl.col("known").fill_null(False),
+            *([pl.col("value_as_number").alias("number")] if measured else []),
         )
     )
     reasons = {
@@ -294,9 +305,22 @@ def _read_events(
     for name, failed in reasons.items():
         counts.append((kept & failed).sum().alias(name))
         kept = kept & ~failed
-    reduced = _visit_groups(rows.filter(kept), _code_keys(code_source))
-    dropped, groups = pl.collect_all([rows.select(counts), reduced])
-    return groups, {k: int(v) for k, v in dropped.row(0, named=True).items()}
+    keys = _code_keys(code_source)
+    reduced = [_visit_groups(rows.filter(kept), keys)]
+    if measured:
+        reduced.append(_last_numbers(rows.filter(kept), keys))
+    dropped, groups, *numbers = pl.collect_all([rows.select(counts), *reduced])
+    counted = {k: int(v) for k, v in dropped.row(0, named=True).items()}
+    return groups, (numbers[0] if numbers else None), counted
+
+
+def _last_numbers(rows: pl.LazyFrame, keys: list[str]) -> pl.LazyFrame:
+    """Per (visit group, code): the time and value of its last row with a value."""
+    with_number = _with_visit_keys(rows.filter(pl.col("number").is_not_null()))
+    return with_number.group_by([*_KEYS, *keys]).agg(
+        pl.col("time").max().alias("last"),
+        pl.col("number").sort_by("time").last(),
+    )
 
 
 def _event_columns(
@@ -323,12 +347,7 @@ def _event_columns(
 
 def _visit_groups(rows: pl.LazyFrame, keys: list[str]) -> pl.LazyFrame:
     """Rows reduced to visit groups: by visit id, or by (person, date) without one."""
-    rows = rows.with_columns(
-        pl.col("visit_id").is_null().alias("by_day"),
-        pl.coalesce(
-            "visit_id", pl.col("time").dt.date().cast(pl.Int32).cast(pl.Int64)
-        ).alias("vkey"),
-    )
+    rows = _with_visit_keys(rows)
     # Group by as few keys as possible: each costs Polars some 70 bytes a row.
     if keys == ["concept"]:
         return rows.group_by(_KEYS).agg(
@@ -339,6 +358,16 @@ def _visit_groups(rows: pl.LazyFrame, keys: list[str]) -> pl.LazyFrame:
         .agg(pl.col("time").min())
         .group_by(_KEYS)
         .agg(pl.col("time").min().alias("first"), *keys)
+    )
+
+
+def _with_visit_keys(rows: pl.LazyFrame) -> pl.LazyFrame:
+    """The rows with their visit group keys: the visit id, or the date without one."""
+    return rows.with_columns(
+        pl.col("visit_id").is_null().alias("by_day"),
+        pl.coalesce(
+            "visit_id", pl.col("time").dt.date().cast(pl.Int32).cast(pl.Int64)
+        ).alias("vkey"),
     )
 
 
@@ -501,6 +530,41 @@ def _event_keys(
     ].cast(pl.Int64).to_numpy()
 
 
+def _event_values(
+    events: np.ndarray,
+    results: list[pl.DataFrame | None],
+    groups: pl.DataFrame,
+    codes: pl.DataFrame,
+    keys: list[str],
+) -> np.ndarray | None:
+    """(E,) float32 value of each event (NaN: none), or None when none has one; where
+    visit groups merge into one visit, the value of the latest row wins."""
+    parts = []
+    for modality, numbers in enumerate(results):
+        if numbers is None or numbers.height == 0:
+            continue
+        index = codes.filter(pl.col("modality") == modality).select(*keys, "code_index")
+        parts.append(
+            numbers.join(groups, on=_KEYS)
+            .join(index, on=keys)
+            .select(
+                (
+                    pl.col("visit").cast(pl.Int64) * 2**_CODE_BITS
+                    + pl.col("code_index")
+                ).alias("key"),
+                "last",
+                "number",
+            )
+        )
+    if not parts:
+        return None
+    found = pl.concat(parts).sort("key", "last").unique("key", keep="last").sort("key")
+    key = found["key"].to_numpy()
+    where = np.minimum(np.searchsorted(key, events), len(key) - 1)
+    hit = key[where] == events
+    return np.where(hit, found["number"].to_numpy()[where], np.nan).astype(np.float32)
+
+
 def _sorted_distinct(keys: np.ndarray) -> np.ndarray:
     """The distinct values of ``keys``, sorted (sorting in place: faster than
     np.unique, which hashes first on numpy 2)."""
@@ -521,9 +585,10 @@ def _build(
     concepts: pl.DataFrame | None,
     modalities: list[str],
     metadata: dict[str, Any],
+    event_values: np.ndarray | None = None,
 ) -> Cohort:
     """The cohort from its sorted, distinct event keys (``visit << 31 |
-    code_index``) and its visits (person, time) in order."""
+    code_index``), their values, and its visits (person, time) in order."""
     event_visit = events >> _CODE_BITS
     visit_person = visits["person_id"].to_numpy()
     visit_times = visits["visit_time"].to_numpy().astype("datetime64[us]")
@@ -547,6 +612,7 @@ def _build(
         visit_times=visit_times,
         event_offsets=np.searchsorted(event_visit, np.arange(len(visit_person) + 1)),
         event_codes=(events & _CODE_MASK).astype(np.int32),
+        event_values=event_values,
         code_values=np.array(index["code"].to_list(), dtype=object),
         code_modality=index["modality"].to_numpy().astype(np.int8),
         metadata=metadata,

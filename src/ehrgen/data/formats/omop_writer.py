@@ -397,6 +397,9 @@ def _events(
     }
     if spec.table in _END_DATES:
         values[_END_DATES[spec.table]] = times.dt.date()
+    if spec.table == "measurement" and cohort.event_values is not None:
+        numbers = cohort.event_values[chosen].astype(np.float64)
+        values["value_as_number"] = pl.Series(numbers, nan_to_null=True)
     return _table(spec.table, values, len(visit))
 
 
