@@ -75,6 +75,7 @@ class ShardReader:
     def read(self, indices: Sequence[int]) -> Rows:
         """The rows of ``files[i]`` for ``i`` in ``indices``, checked against the MEDS
         data schema before they are read."""
+        release_freed_memory()  # the previous shard's working set
         parts = [
             _read_shard(
                 self.files[i], i, self.visit_id_column, self.interned, self.visit_ids
@@ -82,6 +83,10 @@ class ShardReader:
             for i in indices
         ]
         columns = [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
+        del parts
+        # Arrow's pool keeps what it freed for later reads; hand it back, so that
+        # memory holds one shard's rows and not the largest shard's twice over.
+        pa.default_memory_pool().release_unused()
         subject, time, code, value, visit, file, row = columns
         return Rows(
             subject,
@@ -324,6 +329,8 @@ def merge_visits(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray] | 
         event_codes[event : event + n_e] = lookup[part["event_codes"]]
         if part["event_values"] is not None:
             event_values[event : event + n_e] = part["event_values"]
+        del part
+        release_freed_memory()
         patient, visit, event = patient + n_p, visit + n_v, event + n_e
     visit_offsets[-1], event_offsets[-1] = visit, event
     return {
@@ -335,6 +342,26 @@ def merge_visits(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray] | 
         "event_values": event_values,
         "used_codes": used,
     }
+
+
+def release_freed_memory() -> None:
+    """Return the C heap's free pages to the system (glibc's ``malloc_trim``; a
+    no-op elsewhere). A shard's arrays are small enough to live on the heap, and
+    without this the memory of the parts already joined would still count while
+    the joined arrays fill."""
+    global _TRIM
+    if _TRIM is None:
+        try:
+            import ctypes
+
+            _TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _TRIM = False
+    if _TRIM:
+        _TRIM(0)
+
+
+_TRIM: Any = None  # malloc_trim, False where there is none
 
 
 def visit_times_from_ids(rows: Rows) -> Rows:
