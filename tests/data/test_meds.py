@@ -360,3 +360,15 @@ def test_shards_read_apart_give_the_cohort_read_at_once(tmp_path_factory, rows, 
         cohort = read_meds(apart, unknown_prefixes="drop")
         assert cohort == expected
         assert cohort.metadata["unused_events"] == expected.metadata["unused_events"]
+
+
+def test_many_shards_join_into_the_cohort_written(tmp_path):
+    """Check a read over many shards whose joined arrays outgrow their first
+    allocation (thousands of events and visits, lab values included)."""
+    from ehrgen.data.demo import demo_cohort
+
+    cohort = demo_cohort(400, seed=3)
+    assert cohort.n_events > 5000 and cohort.event_values is not None
+    root = write_meds(cohort, tmp_path / "c", shard_patients=37)
+    assert len(list((root / "data").rglob("*.parquet"))) == 11
+    assert read_meds(root) == cohort

@@ -301,54 +301,98 @@ def _last_values(
     return out
 
 
-def merge_visits(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray] | None:
-    """The :func:`build_visits` arrays of shards read apart, joined in shard order
-    (``parts`` is emptied as it goes, to free each part once copied); None when a
-    subject's events lie in more than one part."""
-    subjects = np.concatenate([p["subjects"] for p in parts])
-    if len(np.unique(subjects)) != len(subjects):
-        return None
-    used = np.unique(np.concatenate([p["used_codes"] for p in parts]))
-    n_visits = sum(len(p["visit_times"]) for p in parts)
-    n_events = sum(len(p["event_codes"]) for p in parts)
-    visit_offsets = np.empty(len(subjects) + 1, np.int64)
-    visit_times = np.empty(n_visits, "datetime64[us]")
-    event_offsets = np.empty(n_visits + 1, np.int64)
-    event_codes = np.empty(n_events, np.int32)
-    with_values = any(p["event_values"] is not None for p in parts)
-    event_values = np.full(n_events, np.nan, np.float32) if with_values else None
-    patient, visit, event = 0, 0, 0
-    while parts:
-        part = parts.pop(0)
-        n_p, n_v = len(part["subjects"]), len(part["visit_times"])
-        n_e = len(part["event_codes"])
-        visit_offsets[patient : patient + n_p] = part["visit_offsets"][:-1] + visit
-        visit_times[visit : visit + n_v] = part["visit_times"]
-        event_offsets[visit : visit + n_v] = part["event_offsets"][:-1] + event
-        lookup = np.searchsorted(used, part["used_codes"]).astype(np.int32)
-        event_codes[event : event + n_e] = lookup[part["event_codes"]]
-        if part["event_values"] is not None:
-            event_values[event : event + n_e] = part["event_values"]
-        del part
-        release_freed_memory()
-        patient, visit, event = patient + n_p, visit + n_v, event + n_e
-    visit_offsets[-1], event_offsets[-1] = visit, event
-    return {
-        "subjects": subjects,
-        "visit_offsets": visit_offsets,
-        "visit_times": visit_times,
-        "event_offsets": event_offsets,
-        "event_codes": event_codes,
-        "event_values": event_values,
-        "used_codes": used,
-    }
+class _Growable:
+    """A 1-d array appended to in place: ``ndarray.resize`` grows it with
+    ``realloc`` (``mremap`` for large blocks), so memory holds the array once, never
+    an old and a new copy, and capacity not yet written costs no memory."""
+
+    def __init__(self, dtype: Any, fill: Any = 0) -> None:
+        self.array = np.full(1024, fill, dtype=dtype)
+        self.size, self.fill = 0, fill
+
+    def extend(self, values: np.ndarray) -> None:
+        end = self.size + len(values)
+        if end > len(self.array):
+            old = len(self.array)
+            self.array.resize(max(2 * old, end), refcheck=False)
+            self.array[old:] = self.fill  # resize leaves new memory zeroed
+        self.array[self.size : end] = values
+        self.size = end
+
+    def pad(self, size: int) -> None:
+        """Extend with the fill value up to ``size``."""
+        self.extend(np.full(size - self.size, self.fill, dtype=self.array.dtype))
+
+    def finish(self) -> np.ndarray:
+        self.array.resize(self.size, refcheck=False)
+        return self.array
+
+
+class VisitAccumulator:
+    """The :func:`build_visits` arrays of shards read apart, joined in shard order as
+    each shard is added, so that the cohort's arrays are held once and no shard's
+    after it is added. Event codes are kept as :class:`ShardReader` code numbers and
+    renumbered at the end."""
+
+    def __init__(self) -> None:
+        self.subjects: list[np.ndarray] = []
+        self.visit_offsets = _Growable(np.int64)
+        self.visit_times = _Growable("datetime64[us]", np.datetime64("NaT"))
+        self.event_offsets = _Growable(np.int64)
+        self.event_codes = _Growable(np.int32)
+        self.event_values: _Growable | None = None
+        self.used: set[int] = set()
+
+    def add(self, part: dict[str, np.ndarray]) -> None:
+        self.subjects.append(part["subjects"])
+        self.visit_offsets.extend(part["visit_offsets"][:-1] + self.visit_times.size)
+        self.event_offsets.extend(part["event_offsets"][:-1] + self.event_codes.size)
+        self.visit_times.extend(part["visit_times"])
+        global_codes = part["used_codes"].astype(np.int32)
+        self.used.update(part["used_codes"].tolist())
+        if part["event_values"] is not None and self.event_values is None:
+            self.event_values = _Growable(np.float32, np.nan)
+            self.event_values.pad(self.event_codes.size)
+        if self.event_values is not None:
+            values = part["event_values"]
+            n = len(part["event_codes"])
+            self.event_values.extend(
+                values if values is not None else np.full(n, np.nan, np.float32)
+            )
+        self.event_codes.extend(global_codes[part["event_codes"]])
+
+    def finish(self) -> dict[str, np.ndarray] | None:
+        """The joined arrays (as :func:`build_visits` returns them), or None when a
+        subject's events lie in more than one part."""
+        subjects = np.concatenate(self.subjects)
+        if len(np.unique(subjects)) != len(subjects):
+            return None
+        used = np.array(sorted(self.used), dtype=np.int64)
+        lookup = np.zeros(int(used[-1]) + 1 if len(used) else 0, dtype=np.int32)
+        lookup[used] = np.arange(len(used), dtype=np.int32)
+        codes = self.event_codes.finish()
+        for start in range(0, len(codes), 1 << 22):  # in place, a chunk at a time
+            chunk = codes[start : start + (1 << 22)]
+            np.take(lookup, chunk, out=chunk)
+        self.visit_offsets.extend(np.array([self.visit_times.size]))
+        self.event_offsets.extend(np.array([len(codes)]))
+        return {
+            "subjects": subjects,
+            "visit_offsets": self.visit_offsets.finish(),
+            "visit_times": self.visit_times.finish(),
+            "event_offsets": self.event_offsets.finish(),
+            "event_codes": codes,
+            "event_values": None
+            if self.event_values is None
+            else self.event_values.finish(),
+            "used_codes": used,
+        }
 
 
 def release_freed_memory() -> None:
     """Return the C heap's free pages to the system (glibc's ``malloc_trim``; a
-    no-op elsewhere). A shard's arrays are small enough to live on the heap, and
-    without this the memory of the parts already joined would still count while
-    the joined arrays fill."""
+    no-op elsewhere): a shard's working set lives on the heap, and without this the
+    memory it freed would still count while the next shard is read."""
     global _TRIM
     if _TRIM is None:
         try:

@@ -58,10 +58,10 @@ from ehrgen.data.formats._meds_columns import (
     NO_VISIT,
     Rows,
     ShardReader,
+    VisitAccumulator,
     age_at_first_visit,
     build_visits,
     concat_rows,
-    merge_visits,
     split_codes,
     static_columns,
     visit_times_from_ids,
@@ -264,7 +264,8 @@ def _read_events(
     codes = _Codes(options)
     report: dict[str, Any] = {"source": str(root), "format": "MEDS"}
     unused = _Unused(codes.prefixes)
-    parts, static_parts, births = [], [], {}
+    joined, static_parts, births = VisitAccumulator(), [], {}
+    any_events = False
     for group in groups:
         rows = reader.read(group)
         if wanted is not None:
@@ -281,9 +282,11 @@ def _read_events(
         births.update(_special_codes(events, report))
         events = _visit_events(events, codes, options, report, unused)
         if len(events.subject):
-            parts.append(build_visits(events, codes.modality))
-    _check_not_empty(parts, options, unused)
-    merged = merge_visits(parts) if len(parts) > 1 else parts[0]
+            joined.add(build_visits(events, codes.modality))
+            any_events = True
+        del events
+    _check_not_empty(any_events, options, unused)
+    merged = joined.finish()
     if merged is None:
         return None
     _warn_dropped(report, unused, options)
@@ -310,8 +313,8 @@ def _visit_events(
     return events
 
 
-def _check_not_empty(parts: list, options: _Options, unused: _Unused) -> None:
-    if parts:
+def _check_not_empty(any_events: bool, options: _Options, unused: _Unused) -> None:
+    if any_events:
         return
     column = options.visit_id_column
     if any(reason == f"no {column}" for _, reason in unused.counts):
