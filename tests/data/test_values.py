@@ -108,8 +108,8 @@ def test_preprocessing_keeps_the_values_of_kept_events():
 
 
 def test_mimic_labs_keep_the_last_valuenum_of_the_visit(tmp_path):
-    """Two creatinines in one admission (1.0, then 2.0, then one with no VALUENUM)
-    keep 2.0; a LABEVENTS without a VALUENUM column gives no values."""
+    """Two creatinines in one admission (1.0, then 2.0, then one with no VALUENUM,
+    in file order) keep 2.0; a LABEVENTS without a VALUENUM column gives no values."""
     from ehrgen.data.formats.mimic3 import read_mimic3
     from tests.data.test_mimic3 import write_mimic3
 

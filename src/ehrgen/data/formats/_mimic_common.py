@@ -337,7 +337,7 @@ class EventQuery:
     to the admission whose interval holds their time. ``format`` turns the distinct
     keys (a sorted frame) into code strings; ``explain`` builds the error for bad
     rows. With ``values``, ``rows`` and ``orphans`` also have ``value`` (Float64, null
-    when the row has none): an event keeps the last value of its rows by ``order``.
+    when the row has none): an event keeps the last value of its rows in file order.
     """
 
     modality: str
@@ -420,8 +420,10 @@ def read_events(
 
 
 def _last_value() -> pl.Expr:
-    """Within a group: the value of its latest row that has one."""
-    return pl.col("value").sort_by("order").drop_nulls().last().alias("value")
+    """Within a group: the value of its last row, in file order, that has one.
+    File order, not chart time: sorting each group by time made the read of 10M lab
+    rows peak at 1,349 MiB, against 1,033 MiB this way (862 MiB without values)."""
+    return pl.col("value").drop_nulls().last().alias("value")
 
 
 def _assigned(

@@ -430,7 +430,7 @@ def lab_query(
     """Labs by ITEMID (``ITEMID//50912``) or, given ``items`` (``itemid`` -> label),
     by label (``LABEL//Creatinine``; ITEMIDs without a label keep their ITEMID);
     ordered by first chart time within a visit; each with its ``VALUENUM``, the last
-    one charted in the visit."""
+    one in the file's row order within the visit."""
     subject, hadm, item, time = (
         table.name_of(c) for c in ("subject_id", "hadm_id", "itemid", "charttime")
     )
