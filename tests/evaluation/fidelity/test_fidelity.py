@@ -398,3 +398,37 @@ def test_bad_arguments_raise_clear_errors(hand):
         hand.prevalence_points("visit_pairs")
     with pytest.raises(ConfigError, match="'modality' parameter"):
         hand.prevalence_points("visit_code", modality="lab")
+
+
+def _with_values(cohort: Cohort, values) -> Cohort:
+    return Cohort(
+        schema=cohort.schema,
+        patient_ids=cohort.patient_ids,
+        static=cohort.static,
+        visit_offsets=cohort.visit_offsets,
+        visit_times=cohort.visit_times,
+        event_offsets=cohort.event_offsets,
+        event_codes=cohort.event_codes,
+        event_values=values,
+        code_values=cohort.code_values,
+        code_modality=cohort.code_modality,
+    )
+
+
+def test_lab_values_are_compared_for_the_most_measured_codes():
+    """Check the value/<code> rows: zero for equal values, clearly positive for
+    values scaled by 1.5, and a note (no rows) when the synthetic cohort has no
+    values."""
+    cohort = demo_cohort(300, seed=0)
+    same = fidelity(cohort, cohort).distributions
+    rows = [name for name in same if name.startswith("value/")]
+    assert len(rows) == 5 and "value/Potassium" in rows
+    assert all(same[name]["ks"] == 0 for name in rows)
+    scaled = fidelity(cohort, _with_values(cohort, cohort.event_values * 1.5))
+    for name in rows:
+        figures = scaled.distributions[name]
+        assert figures["ks"] > 0.3, name
+        assert figures["synthetic_mean"] == pytest.approx(1.5 * figures["real_mean"])
+    bare = fidelity(cohort, _with_values(cohort, None))
+    assert not any(name.startswith("value/") for name in bare.distributions)
+    assert any(note.startswith("value/*") for note in bare.notes)

@@ -37,7 +37,9 @@ synthetic events). A synthetic cohort with no consecutive visits has all its
 **Distributions** (real and synthetic means, Kolmogorov-Smirnov statistic
 ``scipy.stats.ks_2samp`` and ``scipy.stats.wasserstein_distance``): visits per patient,
 codes per visit overall and per modality (zeros included), days between consecutive
-visits (only when neither cohort has placeholder times).
+visits (only when neither cohort has placeholder times), and the values of the
+:data:`TOP_VALUED_CODES` codes with the most values in the real cohort
+(``value/<code>``; only when both cohorts carry values, else a note).
 
 **Demographics**: each baseline feature of the real schema; numerical ones as above
 (missing values left out, their shares reported), categorical ones as category shares
@@ -449,7 +451,39 @@ def _distributions(
                 for cohort, c in pairs
             )
         )
+    if real.event_values is not None and synthetic.event_values is None:
+        notes.append(
+            "value/*: left out, the synthetic cohort has no numeric values (its model "
+            "does not generate them)."
+        )
+    elif real.event_values is not None:
+        out.update(_value_distributions(real, synthetic))
     return out
+
+
+#: how many codes with values get a ``value/<code>`` row (the most measured ones).
+TOP_VALUED_CODES = 5
+
+
+def _value_distributions(real: Cohort, synthetic: Cohort) -> dict[str, dict]:
+    """``value/<code>``: the values of the real cohort's most measured codes, real
+    against synthetic (chosen on the real cohort alone, so every generation mode of
+    a report has the same rows)."""
+
+    def valued(cohort: Cohort) -> tuple[np.ndarray, np.ndarray]:
+        keep = np.isfinite(cohort.event_values)
+        return cohort.code_values[cohort.event_codes[keep]], cohort.event_values[keep]
+
+    real_codes, real_values = valued(real)
+    synthetic_codes, synthetic_values = valued(synthetic)
+    names, counts = np.unique(real_codes, return_counts=True)
+    top = names[np.lexsort((names, -counts))][:TOP_VALUED_CODES]
+    return {
+        f"value/{code}": compare(
+            real_values[real_codes == code], synthetic_values[synthetic_codes == code]
+        )
+        for code in top.tolist()
+    }
 
 
 def _demographics(
