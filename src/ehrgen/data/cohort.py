@@ -24,6 +24,7 @@ Conventions, relied on by every reader and writer:
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -324,7 +325,7 @@ class Cohort:
             numbers = (
                 self.event_values[span].tolist()
                 if self.event_values is not None
-                else [math.nan] * len(codes)
+                else itertools.repeat(math.nan)
             )
             events: dict[str, list[str]] = {}
             values: dict[str, dict[str, float]] = {}

@@ -90,17 +90,19 @@ def _r2(truth, prediction) -> float:
 def _shuffled(cohort: Cohort, seed: int = 0) -> Cohort:
     """The same patients with every code renamed to another code of the vocabulary."""
     perm = np.random.default_rng(seed).permutation(len(cohort.code_values))
-    return Cohort(
-        schema=cohort.schema,
-        patient_ids=cohort.patient_ids,
-        static=cohort.static,
-        visit_offsets=cohort.visit_offsets,
-        visit_times=cohort.visit_times,
-        event_offsets=cohort.event_offsets,
-        event_codes=cohort.event_codes,
+    return _replaced(
+        cohort,
         code_values=cohort.code_values[perm],
         code_modality=cohort.code_modality[perm],
     )
+
+
+def _replaced(cohort: Cohort, **changes) -> Cohort:
+    """The cohort with some of its arrays replaced."""
+    names = ("schema", "patient_ids", "static", "visit_offsets", "visit_times",
+             "event_offsets", "event_codes", "event_values", "code_values",
+             "code_modality")  # fmt: skip
+    return Cohort(**{name: getattr(cohort, name) for name in names} | changes)
 
 
 @pytest.fixture(scope="module")
@@ -400,21 +402,6 @@ def test_bad_arguments_raise_clear_errors(hand):
         hand.prevalence_points("visit_code", modality="lab")
 
 
-def _with_values(cohort: Cohort, values) -> Cohort:
-    return Cohort(
-        schema=cohort.schema,
-        patient_ids=cohort.patient_ids,
-        static=cohort.static,
-        visit_offsets=cohort.visit_offsets,
-        visit_times=cohort.visit_times,
-        event_offsets=cohort.event_offsets,
-        event_codes=cohort.event_codes,
-        event_values=values,
-        code_values=cohort.code_values,
-        code_modality=cohort.code_modality,
-    )
-
-
 def test_lab_values_are_compared_for_the_most_measured_codes():
     """Check the value/<code> rows: zero for equal values, clearly positive for
     values scaled by 1.5, and a note (no rows) when the synthetic cohort has no
@@ -424,11 +411,11 @@ def test_lab_values_are_compared_for_the_most_measured_codes():
     rows = [name for name in same if name.startswith("value/")]
     assert len(rows) == 5 and "value/Potassium" in rows
     assert all(same[name]["ks"] == 0 for name in rows)
-    scaled = fidelity(cohort, _with_values(cohort, cohort.event_values * 1.5))
+    scaled = fidelity(cohort, _replaced(cohort, event_values=cohort.event_values * 1.5))
     for name in rows:
         figures = scaled.distributions[name]
         assert figures["ks"] > 0.3, name
         assert figures["synthetic_mean"] == pytest.approx(1.5 * figures["real_mean"])
-    bare = fidelity(cohort, _with_values(cohort, None))
+    bare = fidelity(cohort, _replaced(cohort, event_values=None))
     assert not any(name.startswith("value/") for name in bare.distributions)
     assert any(note.startswith("value/*") for note in bare.notes)

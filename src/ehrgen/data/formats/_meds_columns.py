@@ -101,11 +101,6 @@ class ShardReader:
         )
 
 
-def read_rows(files: list[Path], visit_id_column: str | None) -> Rows:
-    """All shards at once (see :class:`ShardReader`)."""
-    return ShardReader(files, visit_id_column).read(range(len(files)))
-
-
 def concat_rows(parts: Sequence[Rows]) -> Rows:
     """Rows read apart by one :class:`ShardReader`, joined (the last part's codes
     list holds every code of the earlier ones)."""
