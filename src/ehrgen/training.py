@@ -48,6 +48,7 @@ from torch import nn
 from ehrgen._config import ConfigMixin, check, check_positive_ints
 from ehrgen._io import atomic_directory
 from ehrgen.errors import ConfigError, SchemaError
+from ehrgen.models.time_values.config import TimeValueConfig
 from ehrgen.privacy.config import DPConfig
 
 __all__ = ["Trainer", "TrainingConfig", "TrainingResult"]
@@ -92,6 +93,10 @@ class TrainingConfig(ConfigMixin):
     num_workers: int = 0
     # Differentially private training (DP-SGD over patients); None: ordinary.
     dp: DPConfig | None = None
+    # The model of visit gaps and lab values trained beside the generator
+    # (ehrgen.models.time_values); None: none (gaps from the population's
+    # quantiles, no values). Never trained under dp: it would spend no budget.
+    time_values: TimeValueConfig | None = field(default_factory=TimeValueConfig)
 
     def __post_init__(self) -> None:
         name = type(self).__name__
@@ -99,6 +104,12 @@ class TrainingConfig(ConfigMixin):
             object.__setattr__(self, "dp", DPConfig.from_dict(self.dp))
         ok = self.dp is None or isinstance(self.dp, DPConfig)
         check(ok, name, "dp", "a DPConfig or None", self.dp)
+        if isinstance(self.time_values, Mapping):
+            object.__setattr__(
+                self, "time_values", TimeValueConfig.from_dict(self.time_values)
+            )
+        ok = self.time_values is None or isinstance(self.time_values, TimeValueConfig)
+        check(ok, name, "time_values", "a TimeValueConfig or None", self.time_values)
         check(
             self.learning_rate > 0,
             name,

@@ -134,6 +134,25 @@ def train(
             "(with --dp-epsilon it spends no budget).",
         ),
     ] = None,
+    times: Annotated[
+        bool,
+        typer.Option(
+            "--times/--no-times",
+            help="Learn the gaps between visits (a model beside the generator, given "
+            "the codes); without, generated gaps come from the training cohort's "
+            "quantiles per visit index.",
+            rich_help_panel="Visit times and lab values",
+        ),
+    ] = True,
+    values: Annotated[
+        bool,
+        typer.Option(
+            "--values/--no-values",
+            help="Learn lab results (the same model); without, generated labs carry "
+            "no value.",
+            rich_help_panel="Visit times and lab values",
+        ),
+    ] = True,
     overwrite: Overwrite = False,
 ) -> None:
     """Train a model (PromptEHR by default) on a MEDS cohort: its train split,
@@ -142,6 +161,7 @@ def train(
     over patients, PromptEHR's one-pass objective, no validation split, no length
     calibration) and the model folder states its (ε, δ)."""
     from ehrgen.models.registry import build_model
+    from ehrgen.models.time_values import TimeValueConfig
     from ehrgen.training import TrainingConfig
 
     model = build_model(model_name, preset.value)
@@ -173,7 +193,16 @@ def train(
         max_steps=max_steps,
         max_grad_norm=max_grad_norm,
         dp=dp,
+        time_values=TimeValueConfig(times=times, values=values)
+        if times or values
+        else None,
     )
+    if dp is not None and (times or values):
+        console.print(
+            "Differential privacy: visit gaps come from the private population "
+            "summary and labs carry no value (the model of gaps and values is not "
+            "trained privately)."
+        )
     public_vocabulary = None
     if vocabulary is not None:
         from ehrgen.tokens.vocabulary import read_vocabulary
@@ -201,6 +230,15 @@ def train(
     ppl = model.training_.best_val_perplexity
     best = f", best validation perplexity {ppl:.2f}" if ppl is not None else ""
     console.print(f"[green]Saved[/green] the model to [bold]{out}[/bold]{best}.")
+    if getattr(model, "time_values_", None) is not None:
+        facts = model.time_values_.facts
+        held_out = (
+            f" (held-out perplexity: gaps {facts['gap_perplexity']:.2f}, lab values "
+            f"{facts['value_perplexity']:.2f})"
+            if "gap_perplexity" in facts
+            else ""
+        )
+        console.print(f"Visit gaps and lab values: {model.time_values_!r}{held_out}.")
     if model.privacy_ is not None:
         console.print(
             f"Differentially private: {model.privacy_.summary()} "

@@ -219,11 +219,11 @@ def check_model_folder_free(path: Path, overwrite: bool) -> None:
         )
 
 
-def load_weights(module: Any, folder: Path) -> None:
-    """Load ``folder/model.safetensors`` into ``module``, naming the file on failure."""
+def load_weights(module: Any, folder: Path, name: str = "model.safetensors") -> None:
+    """Load ``folder/name`` into ``module``, naming the file on failure."""
     from safetensors.torch import load_model
 
-    file = Path(folder) / "model.safetensors"
+    file = Path(folder) / name
     try:
         load_model(module, str(file))
     except Exception as error:  # safetensors raises several types; name the file

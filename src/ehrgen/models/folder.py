@@ -7,6 +7,8 @@ A folder holds::
     schema.json        the training cohort's schema
     model.safetensors  the weights (no pickle anywhere)
     model_card.md      what the model is, how it was trained, how to treat it
+    time_values.safetensors  optional: the weights of the model of visit gaps and
+                       lab values (:mod:`ehrgen.models.time_values`)
     ehrgen.json        written last: format and library versions, the model's name,
                        training facts, the training population in aggregate, the
                        length calibration, the model's own JSON state, and for a
@@ -31,6 +33,7 @@ from ehrgen._io import atomic_file, write_json
 from ehrgen.data import CohortSchema
 from ehrgen.errors import SchemaError
 from ehrgen.models.population import Population
+from ehrgen.models.time_values.model import WEIGHTS_FILE as TIME_VALUES_FILE
 from ehrgen.privacy.statement import PrivacyStatement
 from ehrgen.tokens import CodeTokenizer
 
@@ -121,6 +124,8 @@ class Fitted:
             parsed back by the model's ``_state_from_dict``.
         privacy: the (ε, δ) statement of a differentially private model (None:
             not private).
+        time_values: the :class:`~ehrgen.models.time_values.TimeValueModel` of
+            visit gaps and lab values (None: gaps from the population, no values).
     """
 
     tokenizer: CodeTokenizer
@@ -131,6 +136,7 @@ class Fitted:
     length_calibration: LengthCalibration | None = None
     state: Any = None
     privacy: PrivacyStatement | None = None
+    time_values: Any = None
 
 
 @dataclass(frozen=True)
@@ -147,6 +153,7 @@ class ModelFolder:
     length_calibration: LengthCalibration | None
     state: dict[str, Any]
     privacy: PrivacyStatement | None = None
+    time_values: Any = None  # a TimeValueModel with its weights loaded, or None
 
 
 def write_model_folder(
@@ -168,6 +175,11 @@ def write_model_folder(
         save_model(fitted.network, str(tmp))  # shared (tied) tensors kept once
     with atomic_file(path / "model_card.md", overwrite=True) as tmp:
         tmp.write_text(card, encoding="utf-8")
+    time_values = fitted.time_values
+    if time_values is None:
+        (path / TIME_VALUES_FILE).unlink(missing_ok=True)
+    else:
+        time_values.save_weights(path)
     calibration = fitted.length_calibration
     write_json(
         path / "ehrgen.json",
@@ -184,6 +196,7 @@ def write_model_folder(
             else calibration.to_dict(),
             "state": _state_dict(fitted.state),
             "privacy": None if fitted.privacy is None else fitted.privacy.to_dict(),
+            "time_values": None if time_values is None else time_values.to_dict(),
         },
     )
 
@@ -227,6 +240,9 @@ def read_model_folder(
         )
     facts, calibration = info.get("training"), info.get("length_calibration")
     privacy = info.get("privacy")
+    time_values = info.get("time_values")
+    if time_values is not None:
+        time_values = _time_values(path, time_values, schema)
     return ModelFolder(
         path=path,
         model=model_name,
@@ -246,7 +262,24 @@ def read_model_folder(
         privacy=None
         if privacy is None
         else _parse(path / "ehrgen.json", PrivacyStatement.from_dict, privacy),
+        time_values=time_values,
     )
+
+
+def _time_values(path: Path, data: Any, schema: CohortSchema) -> Any:
+    """The time-and-value model a folder records, its weights loaded."""
+    from ehrgen.models.time_values import TimeValueModel
+
+    model = _parse(
+        path / "ehrgen.json", lambda d: TimeValueModel.from_dict(d, schema), data
+    )
+    if not (path / TIME_VALUES_FILE).is_file():
+        raise SchemaError(
+            f"{path / TIME_VALUES_FILE}: missing; ehrgen.json records a model of "
+            f"visit gaps and lab values whose weights this file holds."
+        )
+    model.load_weights(path)
+    return model
 
 
 def model_name_of(path: str | Path) -> str:
@@ -338,6 +371,7 @@ def model_card(title: str, summary: str, fitted: Fitted, architecture: str) -> s
         f"decision per visit count. Visit-count figures compared with that cohort "
         f"are calibrated, not learned."
     )
+    length += "\n" + _time_values_line(fitted)
     privacy = _NOT_PRIVATE if fitted.privacy is None else fitted.privacy.markdown()
     return f"""# {title} model card
 
@@ -357,6 +391,29 @@ def model_card(title: str, summary: str, fitted: Fitted, architecture: str) -> s
 ## Privacy
 {privacy}
 """
+
+
+def _time_values_line(fitted: Fitted) -> str:
+    model = fitted.time_values
+    if model is None:
+        return (
+            "- Visit times: the first visit's date and the gaps drawn from the "
+            "training population's quantiles; no lab values."
+        )
+    facts = model.facts
+    figures = ""
+    if "gap_perplexity" in facts:
+        figures = (
+            f" Held-out perplexity: gaps {facts['gap_perplexity']:.2f} of "
+            f"{model.config.n_bins} classes, lab values "
+            f"{facts['value_perplexity']:.2f} of {model.config.n_bins + 1}."
+        )
+    gaps = "visit gaps" if model.gap_bins is not None else "no visit gaps"
+    return (
+        f"- Visit times and lab values: a model trained beside the generator "
+        f"samples {gaps} and the values of {len(model.labs)} labs given each "
+        f"patient's codes ({model.config.n_bins} quantile bins each).{figures}"
+    )
 
 
 _NOT_PRIVATE = """This model was trained on real patient records without differential

@@ -65,6 +65,7 @@ __all__ = [
     "static_arrays",
     "synthetic_ids",
     "synthetic_metadata",
+    "with_times_and_values",
 ]
 
 #: Synthetic patients get the integer ids ``SYNTHETIC_ID_BASE + i``: far above the
@@ -150,6 +151,13 @@ class TrainedGenerator(FittedState):
         differential privacy: its (ε, δ) per patient and each part's share; None
         for a model trained without."""
         return self._check_fitted().privacy
+
+    @property
+    def time_values_(self) -> Any:
+        """The :class:`~ehrgen.models.time_values.TimeValueModel` that gives
+        generated patients their visit gaps and lab values (None: gaps from the
+        population's quantiles, no values)."""
+        return self._check_fitted().time_values
 
     @property
     def training_(self) -> TrainingFacts | None:
@@ -314,6 +322,7 @@ class TrainedGenerator(FittedState):
         loaders = self._loaders(fitted, train, val, training)
         self._train(fitted, loaders, training, output_dir, resume_from, progress)
         fitted.facts = training_facts(train, val, training, fitted.facts)
+        fitted.time_values = _fit_time_values(train, val, training)
         self._fitted = fitted
         return self
 
@@ -451,6 +460,7 @@ class TrainedGenerator(FittedState):
             folder.length_calibration,
             state,
             folder.privacy,
+            folder.time_values,
         )
         return self
 
@@ -548,8 +558,10 @@ class TrainedGenerator(FittedState):
         metadata: Mapping[str, Any] | None = None,
         first_id: int = 0,
     ) -> Cohort:
-        """A cohort of new patients: ids in the reserved synthetic range, visit
-        times from the population's gaps. ``visits`` holds each patient's
+        """A cohort of new patients: ids in the reserved synthetic range, the
+        first visit's time from the population, then gaps and lab values from the
+        model's time-and-value model (or, without one, gaps from the population's
+        quantiles and no values). ``visits`` holds each patient's
         :class:`~ehrgen.data.Visit` objects (their times are replaced)."""
         fitted = self._check_fitted()
         times = fitted.population.sample_times([len(v) for v in visits], rng)
@@ -563,7 +575,30 @@ class TrainedGenerator(FittedState):
             **synthetic_metadata(len(ids), type(self).__name__, first_id),
             **(metadata or {}),
         }
-        return Cohort.from_patients(patients, fitted.schema, metadata=metadata)
+        cohort = Cohort.from_patients(patients, fitted.schema, metadata=metadata)
+        return with_times_and_values(cohort, fitted.time_values, rng)
+
+
+def with_times_and_values(
+    cohort: Cohort, time_values: Any, rng: np.random.Generator
+) -> Cohort:
+    """Synthetic patients with gaps and lab values sampled by ``time_values`` (a
+    :class:`~ehrgen.models.time_values.TimeValueModel`), unchanged without one."""
+    return cohort if time_values is None else time_values.annotate(cohort, rng)
+
+
+def _fit_time_values(train: Cohort, val: Cohort | None, training: TrainingConfig):
+    """The time-and-value model of ``training.time_values`` (None when off or when
+    the cohort has neither real times nor lab values)."""
+    if training.time_values is None:
+        return None
+    from ehrgen.models.time_values import fit_time_values
+
+    config = training.time_values.replace(seed=training.seed)
+    model = fit_time_values(train, config, val)
+    if model is not None:
+        logger.info("Visit gaps and lab values: %r, %s.", model, model.facts)
+    return model
 
 
 def static_arrays(

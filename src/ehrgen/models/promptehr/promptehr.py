@@ -354,4 +354,5 @@ class PromptEHR(TrainedGenerator):
             fitted.population,
             fitted.state.max_source_length,
             None if calibration is None else np.asarray(calibration.end_bias, float),
+            fitted.time_values,
         )

@@ -34,7 +34,11 @@ from ehrgen.errors import ConfigError, SchemaError
 from ehrgen.generation import GenerationConfig, VisitSampler
 from ehrgen.models.population import Population
 from ehrgen.models.promptehr.streaming import stream_patients
-from ehrgen.models.trained import synthetic_ids, synthetic_metadata
+from ehrgen.models.trained import (
+    synthetic_ids,
+    synthetic_metadata,
+    with_times_and_values,
+)
 from ehrgen.tokens.grammar import VisitGrammar
 from ehrgen.tokens.tokenizer import CodeTokenizer
 
@@ -66,6 +70,8 @@ class Context:
     # Added to the <eos> logit by the number of visits so far (the last entry for
     # more); None: the model's own end-of-patient probabilities.
     end_bias: np.ndarray | None = None
+    # The model of visit gaps and lab values (None: population gaps, no values).
+    time_values: Any = None
 
     def end_biases(self, lengths: Sequence[int]) -> np.ndarray:
         """(rows,) the calibration bias of rows with these numbers of visits."""
@@ -523,7 +529,8 @@ def _cohort(ctx, ids, statics, visits, rng) -> Cohort:
             decoded = [Visit(v.events, t) for v, t in zip(decoded, times[p])]
         patients.append(Patient(pid, static, tuple(decoded)))
     metadata = synthetic_metadata(len(ids), "PromptEHR")
-    return Cohort.from_patients(patients, ctx.schema, metadata=metadata)
+    cohort = Cohort.from_patients(patients, ctx.schema, metadata=metadata)
+    return with_times_and_values(cohort, ctx.time_values, rng)
 
 
 def _with_visits(

@@ -1,0 +1,642 @@
+"""When visits happen and what labs show, learned from a cohort and sampled for
+synthetic patients given their codes.
+
+Every generator writes codes; this model, trained beside it on the same cohort, adds
+what the codes leave out:
+
+* **the gap before each visit**, one of ``n_bins`` quantile bins of the training gaps
+  (:class:`~ehrgen.models.time_values.bins.QuantileBins`), given that visit's codes,
+  the previous visit's codes, all earlier codes, the visit's index, the previous gap
+  and the baseline features: a visit after an acute event can come sooner;
+* **each lab's result**, one of ``n_bins`` quantile bins of that lab's training
+  results or "no value", given the same context and the lab's latest earlier result:
+  creatinine can be high in a patient with a kidney-disease code.
+
+A bin becomes a number drawn inside it from the training distribution's shape; visit
+dates follow from the first visit's date (drawn from the training population, as
+before) and the gaps. Labs with fewer than ``min_values`` training results, and
+cohorts without real times, get no model of their own: such labs carry no value, and
+such cohorts keep placeholder times.
+
+Why a separate model rather than time and value tokens inside each generator's
+sequence: it gives every registered generator (PromptEHR, HALO and the baselines)
+times and values through one tested path, leaves the sequence every generator reads
+(and its code perplexity, lpl and mpl) unchanged, and costs PromptEHR no extra
+tokens, which matters since PromptEHR's training cost is what holds it back. What it
+gives up: a generator's later codes do not condition on the values and gaps sampled
+for earlier visits (the reverse direction is kept).
+
+Perplexities of the gap and value classes on held-out patients are the model's own
+figures (:meth:`TimeValueModel.perplexity`); code perplexity stays the generator's.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ehrgen.data import Cohort, CohortSchema
+from ehrgen.models.time_values.bins import QuantileBins
+from ehrgen.models.time_values.config import TimeValueConfig
+
+__all__ = ["TimeValueConfig", "TimeValueModel", "fit_time_values"]
+
+logger = logging.getLogger(__name__)
+
+_DAY = 86400.0
+_NO_GAP = -100  # the loss's ignore index
+WEIGHTS_FILE = "time_values.safetensors"
+
+
+@dataclass
+class TimeValueModel:
+    """A fitted time-and-value model (build one with :func:`fit_time_values`).
+
+    Attributes:
+        config: its settings.
+        schema: the training cohort's schema (modalities, baseline features).
+        codes: ``(modality, code)`` of the codes it reads; id ``i + 1`` is
+            ``codes[i]``, 0 any other.
+        gap_bins: the bins of the gap in days (None: no gap model).
+        labs: ``(modality, code)`` of the labs with a value model.
+        lab_bins: their bins, in the same order.
+        network: the :class:`~ehrgen.models.time_values.network.TimeValueNet`.
+        facts: held-out perplexities and training sizes.
+    """
+
+    config: TimeValueConfig
+    schema: CohortSchema
+    codes: tuple[tuple[str, str], ...]
+    gap_bins: QuantileBins | None
+    labs: tuple[tuple[str, str], ...]
+    lab_bins: tuple[QuantileBins, ...]
+    network: Any
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        gaps = "gaps" if self.gap_bins is not None else "no gaps"
+        return f"TimeValueModel({gaps}, {len(self.labs)} labs with values)"
+
+    @property
+    def gap_classes(self) -> int:
+        """How many gap classes the network has (0 without a gap model)."""
+        return 0 if self.gap_bins is None else self.config.n_bins
+
+    # ---- sampling
+
+    def annotate(
+        self, cohort: Cohort, rng: np.random.Generator, chunk_patients: int = 2048
+    ) -> Cohort:
+        """The cohort with visit gaps and lab values sampled from the model.
+
+        Each patient keeps its first visit's time; later times follow from sampled
+        gaps (when the model has a gap model and the cohort real times). Events of
+        a lab with a value model get a sampled value or none; other events none.
+        """
+        import torch
+
+        arrays = _Arrays(self, cohort)
+        do_gaps = self.gap_bins is not None and not cohort.times_are_placeholders
+        if not do_gaps and not self.labs:
+            return cohort
+        gap_days = np.zeros(cohort.n_visits)
+        values = np.full(cohort.n_events, np.nan, dtype=np.float32)
+        generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        quantiles = np.array([b.quantiles for b in self.lab_bins]).reshape(-1, 99)
+        network = self.network.eval()
+        with torch.no_grad():
+            for start in range(0, len(cohort), chunk_patients):
+                patients = np.arange(start, min(start + chunk_patients, len(cohort)))
+                batch = arrays.batch(patients)
+                self._sample_batch(
+                    batch, network, generator, rng, gap_days, values, quantiles
+                )
+        times = cohort.visit_times
+        if do_gaps:
+            times = _times_from_gaps(cohort, gap_days)
+        return _replaced(
+            cohort, visit_times=times, event_values=values if self.labs else None
+        )
+
+    def _sample_batch(self, batch, network, generator, rng, gap_days, values,
+                      quantiles) -> None:  # fmt: skip
+        import torch
+
+        n_bins = self.config.n_bins
+        prefix = network.code_prefix(torch.as_tensor(batch.codes))
+        previous_gap = np.full(len(batch.visits), self.gap_classes, dtype=np.int64)
+        latest = np.full((len(batch.patients), max(len(self.labs), 1)), n_bins + 1)
+        for t in range(int(batch.index.max()) + 1 if len(batch.index) else 0):
+            rows = np.flatnonzero(batch.index == t)
+            states = network.visit_states(
+                prefix,
+                torch.as_tensor(batch.ranges[rows]),
+                torch.as_tensor(batch.index[rows]),
+                torch.as_tensor(previous_gap[rows]),
+                batch.categorical[rows],
+                batch.numerical[rows],
+            )
+            if self.gap_bins is not None and t > 0:
+                chosen = _sample(network.gap_logits(states), generator)
+                gap_days[batch.visits[rows]] = self.gap_bins.draw(
+                    chosen, rng.random(len(rows))
+                )
+                # A patient's next visit (index t + 1, the next row) reads this gap.
+                nxt = np.minimum(rows + 1, len(batch.visits) - 1)
+                follows = (rows + 1 < len(batch.visits)) & (batch.index[nxt] == t + 1)
+                previous_gap[nxt[follows]] = chosen[follows]
+            if not len(self.labs):
+                continue
+            lab_rows = np.flatnonzero(np.isin(batch.lab_visit, rows))
+            if not len(lab_rows):
+                continue
+            local = np.searchsorted(rows, batch.lab_visit[lab_rows])
+            labs = batch.lab[lab_rows]
+            owner = batch.visit_patient[batch.lab_visit[lab_rows]]
+            logits = network.value_logits(
+                states[torch.as_tensor(local)],
+                torch.as_tensor(labs),
+                torch.as_tensor(latest[owner, labs]),
+            )
+            chosen = _sample(logits, generator)
+            measured = chosen < n_bins
+            drawn = _draw_rows(quantiles, labs[measured], chosen[measured], rng, n_bins)
+            events = batch.lab_event[lab_rows]
+            values[events[measured]] = drawn
+            latest[owner, labs] = chosen
+
+    # ---- scoring
+
+    def perplexity(self, cohort: Cohort) -> dict[str, float | int]:
+        """Held-out figures on ``cohort``: perplexity of the gap classes and of the
+        value classes (``n_bins + 1`` per lab: its bins and "no value"), with the
+        number of gaps and lab events scored. A uniform guess scores ``n_bins``
+        (gaps) and ``n_bins + 1`` (values)."""
+        import torch
+
+        arrays = _Arrays(self, cohort)
+        totals = np.zeros(4)
+        network = self.network.eval()
+        with torch.no_grad():
+            for start in range(0, len(cohort), 2048):
+                batch = arrays.batch(np.arange(start, min(start + 2048, len(cohort))))
+                gap, n_gap, value, n_value = _losses(network, batch)
+                totals += [float(gap), n_gap, float(value), n_value]
+        return {
+            "gap_perplexity": _exp(totals[0], totals[1]),
+            "gaps_scored": int(totals[1]),
+            "value_perplexity": _exp(totals[2], totals[3]),
+            "lab_events_scored": int(totals[3]),
+        }
+
+    # ---- persistence
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything but the weights, JSON-ready."""
+        return {
+            "config": self.config.to_dict(),
+            "codes": [list(c) for c in self.codes],
+            "gap_bins": None if self.gap_bins is None else self.gap_bins.to_dict(),
+            "labs": [list(c) for c in self.labs],
+            "lab_bins": [b.to_dict() for b in self.lab_bins],
+            "facts": self.facts,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], schema: CohortSchema) -> TimeValueModel:
+        """The model of :meth:`to_dict`, with untrained weights (load them with
+        :meth:`load_weights`)."""
+        config = TimeValueConfig.from_dict(data["config"])
+        gaps = data.get("gap_bins")
+        model = cls(
+            config,
+            schema,
+            tuple((str(m), str(c)) for m, c in data["codes"]),
+            None if gaps is None else QuantileBins.from_dict(gaps),
+            tuple((str(m), str(c)) for m, c in data["labs"]),
+            tuple(QuantileBins.from_dict(b) for b in data["lab_bins"]),
+            None,
+            dict(data.get("facts") or {}),
+        )
+        model.network = _network(model)
+        return model
+
+    def save_weights(self, folder: str | os.PathLike[str]) -> Path:
+        """Write the weights as ``time_values.safetensors`` in ``folder``."""
+        from safetensors.torch import save_model
+
+        from ehrgen._io import atomic_file
+
+        path = Path(folder) / WEIGHTS_FILE
+        with atomic_file(path, overwrite=True) as tmp:
+            save_model(self.network, str(tmp))
+        return path
+
+    def load_weights(self, folder: str | os.PathLike[str]) -> None:
+        """Read the weights :meth:`save_weights` wrote."""
+        from ehrgen.models.base import load_weights
+
+        load_weights(self.network, Path(folder), WEIGHTS_FILE)
+        self.network.eval()
+
+
+# --------------------------------------------------------------------------- fitting
+
+
+def fit_time_values(
+    train: Cohort,
+    config: TimeValueConfig | None = None,
+    val: Cohort | None = None,
+) -> TimeValueModel | None:
+    """Fit a :class:`TimeValueModel` on ``train``; None when there is nothing to
+    learn (no real times or too few gaps, and no lab with enough values, or both
+    turned off in ``config``).
+
+    With ``val`` (or, without it, a tenth of the training patients held out when
+    there are at least 50), the epoch with the best held-out loss is kept and its
+    perplexities are recorded in ``facts``.
+    """
+    import torch
+
+    config = config or TimeValueConfig()
+    gap_bins = _gap_bins(train, config) if config.times else None
+    labs, lab_bins = _labs(train, config) if config.values else ((), ())
+    if gap_bins is None and not labs:
+        return None
+    model = TimeValueModel(
+        config, train.schema, _vocabulary(train, config.max_codes), gap_bins,
+        labs, tuple(lab_bins), None,
+    )  # fmt: skip
+    rng = np.random.default_rng(config.seed)
+    fit_on, held_out = train, val
+    if held_out is None and len(train) >= 50:
+        order = rng.permutation(len(train))
+        cut = len(train) // 10
+        held_out, fit_on = train.select(order[:cut]), train.select(order[cut:])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model.network = _network(model, fit_on)
+        _train(model, fit_on, held_out, rng)
+    facts = {"train_patients": len(fit_on)}
+    if held_out is not None:
+        facts.update(held_out_patients=len(held_out), **model.perplexity(held_out))
+    model.facts = facts
+    return model
+
+
+def _gap_bins(cohort: Cohort, config: TimeValueConfig) -> QuantileBins | None:
+    if cohort.times_are_placeholders:
+        return None
+    gaps = _gaps_in_days(cohort)[1]
+    if len(gaps) < config.min_values:
+        return None
+    return QuantileBins.fit(gaps, config.n_bins)
+
+
+def _gaps_in_days(cohort: Cohort) -> tuple[np.ndarray, np.ndarray]:
+    """(visits that follow another of their patient, the gap before each in days)."""
+    days = cohort.visit_times.astype("datetime64[us]").astype(np.int64) / (_DAY * 1e6)
+    later = _visit_index(cohort) > 0
+    gaps = np.diff(days, prepend=days[:1] if len(days) else days)
+    return np.flatnonzero(later), gaps[later]
+
+
+def _labs(cohort: Cohort, config: TimeValueConfig):
+    if cohort.event_values is None:
+        return (), ()
+    finite = np.isfinite(cohort.event_values)
+    counts = np.bincount(cohort.event_codes[finite], minlength=len(cohort.code_values))
+    labs, bins = [], []
+    modalities = cohort.schema.modalities
+    for code in np.flatnonzero(counts >= config.min_values).tolist():
+        chosen = finite & (cohort.event_codes == code)
+        labs.append((modalities[cohort.code_modality[code]], cohort.code_values[code]))
+        bins.append(QuantileBins.fit(cohort.event_values[chosen], config.n_bins))
+    return tuple(labs), tuple(bins)
+
+
+def _vocabulary(cohort: Cohort, limit: int) -> tuple[tuple[str, str], ...]:
+    counts = np.bincount(cohort.event_codes, minlength=len(cohort.code_values))
+    ranked = np.argsort(-counts, kind="stable")[:limit]
+    modalities = cohort.schema.modalities
+    return tuple(
+        (modalities[cohort.code_modality[c]], str(cohort.code_values[c]))
+        for c in ranked.tolist()
+        if counts[c] > 0
+    )
+
+
+def _network(model: TimeValueModel, train: Cohort | None = None) -> Any:
+    import torch
+
+    from ehrgen.models.time_values.network import TimeValueNet
+
+    schema = model.schema
+    network = TimeValueNet(
+        n_codes=len(model.codes),
+        cardinalities=[len(c) for c in schema.categorical.values()],
+        n_numerical=len(schema.numerical),
+        n_gap_bins=model.gap_classes,
+        n_value_codes=len(model.labs),
+        n_value_bins=model.config.n_bins,
+        dim=model.config.dim,
+        hidden=model.config.hidden,
+        dropout=model.config.dropout,
+    )
+    if train is not None and schema.numerical:
+        numbers = np.stack([train.static[n] for n in schema.numerical], 1)
+        mean = np.nanmean(np.where(np.isfinite(numbers), numbers, np.nan), 0)
+        std = np.nanstd(np.where(np.isfinite(numbers), numbers, np.nan), 0)
+        network.static.set_standardisation(
+            torch.as_tensor(mean, dtype=torch.float32),
+            torch.as_tensor(std, dtype=torch.float32),
+        )
+    return network
+
+
+def _train(model: TimeValueModel, train: Cohort, held_out: Cohort | None, rng):
+    import torch
+
+    network, config = model.network, model.config
+    optimizer = torch.optim.AdamW(
+        network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+    )
+    arrays = _Arrays(model, train)
+    checked = None if held_out is None else _Arrays(model, held_out)
+    best, best_state = math.inf, None
+    for _ in range(config.epochs):
+        network.train()
+        order = rng.permutation(len(train))
+        for start in range(0, len(order), config.batch_patients):
+            batch = arrays.batch(np.sort(order[start : start + config.batch_patients]))
+            gap, n_gap, value, n_value = _losses(network, batch)
+            loss = gap / max(n_gap, 1) + value / max(n_value, 1)
+            if not loss.requires_grad:
+                continue
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        if checked is not None:
+            network.eval()
+            with torch.no_grad():
+                batch = checked.batch(np.arange(len(held_out)))
+                gap, n_gap, value, n_value = _losses(network, batch)
+                score = float(gap) / max(n_gap, 1) + float(value) / max(n_value, 1)
+            if score < best:
+                best, best_state = score, copy.deepcopy(network.state_dict())
+    if best_state is not None:
+        network.load_state_dict(best_state)
+    network.eval()
+
+
+def _losses(network, batch):
+    """Summed cross-entropies (nats) and counts: gaps, then lab events."""
+    import torch
+    import torch.nn.functional as F
+
+    prefix = network.code_prefix(torch.as_tensor(batch.codes))
+    states = network.visit_states(
+        prefix,
+        torch.as_tensor(batch.ranges),
+        torch.as_tensor(batch.index),
+        torch.as_tensor(batch.previous_gap),
+        batch.categorical,
+        batch.numerical,
+    )
+    gap = states.new_zeros(())
+    targets = torch.as_tensor(batch.gap_target)
+    n_gap = int((targets != _NO_GAP).sum())
+    if network.n_gap_bins and n_gap:
+        gap = F.cross_entropy(
+            network.gap_logits(states), targets, ignore_index=_NO_GAP, reduction="sum"
+        )
+    value = states.new_zeros(())
+    n_value = len(batch.lab)
+    if n_value:
+        logits = network.value_logits(
+            states[torch.as_tensor(batch.lab_visit)],
+            torch.as_tensor(batch.lab),
+            torch.as_tensor(batch.lab_previous),
+        )
+        value = F.cross_entropy(
+            logits, torch.as_tensor(batch.lab_target), reduction="sum"
+        )
+    return gap, n_gap, value, n_value
+
+
+# --------------------------------------------------------------------------- arrays
+
+
+@dataclass
+class _Batch:
+    """Arrays of some patients, indexed locally (see :meth:`_Arrays.batch`)."""
+
+    patients: np.ndarray  # (P,) cohort indices
+    visits: np.ndarray  # (N,) cohort visit indices
+    visit_patient: np.ndarray  # (N,) local patient of each visit
+    codes: np.ndarray  # (E,) model code ids of the patients' events
+    ranges: np.ndarray  # (N, 3, 2) own / previous / earlier visits' events
+    index: np.ndarray  # (N,)
+    previous_gap: np.ndarray  # (N,)
+    gap_target: np.ndarray  # (N,)
+    categorical: Any  # (N, ·) tensor
+    numerical: Any  # (N, ·) tensor
+    lab_event: np.ndarray  # (L,) cohort event index of each lab event
+    lab_visit: np.ndarray  # (L,) local visit
+    lab: np.ndarray  # (L,) value-model index
+    lab_target: np.ndarray  # (L,) bin, or n_bins for "no value"
+    lab_previous: np.ndarray  # (L,) latest earlier class, n_bins + 1 for none
+
+
+class _Arrays:
+    """A cohort in the model's terms, computed once; batches are slices of it."""
+
+    def __init__(self, model: TimeValueModel, cohort: Cohort) -> None:
+        n_bins = model.config.n_bins
+        self.cohort = cohort
+        modalities = cohort.schema.modalities
+        keys = [
+            (modalities[m], str(c))
+            for m, c in zip(cohort.code_modality.tolist(), cohort.code_values.tolist())
+        ]
+        own = {code: i + 1 for i, code in enumerate(model.codes)}
+        self.codes = np.array([own.get(k, 0) for k in keys], np.int64)[
+            cohort.event_codes
+        ]
+        self.index = _visit_index(cohort)
+        gap_target = np.full(cohort.n_visits, _NO_GAP, dtype=np.int64)
+        if model.gap_bins is not None and not cohort.times_are_placeholders:
+            later, gaps = _gaps_in_days(cohort)
+            gap_target[later] = model.gap_bins.bin(gaps)
+        self.gap_target = gap_target
+        # "No previous gap" is the class after the last one (0 without a gap model).
+        self.previous_gap = np.full(cohort.n_visits, model.gap_classes, np.int64)
+        later = np.flatnonzero(self.index > 0)
+        known = gap_target[later - 1] != _NO_GAP
+        self.previous_gap[later[known]] = gap_target[later - 1][known]
+        # Lab events, in event order, with their class and the lab's previous one.
+        lab_of_code = {code: i for i, code in enumerate(model.labs)}
+        lab_table = np.array([lab_of_code.get(k, -1) for k in keys], np.int64)
+        event_lab = lab_table[cohort.event_codes] if len(keys) else np.zeros(0, int)
+        self.lab_event = np.flatnonzero(event_lab >= 0)
+        self.lab = event_lab[self.lab_event]
+        target = np.full(len(self.lab_event), n_bins, dtype=np.int64)
+        if cohort.event_values is not None and len(self.lab_event):
+            measured = cohort.event_values[self.lab_event]
+            finite = np.isfinite(measured)
+            for i, bins in enumerate(model.lab_bins):
+                chosen = finite & (self.lab == i)
+                target[chosen] = bins.bin(measured[chosen])
+        self.lab_target = target
+        self.event_visit = cohort.event_visit
+        event_patient = cohort.visit_patient[self.event_visit]
+        self.lab_patient = event_patient[self.lab_event]
+        self.lab_previous = _previous_in_group(
+            self.lab_patient * max(len(model.labs), 1) + self.lab, target, n_bins + 1
+        )
+        self.lab_offsets = np.searchsorted(
+            self.lab_patient, np.arange(len(cohort) + 1), side="left"
+        )
+        self.categorical = _columns(cohort, cohort.schema.categorical, np.int64)
+        self.numerical = _columns(cohort, cohort.schema.numerical, np.float32)
+
+    def batch(self, patients: np.ndarray) -> _Batch:
+        import torch
+
+        cohort = self.cohort
+        vo, eo = cohort.visit_offsets, cohort.event_offsets
+        visits = _concat_ranges(vo[patients], vo[patients + 1])
+        counts = np.diff(vo)[patients]
+        visit_patient = np.repeat(np.arange(len(patients)), counts)
+        first_event = eo[vo[patients]]
+        events = _concat_ranges(first_event, eo[vo[patients + 1]])
+        sizes = eo[vo[patients + 1]] - first_event
+        base = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        shift = (base - first_event)[visit_patient]  # cohort event -> batch position
+        own = np.stack([eo[visits] + shift, eo[visits + 1] + shift], 1)
+        index = self.index[visits]
+        previous = np.where(
+            (index > 0)[:, None], np.roll(own, 1, axis=0), own[:, :1].repeat(2, 1)
+        )
+        earlier = np.stack([base[visit_patient], own[:, 0]], 1)
+        ranges = np.stack([own, previous, earlier], 1)
+        labs = _concat_ranges(
+            self.lab_offsets[patients], self.lab_offsets[patients + 1]
+        )
+        lab_event = self.lab_event[labs]
+        # The local visit of each lab event: its visit's rank among the batch visits.
+        lab_visit = np.searchsorted(visits, self.event_visit[lab_event])
+        rows = visit_patient
+        return _Batch(
+            patients=patients,
+            visits=visits,
+            visit_patient=visit_patient,
+            codes=self.codes[events],
+            ranges=ranges,
+            index=index,
+            previous_gap=self.previous_gap[visits],
+            gap_target=self.gap_target[visits],
+            categorical=torch.as_tensor(self.categorical[patients][rows]).long(),
+            numerical=torch.as_tensor(self.numerical[patients][rows]).float(),
+            lab_event=lab_event,
+            lab_visit=lab_visit,
+            lab=self.lab[labs],
+            lab_target=self.lab_target[labs],
+            lab_previous=self.lab_previous[labs],
+        )
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _columns(cohort: Cohort, names, dtype) -> np.ndarray:
+    """(P, len(names)) the baseline features ``names`` side by side."""
+    out = np.zeros((len(cohort), len(names)), dtype=dtype)
+    for j, name in enumerate(names):
+        out[:, j] = cohort.static[name]
+    return out
+
+
+def _visit_index(cohort: Cohort) -> np.ndarray:
+    """(V,) each visit's index within its patient."""
+    starts = np.repeat(cohort.visit_offsets[:-1], np.diff(cohort.visit_offsets))
+    return np.arange(cohort.n_visits) - starts
+
+
+def _concat_ranges(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    sizes = (hi - lo).astype(np.int64)
+    starts = np.repeat(lo - np.concatenate([[0], np.cumsum(sizes)[:-1]]), sizes)
+    return np.arange(int(sizes.sum()), dtype=np.int64) + starts
+
+
+def _previous_in_group(group: np.ndarray, value: np.ndarray, none: int) -> np.ndarray:
+    """Each entry's previous value among entries of the same group (in array
+    order), ``none`` for the first of its group."""
+    order = np.argsort(group, kind="stable")
+    out = np.full(len(group), none, dtype=np.int64)
+    same = group[order][1:] == group[order][:-1]
+    out[order[1:][same]] = value[order[:-1][same]]
+    return out
+
+
+def _sample(logits, generator) -> np.ndarray:
+    import torch
+
+    probabilities = torch.softmax(logits.float(), -1)
+    return torch.multinomial(probabilities, 1, generator=generator)[:, 0].numpy()
+
+
+def _draw_rows(quantiles, labs, bins, rng, n_bins) -> np.ndarray:
+    """A number inside bin ``bins[i]`` of lab ``labs[i]`` for every i, vectorised
+    over labs (the same interpolation as :meth:`QuantileBins.draw`)."""
+    level = (bins + rng.random(len(bins))) / n_bins * (quantiles.shape[1] - 1)
+    low = np.minimum(np.floor(level).astype(np.int64), quantiles.shape[1] - 2)
+    frac = level - low
+    return (quantiles[labs, low] * (1 - frac) + quantiles[labs, low + 1] * frac).astype(
+        np.float32
+    )
+
+
+def _times_from_gaps(cohort: Cohort, gap_days: np.ndarray) -> np.ndarray:
+    """Visit times: each patient's first time, then the cumulative gaps (at least
+    a second each, so times strictly increase)."""
+    index = _visit_index(cohort)
+    seconds = np.where(index > 0, np.maximum(np.round(gap_days * _DAY), 1), 0)
+    first = cohort.visit_times[cohort.visit_offsets[:-1]].astype("datetime64[s]")
+    patient = cohort.visit_patient
+    offsets = np.cumsum(seconds) - np.repeat(
+        np.cumsum(seconds)[cohort.visit_offsets[:-1]] if len(seconds) else seconds,
+        np.diff(cohort.visit_offsets),
+    )
+    return first[patient] + offsets.astype("timedelta64[s]")
+
+
+def _replaced(cohort: Cohort, **changes: Any) -> Cohort:
+    fields = dict(
+        schema=cohort.schema,
+        patient_ids=cohort.patient_ids,
+        static=cohort.static,
+        visit_offsets=cohort.visit_offsets,
+        visit_times=cohort.visit_times,
+        event_offsets=cohort.event_offsets,
+        event_codes=cohort.event_codes,
+        code_values=cohort.code_values,
+        code_modality=cohort.code_modality,
+        event_values=cohort.event_values,
+        times_are_placeholders=cohort.times_are_placeholders,
+        labels=cohort.labels,
+        metadata=cohort.metadata,
+    )
+    return Cohort(**{**fields, **changes})
+
+
+def _exp(total: float, count: float) -> float:
+    return float(math.exp(total / count)) if count else float("nan")

@@ -1,0 +1,179 @@
+"""The model of visit gaps and lab values: bins, fitting, sampling, persistence, and
+the simulator's relations reproduced by a trained model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ehrgen.data import Cohort
+from ehrgen.data.demo import demo_cohort, demo_truth
+from ehrgen.errors import ConfigError
+from ehrgen.models.time_values import (
+    QuantileBins,
+    TimeValueConfig,
+    TimeValueModel,
+    fit_time_values,
+)
+from ehrgen.models.time_values.model import _replaced
+
+CKD = ("ICD9CM//5853", "ICD9CM//5854", "ICD9CM//5855")
+
+
+@pytest.fixture(scope="module")
+def cohorts() -> tuple[Cohort, Cohort]:
+    return demo_cohort(2000, seed=0), demo_cohort(800, seed=1)
+
+
+@pytest.fixture(scope="module")
+def model(cohorts) -> TimeValueModel:
+    fitted = fit_time_values(cohorts[0])
+    assert fitted is not None
+    return fitted
+
+
+def _stripped(cohort: Cohort) -> Cohort:
+    """The cohort's codes alone: placeholder-free times one day apart, no values."""
+    days = np.arange(cohort.n_visits).astype("timedelta64[D]")
+    return _replaced(
+        cohort, event_values=None, visit_times=np.datetime64("2100-01-01") + days
+    )
+
+
+def _gaps(cohort: Cohort) -> tuple[np.ndarray, np.ndarray]:
+    """(gap in days before each later visit, whether the visit before it had an
+    acute-event code)."""
+    days = cohort.visit_times.astype("datetime64[s]").astype(np.int64) / 86400
+    later = np.diff(cohort.visit_patient) == 0
+    codes = cohort.code_values[cohort.event_codes]
+    acute = np.zeros(cohort.n_visits, bool)
+    acute[cohort.event_visit[np.isin(codes, demo_truth().acute_codes)]] = True
+    return np.diff(days)[later], acute[:-1][later]
+
+
+def _creatinine_difference(cohort: Cohort) -> float:
+    """Mean creatinine at visits with a CKD code minus at other visits."""
+    codes = cohort.code_values[cohort.event_codes]
+    events = np.flatnonzero(codes == "Creatinine")
+    ckd = np.zeros(cohort.n_visits, bool)
+    ckd[cohort.event_visit[np.isin(codes, CKD)]] = True
+    at_ckd = ckd[cohort.event_visit[events]]
+    values = cohort.event_values[events]
+    return float(np.nanmean(values[at_ckd]) - np.nanmean(values[~at_ckd]))
+
+
+# --------------------------------------------------------------------------- bins
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    st.lists(st.floats(-1e6, 1e6), min_size=1, max_size=200),
+    st.integers(2, 12),
+    st.floats(0, 0.999),
+)
+def test_a_number_drawn_in_a_bin_falls_back_in_that_bin(values, n_bins, u):
+    bins = QuantileBins.fit(np.array(values), n_bins)
+    chosen = np.arange(n_bins)
+    drawn = bins.draw(chosen, np.full(n_bins, u))
+    assert np.all(np.diff(drawn) >= 0)
+    edges = bins.edges
+    # Inside its bin's edges (equal edges make a bin a single point).
+    assert np.all(drawn[1:] >= edges - 1e-9 * (1 + abs(edges)))
+    assert np.all(drawn[:-1] <= edges + 1e-9 * (1 + abs(edges)))
+    assert QuantileBins.from_dict(bins.to_dict()) == bins
+
+
+def test_deciles_hold_a_tenth_of_the_values_each():
+    values = np.random.default_rng(0).lognormal(3, 1, 10_000)
+    counts = np.bincount(QuantileBins.fit(values).bin(values), minlength=10)
+    assert counts.min() > 900 and counts.max() < 1100
+
+
+def test_config_errors_name_the_parameter():
+    with pytest.raises(ConfigError, match="'dropout'"):
+        TimeValueConfig(dropout=1.0)
+    with pytest.raises(ConfigError, match="'n_bins'"):
+        TimeValueConfig(n_bins=1)
+
+
+# --------------------------------------------------------------------------- fitting
+
+
+def test_nothing_to_learn_gives_no_model(cohorts):
+    train = cohorts[0]
+    placeholders = _replaced(train, event_values=None, times_are_placeholders=True)
+    assert fit_time_values(placeholders) is None
+    assert fit_time_values(train, TimeValueConfig(times=False, values=False)) is None
+
+
+def test_the_model_learns_gaps_and_each_measured_lab(model, cohorts):
+    train, test = cohorts
+    counts = np.bincount(
+        train.event_codes[np.isfinite(train.event_values)],
+        minlength=len(train.code_values),
+    )
+    enough = np.flatnonzero(counts >= model.config.min_values)
+    assert {c for _, c in model.labs} == set(train.code_values[enough])
+    assert ((counts > 0) & (counts < model.config.min_values)).any()  # left out
+    assert model.gap_bins is not None
+    figures = model.perplexity(test)
+    # Better than a uniform guess on held-out patients, for both.
+    assert figures["gap_perplexity"] < model.config.n_bins
+    assert figures["value_perplexity"] < model.config.n_bins - 1
+    assert figures["gaps_scored"] == test.n_visits - len(test)
+
+
+def test_annotating_keeps_codes_and_first_times_and_is_reproducible(model, cohorts):
+    codes_only = _stripped(cohorts[1])
+    a = model.annotate(codes_only, np.random.default_rng(3))
+    b = model.annotate(codes_only, np.random.default_rng(3))
+    assert a == b
+    np.testing.assert_array_equal(a.event_codes, codes_only.event_codes)
+    starts = codes_only.visit_offsets[:-1]
+    np.testing.assert_array_equal(a.visit_times[starts], codes_only.visit_times[starts])
+    assert np.all(np.diff(a.visit_times)[np.diff(a.visit_patient) == 0] > 0)
+    labs = {c for _, c in model.labs}
+    has_value = np.isfinite(a.event_values)
+    is_lab = np.isin(a.code_values[a.event_codes], list(labs))
+    assert not has_value[~is_lab].any()
+    assert has_value[is_lab].mean() > 0.95  # every demo lab has a result
+
+
+def test_times_only_and_values_only(cohorts):
+    train, test = cohorts
+    small = train[:300]
+    times_only = fit_time_values(small, TimeValueConfig(values=False, epochs=2))
+    out = times_only.annotate(_stripped(test), np.random.default_rng(0))
+    assert times_only.labs == () and out.event_values is None
+    values_only = fit_time_values(small, TimeValueConfig(times=False, epochs=2))
+    codes_only = _stripped(test)
+    out = values_only.annotate(codes_only, np.random.default_rng(0))
+    np.testing.assert_array_equal(out.visit_times, codes_only.visit_times)
+    assert np.isfinite(out.event_values).any()
+
+
+def test_reproduces_the_simulators_relations(model, cohorts):
+    """Given real codes, sampled values and gaps keep what the simulator put in:
+    creatinine higher at CKD visits (the real difference's sign and at least half
+    its size), and the gap after an acute event shorter than after other visits."""
+    test = cohorts[1]
+    sampled = model.annotate(_stripped(test), np.random.default_rng(0))
+    real = _creatinine_difference(test)
+    assert real > 0.5
+    assert _creatinine_difference(sampled) > real / 2
+    gaps, after_acute = _gaps(sampled)
+    assert np.median(gaps[after_acute]) < 0.75 * np.median(gaps[~after_acute])
+    real_gaps, real_acute = _gaps(test)
+    assert np.median(real_gaps[real_acute]) < 0.5 * np.median(real_gaps[~real_acute])
+
+
+def test_save_and_load_give_the_same_samples(model, cohorts, tmp_path):
+    model.save_weights(tmp_path)
+    loaded = TimeValueModel.from_dict(model.to_dict(), model.schema)
+    loaded.load_weights(tmp_path)
+    codes_only = _stripped(cohorts[1][:100])
+    assert model.annotate(codes_only, np.random.default_rng(1)) == loaded.annotate(
+        codes_only, np.random.default_rng(1)
+    )
