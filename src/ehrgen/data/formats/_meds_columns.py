@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ehrgen.data import CohortSchema
+from ehrgen.data.formats._memory import release_freed_memory
 from ehrgen.errors import SchemaError
 
 SEP = "//"
@@ -382,25 +383,6 @@ class VisitAccumulator:
             else self.event_values.finish(),
             "used_codes": used,
         }
-
-
-def release_freed_memory() -> None:
-    """Return the C heap's free pages to the system (glibc's ``malloc_trim``; a
-    no-op elsewhere): a shard's working set lives on the heap, and without this the
-    memory it freed would still count while the next shard is read."""
-    global _TRIM
-    if _TRIM is None:
-        try:
-            import ctypes
-
-            _TRIM = ctypes.CDLL("libc.so.6").malloc_trim
-        except (OSError, AttributeError):
-            _TRIM = False
-    if _TRIM:
-        _TRIM(0)
-
-
-_TRIM: Any = None  # malloc_trim, False where there is none
 
 
 def visit_times_from_ids(rows: Rows) -> Rows:

@@ -1,14 +1,13 @@
 """What the MIMIC-III and MIMIC-IV readers share.
 
 * :class:`Table`: one ``.csv`` / ``.csv.gz`` table, found in any case, its header
-  checked before any row is read, scanned lazily with Polars (only the columns used;
-  ids as integers, everything else, ICD codes included, as strings so ``"0389"`` keeps
-  its zero), with errors that name the file, the line, the column and a fix;
+  checked before any row is read, scanned lazily with Polars or read a block of rows at
+  a time (only the columns used; ids as integers, everything else, ICD codes included,
+  as strings so ``"0389"`` keeps its zero), with errors that name the file, the line,
+  the column and a fix;
 * :func:`read_visits`: one visit per admission, sorted by patient and admission time;
-* :func:`read_events`: one modality's rows reduced, while streaming, to distinct
-  ``(admission, code)`` pairs with their first time (or sequence number), so memory
-  follows the size of the cohort rather than of the table;
-* :func:`build_cohort`: the cohort's flat arrays from those pairs, with numpy.
+* :func:`build_cohort`: the cohort's flat arrays from each modality's events (read by
+  :mod:`ehrgen.data.formats._mimic_events`), with numpy.
 """
 
 from __future__ import annotations
@@ -18,17 +17,21 @@ import gzip
 import logging
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
 
 from ehrgen.data import DEFAULT_MODALITIES, Cohort, CohortSchema
+from ehrgen.data.formats._memory import release_freed_memory
 from ehrgen.data.preprocess import Preprocessing, preprocess
 from ehrgen.errors import ConfigError, SchemaError, did_you_mean
+
+if TYPE_CHECKING:
+    from ehrgen.data.formats._mimic_events import Events
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +103,45 @@ class Table:
         )
         return frame.select([pl.col(original[c]).alias(c) for c in dtypes])
 
+    def blocks(self, dtypes: Mapping[str, Any], size: int) -> Iterator[pl.DataFrame]:
+        """The columns of ``dtypes``, parsed as :meth:`scan` parses them, about
+        ``size`` bytes of the file at a time, in file order: memory holds a block of
+        rows, never the table (Polars' own batched scan reads far ahead)."""
+        original = self.columns
+        overrides = {original[c]: t for c, t in dtypes.items() if t != pl.String}
+        names = [original[c] for c in dtypes]
+        rename = [pl.col(o).alias(c) for c, o in zip(dtypes, names)]
+        opener = gzip.open if self.path.suffix == ".gz" else open
+        try:
+            with opener(self.path, "rb") as file:
+                header = file.readline()  # each block is parsed with it
+                pending = b""
+                while True:
+                    data = file.read(size)
+                    pending += data
+                    cut = _last_line_end(pending) if data else len(pending)
+                    if not cut and not data:
+                        return
+                    if not cut:
+                        continue  # a line longer than a block: read on
+                    block, pending = pending[:cut], pending[cut:]
+                    try:
+                        frame = pl.read_csv(
+                            header + block,
+                            infer_schema=False,
+                            schema_overrides=overrides or None,
+                            columns=names,
+                        )
+                    except _POLARS_ERRORS as error:
+                        raise self.diagnose(str(error)) from None
+                    del block
+                    yield frame.select(rename)
+        except (OSError, EOFError) as error:
+            raise SchemaError(
+                f"{self.where}: could not be read ({error}). Check that the file is "
+                f"complete (a download cut short?)."
+            ) from None
+
     def collect(self, *queries: pl.LazyFrame) -> list[pl.DataFrame]:
         """Run queries over this table (streaming; one scan shared by all)."""
         try:
@@ -145,6 +187,21 @@ class Table:
             f"{self.where}, line {row['_row'] + 2}, column {column!r}: {problem}. "
             f"Row: {text}. {fix}"
         )
+
+
+def _last_line_end(data: bytes) -> int:
+    """The index just past the last line end of ``data`` that lies outside quotes
+    (a quoted field may hold line breaks), or 0 when there is none. ``data`` starts
+    at the start of a line: a line end is outside quotes when an even number of
+    quote characters comes before it."""
+    quotes = data.count(b'"')
+    end = len(data)
+    while (i := data.rfind(b"\n", 0, end)) >= 0:
+        quotes -= data.count(b'"', i, end)
+        if quotes % 2 == 0:
+            return i + 1
+        end = i
+    return 0
 
 
 def find_table(root: Path, name: str, *, upper: bool) -> Table | None:
@@ -322,169 +379,6 @@ def read_visits(
     )
 
 
-# --------------------------------------------------------------------------- events
-
-
-@dataclass(frozen=True)
-class EventQuery:
-    """How the rows of one table become the codes of one modality.
-
-    ``rows`` has ``hadm`` (Int64, null when the row names no admission), the
-    ``keys`` that identify a code (null: the row has none), ``order`` (what orders
-    codes within a visit: a time or a sequence number) and ``bad`` (the row holds a
-    value that does not parse). ``orphans``, when given, has ``subject``, the keys
-    and ``order`` (a time) for the rows without an admission id, which are assigned
-    to the admission whose interval holds their time. ``format`` turns the distinct
-    keys (a sorted frame) into code strings; ``explain`` builds the error for bad
-    rows. With ``values``, ``rows`` and ``orphans`` also have ``value`` (Float64, null
-    when the row has none): an event keeps the last value of its rows in file order.
-    """
-
-    modality: str
-    rows: pl.LazyFrame
-    keys: tuple[str, ...]
-    format: Callable[[pl.DataFrame], list[str]]
-    explain: Callable[[], SchemaError]
-    orphans: pl.LazyFrame | None = None
-    values: bool = False
-
-
-@dataclass
-class Events:
-    """One modality's distinct (visit, code) events, sorted by visit, then by first
-    time or sequence number, then code."""
-
-    modality: str
-    visit: np.ndarray  # (n,) int64 row of the visits frame
-    code: np.ndarray  # (n,) int64 index into values
-    values: np.ndarray  # (C,) object, sorted code strings
-    numbers: np.ndarray | None = None  # (n,) float32 value of each event, NaN: none
-
-
-def read_events(
-    table: Table,
-    query: EventQuery,
-    visits: pl.DataFrame,
-    invalid_rows: str,
-    dropped: dict,
-) -> Events:
-    """Stream ``table`` into distinct events; count what is dropped in ``dropped``.
-
-    The rows without admission id, when assigned by time, are a second pass over
-    the table: slower than one shared scan, but the two reductions never hold
-    memory at the same time.
-    """
-    keys = list(query.keys)
-    has_code = pl.all_horizontal(pl.col(k).is_not_null() for k in keys)
-    good = pl.col("rows") - pl.col("bad")
-    last_value = [_last_value()] if query.values else []
-    (groups,) = table.collect(
-        query.rows.group_by("hadm", *keys).agg(
-            pl.col("order").min(),
-            pl.len().alias("rows"),
-            pl.col("bad").sum(),
-            *last_value,
-        )
-    )
-    counts = groups.select(
-        rows=pl.col("rows").sum(),
-        rows_invalid=pl.col("bad").sum(),
-        rows_without_code=good.filter(~has_code).sum(),
-        rows_without_admission_id=good.filter(
-            has_code & pl.col("hadm").is_null()
-        ).sum(),
-    ).row(0, named=True)
-    if counts["rows_invalid"] and invalid_rows == "error":
-        raise query.explain()
-    groups = groups.filter(has_code & pl.col("hadm").is_not_null() & (good > 0))
-    value = ["value"] if query.values else []
-    groups = groups.select("hadm", *keys, "order", good.alias("rows"), *value)
-    if query.orphans is not None:
-        (assigned,) = table.collect(
-            _assigned(query.orphans, visits, keys, query.values)
-        )
-        assigned = assigned.filter(has_code).select(groups.columns)
-        counts["rows_assigned_by_time"] = int(assigned["rows"].sum())
-        counts["rows_without_admission_id"] -= counts["rows_assigned_by_time"]
-        # A code can now appear twice in a visit; _to_arrays keeps its first.
-        groups = pl.concat([groups, assigned])
-        del assigned
-    events = groups.join(visits.select("hadm", "visit"), on="hadm", how="left")
-    del groups
-    unknown = pl.col("visit").is_null()
-    counts["rows_with_unknown_admission"] = events.filter(unknown)["rows"].sum()
-    result = _to_arrays(query, events.filter(~unknown), keys)
-    counts["events"] = len(result.visit)
-    dropped[table.name] = {k: int(v) for k, v in counts.items()}
-    return result
-
-
-def _last_value() -> pl.Expr:
-    """Within a group: the value of its last row, in file order, that has one.
-    File order, not chart time: sorting each group by time made the read of 10M lab
-    rows peak at 1,349 MiB, against 1,033 MiB this way (862 MiB without values)."""
-    return pl.col("value").drop_nulls().last().alias("value")
-
-
-def _assigned(
-    orphans: pl.LazyFrame, visits: pl.DataFrame, keys: list[str], values: bool
-):
-    """Rows without an admission id, grouped under the admission whose interval
-    [start, end] holds their time (the latest-starting one when admissions
-    overlap)."""
-    intervals = visits.lazy().select("subject", "hadm", "start", "end", "next_start")
-    time = pl.col("order")
-    inside = (
-        (time >= pl.col("start"))
-        & (time <= pl.col("end"))
-        & (pl.col("next_start").is_null() | (time < pl.col("next_start")))
-    )
-    return (
-        orphans.filter(time.is_not_null())
-        .join(intervals, on="subject", how="inner")
-        .filter(inside)
-        .group_by("hadm", *keys)
-        .agg(time.min(), pl.len().alias("rows"), *([_last_value()] if values else []))
-    )
-
-
-def _to_arrays(query: EventQuery, events: pl.DataFrame, keys: list[str]) -> Events:
-    """Code indices from the distinct keys (formatted once each), events sorted by
-    visit, first time and code, and each code kept once per visit."""
-    # One key column, or a struct of several: sorted and ranked alike.
-    key = pl.struct(keys) if len(keys) > 1 else pl.col(keys[0])
-    distinct = events.select(key.alias("_key")).unique().sort("_key")
-    distinct = (
-        distinct.unnest("_key") if len(keys) > 1 else distinct.rename({"_key": keys[0]})
-    )
-    formatted = np.asarray(query.format(distinct), dtype=object)
-    values, index = np.unique(formatted, return_inverse=True)
-    events = events.select(
-        "visit",
-        "order",
-        (key.rank("dense").cast(pl.Int64) - 1).alias("code"),
-        *(["value"] if query.values else []),
-    )
-    events = events.with_columns(
-        code=pl.Series(index.reshape(-1)).gather(events["code"])
-    )
-    events = events.sort("visit", "order", "code", nulls_last=True)
-    # Repeats: several keys formatted to one code, or rows assigned by time.
-    events = events.filter(
-        (pl.col("visit") * len(values) + pl.col("code")).is_first_distinct()
-    )
-    numbers = None
-    if query.values:
-        numbers = events["value"].cast(pl.Float32).fill_null(np.nan).to_numpy()
-    return Events(
-        query.modality,
-        events["visit"].to_numpy(),
-        events["code"].to_numpy(),
-        values,
-        numbers,
-    )
-
-
 # --------------------------------------------------------------------------- cohort
 
 
@@ -500,25 +394,16 @@ def build_cohort(
     ``static`` has ``subject``, the categorical features (strings) and ``age``.
     Admissions with no event and patients with none are dropped (and counted in
     ``metadata["dropped"]``); events of a visit are grouped by modality in the
-    order of ``events``.
+    order of ``events``, whose parts are consumed.
     """
     dropped = metadata["dropped"]
-    if not sum(len(e.visit) for e in events):
+    per_visit = sum((e.counts for e in events), np.zeros(visits.height, np.int64))
+    if not per_visit.sum():
         raise SchemaError(
             f"{metadata['source']}: no admission has a code; the cohort would be "
             f"empty. Rows read and dropped, per table: {dropped}."
         )
-    offsets = np.cumsum([0] + [len(e.values) for e in events])
-    visit = np.concatenate([e.visit for e in events])
-    code = np.concatenate([e.code + o for e, o in zip(events, offsets.tolist())])
-    numbers = np.concatenate(
-        [
-            e.numbers if e.numbers is not None else np.full(len(e.visit), np.nan)
-            for e in events
-        ]
-    ).astype(np.float32)
-    order = np.argsort(visit, kind="stable")  # keeps modality blocks, then order
-    per_visit = np.bincount(visit, minlength=visits.height)
+    codes, numbers = _merge(events, per_visit)
     kept = per_visit > 0
     subject = visits["subject"].to_numpy()[kept]
     starts = np.flatnonzero(np.r_[True, subject[1:] != subject[:-1]])
@@ -546,14 +431,60 @@ def build_cohort(
         visit_offsets=np.append(starts, len(subject)),
         visit_times=times,
         event_offsets=np.concatenate([[0], np.cumsum(per_visit[kept])]),
-        event_codes=code[order].astype(np.int32),
-        event_values=numbers[order] if np.isfinite(numbers).any() else None,
+        event_codes=codes,
+        event_values=numbers,
         code_values=np.concatenate([e.values for e in events]),
         code_modality=np.repeat(
             np.arange(len(events)), [len(e.values) for e in events]
         ),
         metadata=metadata,
     )
+
+
+def _merge(
+    events: Sequence[Events], per_visit: np.ndarray
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Every modality's events in the cohort's order (by visit, then modality, then
+    each modality's order within the visit): the cohort's codes and values (None
+    when no event has a value).
+
+    Each part of ``events`` is copied into place and freed at once, its memory
+    handed back as the cohort's arrays fill, so memory holds the events about once,
+    not twice. The largest modality goes first: its parts follow the visits when
+    the table follows the patients, so the cohort's arrays fill from start to end
+    as its parts are freed (a small modality spread over every visit, first, would
+    touch every page of them while freeing little)."""
+    n = int(per_visit.sum())
+    codes = np.empty(n, dtype=np.int32)
+    with_numbers = any(e.any_number for e in events)
+    numbers = np.empty(n, dtype=np.float32) if with_numbers else None
+    # Where each modality's next event goes in each visit: after the visit's
+    # events of the modalities before it.
+    free, first_code = [], []
+    start, code = np.cumsum(per_visit) - per_visit, 0
+    for e in events:
+        free.append(start.copy())
+        first_code.append(code)
+        start += e.counts
+        code += len(e.values)
+    freed = 0
+    for m in sorted(range(len(events)), key=lambda m: -int(events[m].counts.sum())):
+        e = events[m]
+        while e.parts:
+            part = e.parts.pop(0)  # in order: a visit may span parts
+            begins = np.cumsum(part.count) - part.count
+            where = np.repeat(free[m][part.visit] - begins, part.count)
+            where += np.arange(len(where))
+            codes[where] = e.lookup[part.code] + first_code[m]
+            if numbers is not None:
+                numbers[where] = np.nan if part.numbers is None else part.numbers
+            free[m][part.visit] += part.count
+            freed += len(where)
+            del part, where
+            if freed > 1 << 20:
+                release_freed_memory()
+                freed = 0
+    return codes, numbers
 
 
 def _encode(values: pl.Series, categories: tuple[str, ...]) -> np.ndarray:

@@ -44,9 +44,11 @@ number type and lost its leading zeros), a repeated ``HADM_ID`` or ``SUBJECT_ID`
 timestamp that does not parse (or, with ``invalid_rows="drop"``, such rows are dropped
 and counted).
 
-Tables are scanned lazily with Polars, only the columns used, and reduced while they
-stream to distinct (admission, code) pairs, so memory follows the size of the cohort
-rather than of ``LABEVENTS`` (27.9M rows).
+Event tables are read a block of rows at a time, only the columns used, and each
+block reduced at once to the compact events of the patients it completes (the tables
+are grouped by patient), so memory follows the size of the cohort rather than of
+``LABEVENTS`` (27.9M rows). A table not grouped by patient is read whole instead,
+with more memory (see :mod:`ehrgen.data.formats._mimic_events`).
 """
 
 from __future__ import annotations
@@ -64,7 +66,6 @@ from ehrgen.data.formats._mimic_common import (
     AGE_CAP,
     GENDERS,
     INVALID_ROWS,
-    EventQuery,
     Table,
     build_cohort,
     check_choice,
@@ -75,11 +76,11 @@ from ehrgen.data.formats._mimic_common import (
     invalid_time,
     missing_table,
     parse_time,
-    read_events,
     read_visits,
     time_error,
     wanted_modalities,
 )
+from ehrgen.data.formats._mimic_events import EventQuery, read_events
 from ehrgen.data.preprocess import Preprocessing
 from ehrgen.errors import SchemaError
 
@@ -306,21 +307,27 @@ def _query(
 
 def _icd9_query(modality: str, table: Table) -> EventQuery:
     system = "ICD9CM" if modality == "diagnosis" else "ICD9PROC"
-    rows = table.scan(
-        {"HADM_ID": pl.Int64, "SEQ_NUM": pl.Int64, "ICD9_CODE": pl.String}
-    ).select(
-        pl.col("HADM_ID").alias("hadm"),
-        clean_text("ICD9_CODE", upper=True).alias("code"),
-        pl.col("SEQ_NUM").alias("order"),
-        pl.lit(False).alias("bad"),
-    )
+    columns = {"HADM_ID": pl.Int64, "SEQ_NUM": pl.Int64, "ICD9_CODE": pl.String}
+
+    def derive(raw: pl.LazyFrame) -> pl.LazyFrame:
+        return raw.select(
+            pl.col("HADM_ID").alias("hadm"),
+            clean_text("ICD9_CODE", upper=True).alias("code"),
+            pl.col("SEQ_NUM").alias("order"),
+            pl.lit(False).alias("bad"),
+        )
 
     def format_codes(distinct: pl.DataFrame) -> list[str]:
         check_codes(distinct["code"], table, "ICD9_CODE")
         return [f"{system}//{c}" for c in distinct["code"].to_list()]
 
     return EventQuery(
-        modality, rows, ("code",), format_codes, lambda: time_error(table, [])
+        modality,
+        columns,
+        derive,
+        ("code",),
+        format_codes,
+        lambda: time_error(table, []),
     )
 
 
@@ -406,12 +413,15 @@ def drug_query(table: Table, drug_code: str, start: str) -> EventQuery:
     key = clean_text(column, upper=drug_code == "name")
     if drug_code == "ndc":
         key = pl.when(key.str.contains(r"^0+$")).then(None).otherwise(key)
-    rows = table.scan({hadm: pl.Int64, column: pl.String, start: pl.String}).select(
-        pl.col(hadm).alias("hadm"),
-        key.alias("code"),
-        parse_time(start).alias("order"),
-        invalid_time(start).alias("bad"),
-    )
+    columns = {hadm: pl.Int64, column: pl.String, start: pl.String}
+
+    def derive(raw: pl.LazyFrame) -> pl.LazyFrame:
+        return raw.select(
+            pl.col(hadm).alias("hadm"),
+            key.alias("code"),
+            parse_time(start).alias("order"),
+            invalid_time(start).alias("bad"),
+        )
 
     def format_codes(distinct: pl.DataFrame) -> list[str]:
         if drug_code == "name":
@@ -420,7 +430,12 @@ def drug_query(table: Table, drug_code: str, start: str) -> EventQuery:
         return [f"NDC//{c}" for c in distinct["code"].to_list()]
 
     return EventQuery(
-        "drug", rows, ("code",), format_codes, lambda: time_error(table, [start])
+        "drug",
+        columns,
+        derive,
+        ("code",),
+        format_codes,
+        lambda: time_error(table, [start]),
     )
 
 
@@ -445,29 +460,26 @@ def lab_query(
         key = key.replace_strict(
             known["itemid"].to_list(), ids, default=-key, return_dtype=pl.Int64
         )
-    columns = {subject: pl.Int64, hadm: pl.Int64, item: pl.Int64, time: pl.String}
+    columns = {hadm: pl.Int64, item: pl.Int64, time: pl.String}
+    extra = []
     number = table.name_of("valuenum")
     has_values = table.has(number)
     if has_values:
         columns[number] = pl.String
-    scan = table.scan(columns).with_columns(invalid_time(time).alias("bad"))
-    # A result that does not parse as a number is no value (MIMIC leaves some empty).
-    value = [pl.col(number).cast(pl.Float64, strict=False).alias("value")]
-    value = value if has_values else []
-    rows = scan.select(
-        pl.col(hadm).alias("hadm"),
-        key.alias("code"),
-        parse_time(time).alias("order"),
-        "bad",
-        *value,
-    )
-    orphans = None
+        # A result that does not parse as a number is no value (MIMIC leaves some
+        # empty).
+        extra.append(pl.col(number).cast(pl.Float64, strict=False).alias("value"))
     if assign_orphans:
-        orphans = scan.filter(pl.col(hadm).is_null() & ~pl.col("bad")).select(
-            pl.col(subject).alias("subject"),
+        columns[subject] = pl.Int64
+        extra.append(pl.col(subject).alias("subject"))
+
+    def derive(raw: pl.LazyFrame) -> pl.LazyFrame:
+        return raw.select(
+            pl.col(hadm).alias("hadm"),
             key.alias("code"),
             parse_time(time).alias("order"),
-            *value,
+            invalid_time(time).alias("bad"),
+            *extra,
         )
 
     def format_codes(distinct: pl.DataFrame) -> list[str]:
@@ -480,11 +492,12 @@ def lab_query(
 
     return EventQuery(
         "lab",
-        rows,
+        columns,
+        derive,
         ("code",),
         format_codes,
         lambda: time_error(table, [time]),
-        orphans,
+        assign_orphans=assign_orphans,
         values=has_values,
     )
 

@@ -21,8 +21,9 @@ Age is years at the first admission, ``anchor_age + (admission year - anchor_yea
 **capped at 90**: MIMIC-IV gives an ``anchor_age`` of 91 to every patient over 89, so
 they all read 90. Ethnicity groups, gender and insurance are as for MIMIC-III.
 
-``labevents`` has about 118M rows; it is scanned lazily and reduced while it streams
-to distinct (admission, test) pairs, about 4 bytes per pair in the cohort.
+``labevents`` has about 118M rows; it is read a block of rows at a time, each block
+reduced at once to the events of the patients it completes, about 8 bytes per event
+(code and value) in the cohort.
 """
 
 from __future__ import annotations
@@ -38,7 +39,6 @@ import polars as pl
 from ehrgen.data import Cohort
 from ehrgen.data.formats._mimic_common import (
     INVALID_ROWS,
-    EventQuery,
     Table,
     check_choice,
     check_codes,
@@ -46,10 +46,10 @@ from ehrgen.data.formats._mimic_common import (
     find_table,
     finish,
     missing_table,
-    read_events,
     read_visits,
     wanted_modalities,
 )
+from ehrgen.data.formats._mimic_events import EventQuery, read_events
 from ehrgen.data.formats.mimic3 import (
     build_mimic_cohort,
     capped_age,
@@ -250,13 +250,15 @@ def _icd_query(modality: str, table: Table) -> EventQuery:
         "icd_code": pl.String,
         "icd_version": pl.String,
     }
-    rows = table.scan(dtypes).select(
-        pl.col("hadm_id").alias("hadm"),
-        version.cast(pl.Int8, strict=False).alias("version"),
-        clean_text("icd_code", upper=True).alias("code"),
-        pl.col("seq_num").alias("order"),
-        (~valid).alias("bad"),
-    )
+
+    def derive(raw: pl.LazyFrame) -> pl.LazyFrame:
+        return raw.select(
+            pl.col("hadm_id").alias("hadm"),
+            version.cast(pl.Int8, strict=False).alias("version"),
+            clean_text("icd_code", upper=True).alias("code"),
+            pl.col("seq_num").alias("order"),
+            (~valid).alias("bad"),
+        )
 
     def format_codes(distinct: pl.DataFrame) -> list[str]:
         check_codes(distinct["code"], table, "icd_code")
@@ -274,4 +276,6 @@ def _icd_query(modality: str, table: Table) -> EventQuery:
             "Fix the value, or pass invalid_rows='drop' to drop such rows.",
         )
 
-    return EventQuery(modality, rows, ("version", "code"), format_codes, explain)
+    return EventQuery(
+        modality, dtypes, derive, ("version", "code"), format_codes, explain
+    )
