@@ -12,7 +12,12 @@ size of the parent it was forked from, so the parent here only imports and launc
 for the same cohort. Prints figures; asserts nothing. Usage::
 
     python bench/readers_bench.py [--lab-rows 1000000 10000000] [--gzip]
-        [--lab-repeats 1] [--seed 0]
+        [--lab-repeats 1] [--seed 0] [--tables DIR]
+
+``--tables DIR`` keeps the tables of each size in a folder of ``DIR`` and reads them
+again on the next run instead of writing them (for one size's figures, repeated).
+Peak memory is also given above the imports, per lab row, and as a multiple of the
+finished cohort's arrays (offsets, times, codes, static features and lab values).
 """
 
 from __future__ import annotations
@@ -262,17 +267,21 @@ def read_worker(root: str) -> None:
         cohort.event_codes,
         *cohort.static.values(),
     ]
+    values = 0 if cohort.event_values is None else cohort.event_values.nbytes
     dropped = cohort.metadata["dropped"]
     print(
         json.dumps(
             {
                 "seconds": seconds,
                 "rows": sum(v["rows"] for v in dropped.values() if isinstance(v, dict)),
+                "lab_rows": dropped.get("LABEVENTS", {}).get("rows", 0),
                 "patients": len(cohort),
                 "visits": cohort.n_visits,
                 "events": cohort.n_events,
                 "codes": len(cohort.code_values),
-                "cohort_mib": sum(a.nbytes for a in arrays) / 2**20,
+                # The finished cohort's arrays, lab values included.
+                "cohort_mib": (sum(a.nbytes for a in arrays) + values) / 2**20,
+                "values_mib": values / 2**20,
                 "rss_after_imports_mib": floor,
                 "peak_rss_mib": peak_rss_mib(),
             }
@@ -293,6 +302,7 @@ def main() -> None:
         help="Write each lab row this many times: more rows, the same cohort.",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tables", help="Keep (and reuse) the tables under DIR.")
     parser.add_argument("--write", help=argparse.SUPPRESS)  # a subprocess's side
     parser.add_argument("--read", help=argparse.SUPPRESS)  # a subprocess's side
     args = parser.parse_args()
@@ -309,18 +319,23 @@ def main() -> None:
         return
     for lab_rows in args.lab_rows:
         with tempfile.TemporaryDirectory() as tmp:
-            started = time.perf_counter()
+            name = f"{lab_rows}-x{args.lab_repeats}-s{args.seed}{'-gz' * args.gzip}"
+            root = Path(args.tables) / name if args.tables else Path(tmp)
             options = ["--lab-rows", str(lab_rows), "--seed", str(args.seed)]
             options += ["--lab-repeats", str(args.lab_repeats)]
-            counts = _run("--write", tmp, *options, *(["--gzip"] * args.gzip))
-            size = sum(p.stat().st_size for p in Path(tmp).iterdir()) / 2**20
-            print(
-                f"\n{lab_rows:,} lab rows: wrote {sum(counts.values()):,} rows "
-                f"({size:,.0f} MiB{' gzipped' if args.gzip else ''}) in "
-                f"{time.perf_counter() - started:.1f} s: "
-                + ", ".join(f"{k} {v:,}" for k, v in counts.items())
-            )
-            _report(_run("--read", tmp))
+            if not any(root.glob("PATIENTS.csv*")):
+                root.mkdir(parents=True, exist_ok=True)
+                started = time.perf_counter()
+                gz = ["--gzip"] * args.gzip
+                counts = _run("--write", str(root), *options, *gz)
+                print(
+                    f"\n{lab_rows:,} lab rows: wrote {sum(counts.values()):,} rows in "
+                    f"{time.perf_counter() - started:.1f} s: "
+                    + ", ".join(f"{k} {v:,}" for k, v in counts.items())
+                )
+            size = sum(p.stat().st_size for p in root.iterdir()) / 2**20
+            print(f"\n{lab_rows:,} lab rows: tables of {size:,.0f} MiB in {root}")
+            _report(_run("--read", str(root)))
 
 
 def _run(*args: str) -> dict:
@@ -332,15 +347,19 @@ def _run(*args: str) -> dict:
 
 
 def _report(f: dict) -> None:
+    arrays, peak = f["cohort_mib"], f["peak_rss_mib"]
+    above = peak - f["rss_after_imports_mib"]
     print(
         f"read_mimic3: {f['seconds']:.1f} s, {f['rows'] / f['seconds']:,.0f} rows/s; "
         f"cohort {f['patients']:,} patients, {f['visits']:,} visits, "
-        f"{f['events']:,} events, {f['codes']:,} codes ({f['cohort_mib']:,.1f} MiB "
-        f"of arrays)"
+        f"{f['events']:,} events, {f['codes']:,} codes ({arrays:,.1f} MiB of arrays, "
+        f"{f['values_mib']:,.1f} MiB of them lab values)"
     )
     print(
-        f"peak RSS {f['peak_rss_mib']:,.0f} MiB (after imports "
-        f"{f['rss_after_imports_mib']:,.0f} MiB)"
+        f"peak RSS {peak:,.0f} MiB (after imports {f['rss_after_imports_mib']:,.0f} "
+        f"MiB; {above:,.0f} MiB above, {above * 2**20 / max(f['lab_rows'], 1):,.1f} B "
+        f"per lab row): {peak / arrays:,.1f}x the cohort's arrays, "
+        f"{above / arrays:,.1f}x above imports"
     )
 
 
