@@ -17,6 +17,7 @@ from ehrgen.models.time_values import (
     TimeValueModel,
     fit_time_values,
 )
+from ehrgen.models.time_values.bins import bin_levels
 from ehrgen.models.time_values.model import _replaced
 
 CKD = ("ICD9CM//5853", "ICD9CM//5854", "ICD9CM//5855")
@@ -71,24 +72,42 @@ def _creatinine_difference(cohort: Cohort) -> float:
 @given(
     st.lists(st.floats(-1e6, 1e6), min_size=1, max_size=200),
     st.integers(2, 12),
+    st.booleans(),
     st.floats(0, 0.999),
 )
-def test_a_number_drawn_in_a_bin_falls_back_in_that_bin(values, n_bins, u):
-    bins = QuantileBins.fit(np.array(values), n_bins)
-    chosen = np.arange(n_bins)
-    drawn = bins.draw(chosen, np.full(n_bins, u))
+def test_a_number_drawn_in_a_bin_falls_back_in_that_bin(values, n_bins, tails, u):
+    bins = QuantileBins.fit(np.array(values), bin_levels(n_bins, tails))
+    chosen = np.arange(bins.n_classes)
+    drawn = bins.draw(chosen, np.full(bins.n_classes, u))
     assert np.all(np.diff(drawn) >= 0)
     edges = bins.edges
-    # Inside its bin's edges (equal edges make a bin a single point).
-    assert np.all(drawn[1:] >= edges - 1e-9 * (1 + abs(edges)))
-    assert np.all(drawn[:-1] <= edges + 1e-9 * (1 + abs(edges)))
+    # Inside its bin's edges (equal edges make a bin a single point), give or take
+    # the rounding to the values' resolution.
+    slack = 1e-9 * (1 + abs(edges))
+    if bins.decimals is not None:
+        slack += 0.5 * 10.0**-bins.decimals
+    assert np.all(drawn[1:] >= edges - slack)
+    assert np.all(drawn[:-1] <= edges + slack)
     assert QuantileBins.from_dict(bins.to_dict()) == bins
 
 
-def test_deciles_hold_a_tenth_of_the_values_each():
+def test_each_bin_holds_its_share_of_the_values():
+    """Each bin holds its share of the values (levels are those of the values
+    between the 1st and 99th percentiles: 0.02 is the 2.96th percentile), and
+    discrete values tied at edges are spread over the bins they span."""
     values = np.random.default_rng(0).lognormal(3, 1, 10_000)
-    counts = np.bincount(QuantileBins.fit(values).bin(values), minlength=10)
-    assert counts.min() > 900 and counts.max() < 1100
+    levels = bin_levels(10)
+    share = np.diff([0, *(0.01 + 0.98 * np.array(levels)), 1])
+    bins = QuantileBins.fit(values, levels)
+    counts = np.bincount(bins.bin(values), minlength=bins.n_classes)
+    np.testing.assert_allclose(counts / len(values), share, atol=0.006)
+    whole = np.round(np.random.default_rng(1).normal(140, 3, 10_000))
+    bins = QuantileBins.fit(whole, levels)
+    rng = np.random.default_rng(2)
+    counts = np.bincount(bins.bin(whole, rng), minlength=bins.n_classes)
+    np.testing.assert_allclose(counts / len(whole), share, atol=0.03)
+    drawn = bins.draw(bins.bin(whole, rng), rng.random(len(whole)))
+    assert np.all(drawn == np.round(drawn))  # whole numbers stay whole
 
 
 def test_config_errors_name_the_parameter():
@@ -120,8 +139,8 @@ def test_the_model_learns_gaps_and_each_measured_lab(model, cohorts):
     assert model.gap_bins is not None
     figures = model.perplexity(test)
     # Better than a uniform guess on held-out patients, for both.
-    assert figures["gap_perplexity"] < model.config.n_bins
-    assert figures["value_perplexity"] < model.config.n_bins - 1
+    assert figures["gap_perplexity"] < model.n_classes
+    assert figures["value_perplexity"] < model.n_classes - 1
     assert figures["gaps_scored"] == test.n_visits - len(test)
 
 

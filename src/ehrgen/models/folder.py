@@ -405,14 +405,14 @@ def _time_values_line(fitted: Fitted) -> str:
     if "gap_perplexity" in facts:
         figures = (
             f" Held-out perplexity: gaps {facts['gap_perplexity']:.2f} of "
-            f"{model.config.n_bins} classes, lab values "
-            f"{facts['value_perplexity']:.2f} of {model.config.n_bins + 1}."
+            f"{model.n_classes} classes, lab values "
+            f"{facts['value_perplexity']:.2f} of {model.n_classes + 1}."
         )
     gaps = "visit gaps" if model.gap_bins is not None else "no visit gaps"
     return (
         f"- Visit times and lab values: a model trained beside the generator "
         f"samples {gaps} and the values of {len(model.labs)} labs given each "
-        f"patient's codes ({model.config.n_bins} quantile bins each).{figures}"
+        f"patient's codes ({model.n_classes} quantile bins each).{figures}"
     )
 
 

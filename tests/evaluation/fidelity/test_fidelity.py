@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from ehrgen.data import Cohort, Patient, Visit
-from ehrgen.data.demo import demo_cohort
+from ehrgen.data.demo import demo_cohort, demo_truth
 from ehrgen.errors import ConfigError
 from ehrgen.evaluation.fidelity import KINDS, fidelity
 from ehrgen.evaluation.fidelity import _stats as _fidelity_stats
@@ -408,7 +408,7 @@ def test_lab_values_are_compared_for_the_most_measured_codes():
     values."""
     cohort = demo_cohort(300, seed=0)
     same = fidelity(cohort, cohort).distributions
-    rows = [name for name in same if name.startswith("value/")]
+    rows = [name for name in same if name.startswith("value/") and "|" not in name]
     assert len(rows) == 5 and "value/Potassium" in rows
     assert all(same[name]["ks"] == 0 for name in rows)
     scaled = fidelity(cohort, _replaced(cohort, event_values=cohort.event_values * 1.5))
@@ -419,3 +419,57 @@ def test_lab_values_are_compared_for_the_most_measured_codes():
     bare = fidelity(cohort, _replaced(cohort, event_values=None))
     assert not any(name.startswith("value/") for name in bare.distributions)
     assert any(note.startswith("value/*") for note in bare.notes)
+
+
+def test_gaps_are_compared_by_visit_and_after_the_codes_that_change_them():
+    """Check the gap rows: per visit index, and after the codes whose next gap
+    differs most (on the demo, acute events); gaps shuffled across visits keep
+    the overall distribution but lose the gap after an acute event."""
+    cohort = demo_cohort(600, seed=0)
+    same = fidelity(cohort, cohort).distributions
+    for t in (2, 3, 4):
+        assert same[f"gap_days/visit_{t}"]["ks"] == 0
+    after = [name for name in same if name.startswith("gap_days | after ")]
+    assert len(after) == 3
+    acute = set(demo_truth().acute_codes)
+    chosen = {name.removeprefix("gap_days | after ") for name in after}
+    assert chosen & acute
+    code = sorted(chosen & acute)[0]
+    assert (
+        same[f"gap_days | after {code}"]["real_mean"]
+        < 0.5 * same["gap_days"]["real_mean"]
+    )
+    rng = np.random.default_rng(0)
+    later = np.flatnonzero(np.diff(cohort.visit_patient) == 0) + 1
+    gaps = cohort.visit_times[later] - cohort.visit_times[later - 1]
+    starts = cohort.visit_times[cohort.visit_offsets[:-1]]
+    shuffled = rng.permutation(gaps)
+    seconds = np.zeros(cohort.n_visits, dtype="timedelta64[us]")
+    seconds[later] = shuffled
+    first = np.repeat(starts, np.diff(cohort.visit_offsets))
+    offsets = np.cumsum(seconds.astype(np.int64))
+    offsets -= np.repeat(
+        offsets[cohort.visit_offsets[:-1]], np.diff(cohort.visit_offsets)
+    )
+    times = first + offsets.astype("timedelta64[us]")
+    result = fidelity(cohort, _replaced(cohort, visit_times=times)).distributions
+    assert result["gap_days"]["ks"] < 0.01
+    assert result[f"gap_days | after {code}"]["ks"] > 0.3
+
+
+def test_lab_values_are_compared_at_the_code_that_shifts_them_most():
+    """Check the value/<lab> | <code> rows: on the demo, creatinine's is a CKD
+    code; values shuffled among a lab's measurements keep the lab's distribution
+    but lose its shift at that code."""
+    cohort = demo_cohort(600, seed=0)
+    same = fidelity(cohort, cohort).distributions
+    (row,) = [name for name in same if name.startswith("value/Creatinine | ")]
+    assert row.split(" | ")[1] in {"ICD9CM//5853", "ICD9CM//5854", "ICD9CM//5855"}
+    assert same[row]["ks"] == 0
+    assert same[row]["real_mean"] > same["value/Creatinine"]["real_mean"] + 1
+    values = cohort.event_values.copy()
+    creatinine = np.flatnonzero(cohort.code_values[cohort.event_codes] == "Creatinine")
+    values[creatinine] = np.random.default_rng(0).permutation(values[creatinine])
+    result = fidelity(cohort, _replaced(cohort, event_values=values)).distributions
+    assert result["value/Creatinine"]["ks"] == 0
+    assert result[row]["ks"] > 0.3

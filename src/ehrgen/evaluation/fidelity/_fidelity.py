@@ -443,14 +443,7 @@ def _distributions(
             "gap_days: left out, a cohort has placeholder visit times (no real dates)."
         )
     else:
-        day = np.timedelta64(1, "D")
-        out["gap_days"] = compare(
-            *(
-                (cohort.visit_times[c.has_next + 1] - cohort.visit_times[c.has_next])
-                / day
-                for cohort, c in pairs
-            )
-        )
+        out.update(_gap_distributions(real, synthetic))
     if real.event_values is not None and synthetic.event_values is None:
         notes.append(
             "value/*: left out, the synthetic cohort has no numeric values (its model "
@@ -459,6 +452,72 @@ def _distributions(
     elif real.event_values is not None:
         out.update(_value_distributions(real, synthetic))
     return out
+
+
+#: visit indices (1-based) whose preceding gap gets a ``gap_days/visit_<t>`` row.
+GAP_VISITS = (2, 3, 4)
+#: how many codes get a ``gap_days | after <code>`` or ``value/<lab> | <code>`` row.
+TOP_CONDITIONS = 3
+#: the fewest real occurrences a code needs to be chosen for such a row.
+MIN_CONDITION_COUNT = 30
+
+
+def _gaps(cohort: Cohort) -> tuple[np.ndarray, np.ndarray]:
+    """(V-1,) gap in days after each visit (NaN after a patient's last), and (V,)
+    each visit's 1-based index within its patient."""
+    days = cohort.visit_times.astype("datetime64[s]").astype(np.int64) / 86400.0
+    gaps = np.diff(days)
+    gaps[np.diff(cohort.visit_patient) != 0] = np.nan
+    starts = np.repeat(cohort.visit_offsets[:-1], np.diff(cohort.visit_offsets))
+    return gaps, np.arange(cohort.n_visits) - starts + 1
+
+
+def _visits_with(cohort: Cohort, code: str) -> np.ndarray:
+    """(V,) whether each visit holds ``code`` (in any modality)."""
+    out = np.zeros(cohort.n_visits, dtype=bool)
+    hit = np.flatnonzero(cohort.code_values == code)
+    out[cohort.event_visit[np.isin(cohort.event_codes, hit)]] = True
+    return out
+
+
+def _gap_distributions(real: Cohort, synthetic: Cohort) -> dict[str, dict]:
+    """``gap_days`` overall, before the 2nd-4th visits, and after the visits holding
+    each of the real cohort's codes whose following gap differs most from the
+    usual one (an acute event brings the next visit sooner)."""
+    (real_gaps, real_index), (gaps, index) = _gaps(real), _gaps(synthetic)
+    out = {"gap_days": compare(real_gaps[~np.isnan(real_gaps)], gaps[~np.isnan(gaps)])}
+    for t in GAP_VISITS:
+        # The gap before visit t follows visit t - 1.
+        out[f"gap_days/visit_{t}"] = compare(
+            real_gaps[(real_index[:-1] == t - 1) & ~np.isnan(real_gaps)],
+            gaps[(index[:-1] == t - 1) & ~np.isnan(gaps)],
+        )
+    for code in _gap_conditions(real, real_gaps):
+        before_real = _visits_with(real, code)[:-1] & ~np.isnan(real_gaps)
+        before = _visits_with(synthetic, code)[:-1] & ~np.isnan(gaps)
+        out[f"gap_days | after {code}"] = compare(real_gaps[before_real], gaps[before])
+    return out
+
+
+def _gap_conditions(real: Cohort, gaps: np.ndarray) -> list[str]:
+    """The codes after whose visits the median gap differs most (by log ratio)
+    from the median of all gaps, among codes before at least
+    ``MIN_CONDITION_COUNT`` gaps."""
+    known = ~np.isnan(gaps)
+    if known.sum() < MIN_CONDITION_COUNT:
+        return []
+    events = np.flatnonzero(known[np.minimum(real.event_visit, len(gaps) - 1)])
+    events = events[real.event_visit[events] < len(gaps)]
+    code_gap = gaps[real.event_visit[events]]
+    codes = real.event_codes[events]
+    overall = np.median(gaps[known])
+    scores = []
+    for code in np.unique(codes).tolist():
+        mine = code_gap[codes == code]
+        if len(mine) >= MIN_CONDITION_COUNT and overall > 0:
+            ratio = abs(np.log(max(np.median(mine), 1e-9) / overall))
+            scores.append((-ratio, str(real.code_values[code])))
+    return [code for _, code in sorted(scores)[:TOP_CONDITIONS]]
 
 
 #: how many codes with values get a ``value/<code>`` row (the most measured ones).
@@ -478,12 +537,62 @@ def _value_distributions(real: Cohort, synthetic: Cohort) -> dict[str, dict]:
     synthetic_codes, synthetic_values = valued(synthetic)
     names, counts = np.unique(real_codes, return_counts=True)
     top = names[np.lexsort((names, -counts))][:TOP_VALUED_CODES]
-    return {
+    out = {
         f"value/{code}": compare(
             real_values[real_codes == code], synthetic_values[synthetic_codes == code]
         )
         for code in top.tolist()
     }
+    for lab in top.tolist():
+        condition = _value_condition(real, lab)
+        if condition is not None:
+            out[f"value/{lab} | {condition}"] = compare(
+                _values_at(real, lab, condition), _values_at(synthetic, lab, condition)
+            )
+    return out
+
+
+def _lab_events(cohort: Cohort, lab: str) -> np.ndarray:
+    """The events of code ``lab`` that carry a value."""
+    hit = np.flatnonzero(cohort.code_values == lab)
+    events = np.flatnonzero(np.isin(cohort.event_codes, hit))
+    return events[np.isfinite(cohort.event_values[events])]
+
+
+def _values_at(cohort: Cohort, lab: str, condition: str) -> np.ndarray:
+    """The values of ``lab`` at visits that also hold ``condition``."""
+    events = _lab_events(cohort, lab)
+    at = _visits_with(cohort, condition)[cohort.event_visit[events]]
+    return cohort.event_values[events[at]]
+
+
+def _value_condition(real: Cohort, lab: str) -> str | None:
+    """The code whose presence at a visit shifts ``lab``'s mean value most (in
+    standard deviations), among codes at ``MIN_CONDITION_COUNT`` or more of its
+    measurements and absent from at least as many."""
+    events = _lab_events(real, lab)
+    values = real.event_values[events].astype(np.float64)
+    if len(values) < 2 * MIN_CONDITION_COUNT or values.std() == 0:
+        return None
+    visit_row = np.full(real.n_visits, -1)
+    visit_row[real.event_visit[events]] = np.arange(len(events))
+    # Every (measurement, other code at its visit) pair.
+    row = visit_row[real.event_visit]
+    keep = row >= 0
+    pairs_row, pairs_code = row[keep], real.event_codes[keep]
+    own = real.code_values[pairs_code] == lab
+    pairs_row, pairs_code = pairs_row[~own], pairs_code[~own]
+    n = np.bincount(pairs_code, minlength=len(real.code_values))
+    total = np.bincount(pairs_code, weights=values[pairs_row], minlength=len(n))
+    chosen = (n >= MIN_CONDITION_COUNT) & (len(values) - n >= MIN_CONDITION_COUNT)
+    if not chosen.any():
+        return None
+    with_mean = total[chosen] / n[chosen]
+    without_mean = (values.sum() - total[chosen]) / (len(values) - n[chosen])
+    shift = np.abs(with_mean - without_mean) / values.std()
+    candidates = np.flatnonzero(chosen)
+    best = candidates[np.lexsort((real.code_values[candidates], -shift))[0]]
+    return str(real.code_values[best])
 
 
 def _demographics(

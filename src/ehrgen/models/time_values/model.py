@@ -4,11 +4,11 @@ synthetic patients given their codes.
 Every generator writes codes; this model, trained beside it on the same cohort, adds
 what the codes leave out:
 
-* **the gap before each visit**, one of ``n_bins`` quantile bins of the training gaps
+* **the gap before each visit**, one of 14 quantile bins of the training gaps
   (:class:`~ehrgen.models.time_values.bins.QuantileBins`), given that visit's codes,
   the previous visit's codes, all earlier codes, the visit's index, the previous gap
   and the baseline features: a visit after an acute event can come sooner;
-* **each lab's result**, one of ``n_bins`` quantile bins of that lab's training
+* **each lab's result**, one of 14 quantile bins of that lab's training
   results or "no value", given the same context and the lab's latest earlier result:
   creatinine can be high in a patient with a kidney-disease code.
 
@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from ehrgen.data import Cohort, CohortSchema
-from ehrgen.models.time_values.bins import QuantileBins
+from ehrgen.models.time_values.bins import QuantileBins, bin_levels
 from ehrgen.models.time_values.config import TimeValueConfig
 
 __all__ = ["TimeValueConfig", "TimeValueModel", "fit_time_values"]
@@ -68,7 +68,9 @@ class TimeValueModel:
         gap_bins: the bins of the gap in days (None: no gap model).
         labs: ``(modality, code)`` of the labs with a value model.
         lab_bins: their bins, in the same order.
-        network: the :class:`~ehrgen.models.time_values.network.TimeValueNet`.
+        network: a ``torch.nn.ModuleDict`` of
+            :class:`~ehrgen.models.time_values.network.TimeValueNet`: ``"gap"``
+            and ``"lab"``, each present when the model learns it.
         facts: held-out perplexities and training sizes.
     """
 
@@ -88,7 +90,12 @@ class TimeValueModel:
     @property
     def gap_classes(self) -> int:
         """How many gap classes the network has (0 without a gap model)."""
-        return 0 if self.gap_bins is None else self.config.n_bins
+        return 0 if self.gap_bins is None else self.n_classes
+
+    @property
+    def n_classes(self) -> int:
+        """Bins per quantity (the value classes add one: "no value")."""
+        return len(bin_levels(self.config.n_bins, self.config.tails)) + 1
 
     # ---- sampling
 
@@ -111,14 +118,18 @@ class TimeValueModel:
         values = np.full(cohort.n_events, np.nan, dtype=np.float32)
         generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
         quantiles = np.array([b.quantiles for b in self.lab_bins]).reshape(-1, 99)
+        decimals = np.array(
+            [-1 if b.decimals is None else b.decimals for b in self.lab_bins], int
+        )
         network = self.network.eval()
         with torch.no_grad():
             for start in range(0, len(cohort), chunk_patients):
                 patients = np.arange(start, min(start + chunk_patients, len(cohort)))
                 batch = arrays.batch(patients)
                 self._sample_batch(
-                    batch, network, generator, rng, gap_days, values, quantiles
-                )
+                    batch, network, generator, rng, gap_days, values,
+                    (quantiles, decimals),
+                )  # fmt: skip
         times = cohort.visit_times
         if do_gaps:
             times = _times_from_gaps(cohort, gap_days)
@@ -127,25 +138,28 @@ class TimeValueModel:
         )
 
     def _sample_batch(self, batch, network, generator, rng, gap_days, values,
-                      quantiles) -> None:  # fmt: skip
+                      tables) -> None:  # fmt: skip
+        """Sample one batch visit index by visit index: a visit's gap is read by the
+        next visit's networks as its previous gap."""
         import torch
 
-        n_bins = self.config.n_bins
-        prefix = network.code_prefix(torch.as_tensor(batch.codes))
+        n_classes, (quantiles, decimals) = self.n_classes, tables
+        codes = torch.as_tensor(batch.codes)
+        prefixes = {name: net.code_prefix(codes) for name, net in network.items()}
         previous_gap = np.full(len(batch.visits), self.gap_classes, dtype=np.int64)
-        latest = np.full((len(batch.patients), max(len(self.labs), 1)), n_bins + 1)
         for t in range(int(batch.index.max()) + 1 if len(batch.index) else 0):
             rows = np.flatnonzero(batch.index == t)
-            states = network.visit_states(
-                prefix,
+            inputs = (
                 torch.as_tensor(batch.ranges[rows]),
                 torch.as_tensor(batch.index[rows]),
                 torch.as_tensor(previous_gap[rows]),
                 batch.categorical[rows],
                 batch.numerical[rows],
             )
-            if self.gap_bins is not None and t > 0:
-                chosen = _sample(network.gap_logits(states), generator)
+            if "gap" in network and t > 0:
+                net = network["gap"]
+                states = net.visit_states(prefixes["gap"], *inputs)
+                chosen = _sample(net.gap_logits(states), generator)
                 gap_days[batch.visits[rows]] = self.gap_bins.draw(
                     chosen, rng.random(len(rows))
                 )
@@ -153,48 +167,49 @@ class TimeValueModel:
                 nxt = np.minimum(rows + 1, len(batch.visits) - 1)
                 follows = (rows + 1 < len(batch.visits)) & (batch.index[nxt] == t + 1)
                 previous_gap[nxt[follows]] = chosen[follows]
-            if not len(self.labs):
+            if "lab" not in network:
                 continue
             lab_rows = np.flatnonzero(np.isin(batch.lab_visit, rows))
             if not len(lab_rows):
                 continue
+            net = network["lab"]
+            states = net.visit_states(prefixes["lab"], *inputs)
             local = np.searchsorted(rows, batch.lab_visit[lab_rows])
             labs = batch.lab[lab_rows]
-            owner = batch.visit_patient[batch.lab_visit[lab_rows]]
-            logits = network.value_logits(
-                states[torch.as_tensor(local)],
-                torch.as_tensor(labs),
-                torch.as_tensor(latest[owner, labs]),
+            logits = net.value_logits(
+                states[torch.as_tensor(local)], torch.as_tensor(labs)
             )
             chosen = _sample(logits, generator)
-            measured = chosen < n_bins
-            drawn = _draw_rows(quantiles, labs[measured], chosen[measured], rng, n_bins)
-            events = batch.lab_event[lab_rows]
-            values[events[measured]] = drawn
-            latest[owner, labs] = chosen
+            measured = chosen < n_classes
+            drawn = _draw_rows(
+                quantiles, decimals, labs[measured], chosen[measured], rng,
+                self.lab_bins[0].levels,
+            )  # fmt: skip
+            values[batch.lab_event[lab_rows][measured]] = drawn
 
     # ---- scoring
 
     def perplexity(self, cohort: Cohort) -> dict[str, float | int]:
         """Held-out figures on ``cohort``: perplexity of the gap classes and of the
-        value classes (``n_bins + 1`` per lab: its bins and "no value"), with the
-        number of gaps and lab events scored. A uniform guess scores ``n_bins``
-        (gaps) and ``n_bins + 1`` (values)."""
+        value classes (:attr:`n_classes` + 1 per lab: its bins and "no value"),
+        with the number of gaps and lab events scored. A uniform guess scores
+        :attr:`n_classes` (gaps) and :attr:`n_classes` + 1 (values)."""
         import torch
 
         arrays = _Arrays(self, cohort)
-        totals = np.zeros(4)
+        totals = {"gap": np.zeros(2), "lab": np.zeros(2)}
         network = self.network.eval()
         with torch.no_grad():
             for start in range(0, len(cohort), 2048):
                 batch = arrays.batch(np.arange(start, min(start + 2048, len(cohort))))
-                gap, n_gap, value, n_value = _losses(network, batch)
-                totals += [float(gap), n_gap, float(value), n_value]
+                for name, net in network.items():
+                    loss, count = _loss(net, name, batch)
+                    totals[name] += [float(loss), count]
         return {
-            "gap_perplexity": _exp(totals[0], totals[1]),
-            "gaps_scored": int(totals[1]),
-            "value_perplexity": _exp(totals[2], totals[3]),
-            "lab_events_scored": int(totals[3]),
+            "gap_perplexity": _exp(*totals["gap"]),
+            "gaps_scored": int(totals["gap"][1]),
+            "value_perplexity": _exp(*totals["lab"]),
+            "lab_events_scored": int(totals["lab"][1]),
         }
 
     # ---- persistence
@@ -284,7 +299,10 @@ def fit_time_values(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         model.network = _network(model, fit_on)
-        _train(model, fit_on, held_out, rng)
+        arrays = _Arrays(model, fit_on, rng)
+        checked = None if held_out is None else _Arrays(model, held_out)
+        for name, net in model.network.items():
+            _train(net, name, config, arrays, checked, rng)
     facts = {"train_patients": len(fit_on)}
     if held_out is not None:
         facts.update(held_out_patients=len(held_out), **model.perplexity(held_out))
@@ -298,7 +316,7 @@ def _gap_bins(cohort: Cohort, config: TimeValueConfig) -> QuantileBins | None:
     gaps = _gaps_in_days(cohort)[1]
     if len(gaps) < config.min_values:
         return None
-    return QuantileBins.fit(gaps, config.n_bins)
+    return QuantileBins.fit(gaps, bin_levels(config.n_bins, config.tails))
 
 
 def _gaps_in_days(cohort: Cohort) -> tuple[np.ndarray, np.ndarray]:
@@ -319,7 +337,8 @@ def _labs(cohort: Cohort, config: TimeValueConfig):
     for code in np.flatnonzero(counts >= config.min_values).tolist():
         chosen = finite & (cohort.event_codes == code)
         labs.append((modalities[cohort.code_modality[code]], cohort.code_values[code]))
-        bins.append(QuantileBins.fit(cohort.event_values[chosen], config.n_bins))
+        levels = bin_levels(config.n_bins, config.tails)
+        bins.append(QuantileBins.fit(cohort.event_values[chosen], levels))
     return tuple(labs), tuple(bins)
 
 
@@ -335,74 +354,90 @@ def _vocabulary(cohort: Cohort, limit: int) -> tuple[tuple[str, str], ...]:
 
 
 def _network(model: TimeValueModel, train: Cohort | None = None) -> Any:
+    """The ``ModuleDict`` of the model's networks (see :class:`TimeValueModel`),
+    with the numerical features standardised on ``train`` when given."""
     import torch
+    from torch import nn
 
     from ehrgen.models.time_values.network import TimeValueNet
 
-    schema = model.schema
-    network = TimeValueNet(
-        n_codes=len(model.codes),
-        cardinalities=[len(c) for c in schema.categorical.values()],
-        n_numerical=len(schema.numerical),
-        n_gap_bins=model.gap_classes,
-        n_value_codes=len(model.labs),
-        n_value_bins=model.config.n_bins,
-        dim=model.config.dim,
-        hidden=model.config.hidden,
-        dropout=model.config.dropout,
-    )
+    schema, config = model.schema, model.config
+    tasks = {"gap": model.gap_bins is not None, "lab": bool(model.labs)}
+    networks = nn.ModuleDict()
+    for name in (name for name, wanted in tasks.items() if wanted):
+        networks[name] = TimeValueNet(
+            n_codes=len(model.codes),
+            cardinalities=[len(c) for c in schema.categorical.values()],
+            n_numerical=len(schema.numerical),
+            n_gap_bins=model.gap_classes,
+            n_value_codes=len(model.labs) if name == "lab" else 0,
+            n_value_bins=model.n_classes,
+            dim=config.dim,
+            hidden=config.hidden,
+            dropout=config.dropout,
+        )
     if train is not None and schema.numerical:
         numbers = np.stack([train.static[n] for n in schema.numerical], 1)
-        mean = np.nanmean(np.where(np.isfinite(numbers), numbers, np.nan), 0)
-        std = np.nanstd(np.where(np.isfinite(numbers), numbers, np.nan), 0)
-        network.static.set_standardisation(
-            torch.as_tensor(mean, dtype=torch.float32),
-            torch.as_tensor(std, dtype=torch.float32),
-        )
-    return network
+        numbers = np.where(np.isfinite(numbers), numbers, np.nan)
+        mean = torch.as_tensor(np.nanmean(numbers, 0), dtype=torch.float32)
+        std = torch.as_tensor(np.nanstd(numbers, 0), dtype=torch.float32)
+        for net in networks.values():
+            net.static.set_standardisation(mean, std)
+    return networks
 
 
-def _train(model: TimeValueModel, train: Cohort, held_out: Cohort | None, rng):
+def _train(network, task: str, config: TimeValueConfig, arrays, checked, rng):
+    """Train one network on its task, keeping the epoch with the best held-out
+    loss and stopping after ``config.patience`` epochs without progress."""
     import torch
 
-    network, config = model.network, model.config
     optimizer = torch.optim.AdamW(
         network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
     )
-    arrays = _Arrays(model, train)
-    checked = None if held_out is None else _Arrays(model, held_out)
-    best, best_state = math.inf, None
+    n_patients = len(arrays.cohort)
+    best, best_state, waited = math.inf, None, 0
     for _ in range(config.epochs):
         network.train()
-        order = rng.permutation(len(train))
-        for start in range(0, len(order), config.batch_patients):
+        order = rng.permutation(n_patients)
+        for start in range(0, n_patients, config.batch_patients):
             batch = arrays.batch(np.sort(order[start : start + config.batch_patients]))
-            gap, n_gap, value, n_value = _losses(network, batch)
-            loss = gap / max(n_gap, 1) + value / max(n_value, 1)
-            if not loss.requires_grad:
+            loss, count = _loss(network, task, batch)
+            if not count:
                 continue
             optimizer.zero_grad()
-            loss.backward()
+            (loss / count).backward()
             optimizer.step()
-        if checked is not None:
-            network.eval()
-            with torch.no_grad():
-                batch = checked.batch(np.arange(len(held_out)))
-                gap, n_gap, value, n_value = _losses(network, batch)
-                score = float(gap) / max(n_gap, 1) + float(value) / max(n_value, 1)
-            if score < best:
-                best, best_state = score, copy.deepcopy(network.state_dict())
+        if checked is None:
+            continue
+        network.eval()
+        with torch.no_grad():
+            everyone = np.arange(len(checked.cohort))
+            loss, count = _loss(network, task, checked.batch(everyone))
+        score = float(loss) / max(count, 1)
+        if score < best:
+            best, best_state, waited = score, copy.deepcopy(network.state_dict()), 0
+        else:
+            waited += 1
+            if waited >= config.patience:
+                break
     if best_state is not None:
         network.load_state_dict(best_state)
     network.eval()
 
 
-def _losses(network, batch):
-    """Summed cross-entropies (nats) and counts: gaps, then lab events."""
+def _loss(network, task: str, batch):
+    """The summed cross-entropy (nats) of one task on a batch, and its count."""
     import torch
     import torch.nn.functional as F
 
     prefix = network.code_prefix(torch.as_tensor(batch.codes))
+    if task == "gap":
+        targets = torch.as_tensor(batch.gap_target)
+        count = int((targets != _NO_GAP).sum())
+        if not count:
+            return prefix.new_zeros(()), 0
+    elif not len(batch.lab):
+        return prefix.new_zeros(()), 0
     states = network.visit_states(
         prefix,
         torch.as_tensor(batch.ranges),
@@ -411,25 +446,15 @@ def _losses(network, batch):
         batch.categorical,
         batch.numerical,
     )
-    gap = states.new_zeros(())
-    targets = torch.as_tensor(batch.gap_target)
-    n_gap = int((targets != _NO_GAP).sum())
-    if network.n_gap_bins and n_gap:
-        gap = F.cross_entropy(
-            network.gap_logits(states), targets, ignore_index=_NO_GAP, reduction="sum"
-        )
-    value = states.new_zeros(())
-    n_value = len(batch.lab)
-    if n_value:
-        logits = network.value_logits(
-            states[torch.as_tensor(batch.lab_visit)],
-            torch.as_tensor(batch.lab),
-            torch.as_tensor(batch.lab_previous),
-        )
-        value = F.cross_entropy(
-            logits, torch.as_tensor(batch.lab_target), reduction="sum"
-        )
-    return gap, n_gap, value, n_value
+    if task == "gap":
+        logits = network.gap_logits(states)
+        loss = F.cross_entropy(logits, targets, ignore_index=_NO_GAP, reduction="sum")
+        return loss, count
+    logits = network.value_logits(
+        states[torch.as_tensor(batch.lab_visit)], torch.as_tensor(batch.lab)
+    )
+    target = torch.as_tensor(batch.lab_target)
+    return F.cross_entropy(logits, target, reduction="sum"), len(batch.lab)
 
 
 # --------------------------------------------------------------------------- arrays
@@ -452,15 +477,21 @@ class _Batch:
     lab_event: np.ndarray  # (L,) cohort event index of each lab event
     lab_visit: np.ndarray  # (L,) local visit
     lab: np.ndarray  # (L,) value-model index
-    lab_target: np.ndarray  # (L,) bin, or n_bins for "no value"
-    lab_previous: np.ndarray  # (L,) latest earlier class, n_bins + 1 for none
+    lab_target: np.ndarray  # (L,) bin, or n_classes for "no value"
 
 
 class _Arrays:
     """A cohort in the model's terms, computed once; batches are slices of it."""
 
-    def __init__(self, model: TimeValueModel, cohort: Cohort) -> None:
-        n_bins = model.config.n_bins
+    def __init__(
+        self,
+        model: TimeValueModel,
+        cohort: Cohort,
+        rng: np.random.Generator | None = None,
+    ) -> None:
+        """``rng`` spreads values tied at bin edges at random (training targets);
+        without it they go to the middle bin."""
+        n_bins = model.n_classes
         self.cohort = cohort
         modalities = cohort.schema.modalities
         keys = [
@@ -475,14 +506,14 @@ class _Arrays:
         gap_target = np.full(cohort.n_visits, _NO_GAP, dtype=np.int64)
         if model.gap_bins is not None and not cohort.times_are_placeholders:
             later, gaps = _gaps_in_days(cohort)
-            gap_target[later] = model.gap_bins.bin(gaps)
+            gap_target[later] = model.gap_bins.bin(gaps, rng)
         self.gap_target = gap_target
         # "No previous gap" is the class after the last one (0 without a gap model).
         self.previous_gap = np.full(cohort.n_visits, model.gap_classes, np.int64)
         later = np.flatnonzero(self.index > 0)
         known = gap_target[later - 1] != _NO_GAP
         self.previous_gap[later[known]] = gap_target[later - 1][known]
-        # Lab events, in event order, with their class and the lab's previous one.
+        # Lab events, in event order, with their class.
         lab_of_code = {code: i for i, code in enumerate(model.labs)}
         lab_table = np.array([lab_of_code.get(k, -1) for k in keys], np.int64)
         event_lab = lab_table[cohort.event_codes] if len(keys) else np.zeros(0, int)
@@ -494,14 +525,11 @@ class _Arrays:
             finite = np.isfinite(measured)
             for i, bins in enumerate(model.lab_bins):
                 chosen = finite & (self.lab == i)
-                target[chosen] = bins.bin(measured[chosen])
+                target[chosen] = bins.bin(measured[chosen], rng)
         self.lab_target = target
         self.event_visit = cohort.event_visit
         event_patient = cohort.visit_patient[self.event_visit]
         self.lab_patient = event_patient[self.lab_event]
-        self.lab_previous = _previous_in_group(
-            self.lab_patient * max(len(model.labs), 1) + self.lab, target, n_bins + 1
-        )
         self.lab_offsets = np.searchsorted(
             self.lab_patient, np.arange(len(cohort) + 1), side="left"
         )
@@ -550,7 +578,6 @@ class _Arrays:
             lab_visit=lab_visit,
             lab=self.lab[labs],
             lab_target=self.lab_target[labs],
-            lab_previous=self.lab_previous[labs],
         )
 
 
@@ -577,16 +604,6 @@ def _concat_ranges(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     return np.arange(int(sizes.sum()), dtype=np.int64) + starts
 
 
-def _previous_in_group(group: np.ndarray, value: np.ndarray, none: int) -> np.ndarray:
-    """Each entry's previous value among entries of the same group (in array
-    order), ``none`` for the first of its group."""
-    order = np.argsort(group, kind="stable")
-    out = np.full(len(group), none, dtype=np.int64)
-    same = group[order][1:] == group[order][:-1]
-    out[order[1:][same]] = value[order[:-1][same]]
-    return out
-
-
 def _sample(logits, generator) -> np.ndarray:
     import torch
 
@@ -594,15 +611,19 @@ def _sample(logits, generator) -> np.ndarray:
     return torch.multinomial(probabilities, 1, generator=generator)[:, 0].numpy()
 
 
-def _draw_rows(quantiles, labs, bins, rng, n_bins) -> np.ndarray:
+def _draw_rows(quantiles, decimals, labs, bins, rng, levels) -> np.ndarray:
     """A number inside bin ``bins[i]`` of lab ``labs[i]`` for every i, vectorised
-    over labs (the same interpolation as :meth:`QuantileBins.draw`)."""
-    level = (bins + rng.random(len(bins))) / n_bins * (quantiles.shape[1] - 1)
+    over labs (what :meth:`QuantileBins.draw` does for one; ``decimals`` per lab,
+    -1 for no rounding; every lab has the same bin ``levels``)."""
+    bounds = np.array([0.0, *levels, 1.0])
+    level = bounds[bins] + rng.random(len(bins)) * (bounds[bins + 1] - bounds[bins])
+    level = level * (quantiles.shape[1] - 1)
     low = np.minimum(np.floor(level).astype(np.int64), quantiles.shape[1] - 2)
     frac = level - low
-    return (quantiles[labs, low] * (1 - frac) + quantiles[labs, low + 1] * frac).astype(
-        np.float32
-    )
+    drawn = quantiles[labs, low] * (1 - frac) + quantiles[labs, low + 1] * frac
+    scale = 10.0 ** decimals[labs].clip(min=0)
+    rounded = np.round(drawn * scale) / scale
+    return np.where(decimals[labs] >= 0, rounded, drawn).astype(np.float32)
 
 
 def _times_from_gaps(cohort: Cohort, gap_days: np.ndarray) -> np.ndarray:

@@ -1,4 +1,6 @@
-"""The network of the time-and-value model: a visit's context -> its gap and lab bins.
+"""The networks of the time-and-value model: a visit's context -> its gap or its
+labs' bins (one network for each, so that each stops training at its own best
+epoch: a few thousand noisy gaps overfit long before the lab results do).
 
 A visit is read as five vectors of width ``dim``: the mean embedding of its own codes,
 of the previous visit's codes and of every earlier visit's codes, its index within
@@ -6,8 +8,10 @@ the patient plus the bin of the gap before the previous visit, and the patient's
 baseline features (the PromptEHR featurizer, summed over features). An MLP turns them
 into the visit's state; a linear head gives the logits of the gap before the visit.
 Each lab event of the visit gets logits over its value bins plus one class "no
-value", from the visit's state, the lab's own embedding and the bin of that lab's
-latest earlier result in the patient (results of one lab are correlated over time).
+value", from the visit's state and the lab's own embedding. The lab's earlier
+results are left out on purpose: trained on real histories, a network leans on them
+(a stage-5 kidney patient's creatinine was high at the last visit) and not on the
+codes, and then at generation it continues its own earlier draws and drifts.
 
 Code sums come from prefix sums over a batch's flat event embeddings, so a visit's
 history costs two lookups whatever its length.
@@ -31,8 +35,9 @@ class TimeValueNet(nn.Module):
     Args:
         n_codes: codes the model reads (id 0 is "any other code").
         cardinalities, n_numerical: the baseline features (as PromptFeaturizer's).
-        n_gap_bins: gap classes (0: the model has no gaps).
-        n_value_codes: labs with a value model (0: none).
+        n_gap_bins: gap classes, read (the previous gap) and predicted (0: the
+            model has no gaps).
+        n_value_codes: labs with a value model (0: none, a network for gaps).
         n_value_bins: value classes per lab, "no value" excluded.
         max_index: visit indices from this one on share an embedding.
         dim, hidden: the widths.
@@ -69,10 +74,8 @@ class TimeValueNet(nn.Module):
         )
         self.gap_head = nn.Linear(hidden, max(n_gap_bins, 1))
         self.value_code = nn.Embedding(max(n_value_codes, 1), dim)
-        # Bins, then "no value" at the latest earlier event, then "never measured".
-        self.previous_value = nn.Embedding(n_value_bins + 2, dim)
         self.value_head = nn.Sequential(
-            nn.Linear(hidden + 2 * dim, hidden),
+            nn.Linear(hidden + dim, hidden),
             nn.GELU(),
             nn.Linear(hidden, n_value_bins + 1),
         )
@@ -115,11 +118,7 @@ class TimeValueNet(nn.Module):
         """(N, n_gap_bins) logits of the gap before each visit."""
         return self.gap_head(states)
 
-    def value_logits(
-        self, states: torch.Tensor, lab: torch.Tensor, previous: torch.Tensor
-    ) -> torch.Tensor:
+    def value_logits(self, states: torch.Tensor, lab: torch.Tensor) -> torch.Tensor:
         """(L, n_value_bins + 1) logits of L lab events: ``states`` (L, hidden) of
-        their visits, ``lab`` (L,) their value-model index, ``previous`` (L,) the bin
-        of the lab's latest earlier result (see the module docstring)."""
-        inputs = [states, self.value_code(lab), self.previous_value(previous)]
-        return self.value_head(torch.cat(inputs, 1))
+        their visits, ``lab`` (L,) their value-model index."""
+        return self.value_head(torch.cat([states, self.value_code(lab)], 1))
