@@ -215,3 +215,25 @@ def test_importing_evaluate_is_light():
         [sys.executable, "-c", script], capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_gaps_and_values_reach_the_report(real, tmp_path):
+    """Check that a model with a model of gaps and values gets that model's
+    held-out perplexity in the facts and the report, and that the report plots
+    gaps and lab values when the cohorts carry them."""
+    from ehrgen.models.time_values import TimeValueConfig, fit_time_values
+
+    train, held_out, synthetic = real
+    model = StubModel()
+    model.time_values_ = fit_time_values(
+        demo_cohort(200, seed=3), TimeValueConfig(epochs=2)
+    )
+    result = evaluate(model, train, held_out, synthetic,
+                      suites="perplexity,fidelity", n_resamples=5)  # fmt: skip
+    figures = result.facts["time_values_perplexity"]
+    assert figures["gaps_scored"] == held_out.n_visits - len(held_out)
+    assert 1 < figures["gap_perplexity"] < 3 * figures["classes"]
+    write_report(result, tmp_path / "report")
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert page.count("Visit gaps and lab values") == 2  # perplexity, fidelity
+    assert 'alt="visit gaps and lab values"' in page

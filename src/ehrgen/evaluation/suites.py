@@ -191,6 +191,12 @@ def evaluate(
         say("perplexity of the held-out patients")
         with _timed(timings, "perplexity"):
             evaluation.perplexity = _perplexity(model, held_out, n_resamples, seed)
+            time_values = getattr(model, "time_values_", None)
+            if time_values is not None:
+                evaluation.facts["time_values_perplexity"] = {
+                    **time_values.perplexity(held_out),
+                    "classes": time_values.n_classes,
+                }
     if "fidelity" in suites:
         from ehrgen.evaluation.fidelity import fidelity
 

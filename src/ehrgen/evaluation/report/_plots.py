@@ -135,6 +135,58 @@ def demographics(cohorts: Mapping[str, Cohort]) -> bytes | None:
         return png(fig)
 
 
+def gaps_and_values(cohorts: Mapping[str, Cohort], n_labs: int = 4) -> bytes | None:
+    """Days between visits (log scale) and the values of the real cohort's most
+    measured labs, real vs each synthetic mode; None when no cohort has real
+    times or values."""
+    panels: list[tuple[str, dict[str, np.ndarray]]] = []
+    if not any(c.times_are_placeholders for c in cohorts.values()):
+        gaps = {}
+        for name, cohort in cohorts.items():
+            days = cohort.visit_times.astype("datetime64[s]").astype(np.int64) / 86400
+            later = np.diff(cohort.visit_patient) == 0
+            gaps[name] = np.log10(np.maximum(np.diff(days)[later], 1e-3))
+        panels.append(("days between visits (log10)", gaps))
+    first = next(iter(cohorts.values()))
+    if first.event_values is not None:
+        measured = np.isfinite(first.event_values)
+        codes, counts = np.unique(
+            first.code_values[first.event_codes[measured]], return_counts=True
+        )
+        for lab in codes[np.argsort(-counts, kind="stable")][:n_labs].tolist():
+            values = {}
+            for name, cohort in cohorts.items():
+                if cohort.event_values is None:
+                    continue
+                events = np.isin(
+                    cohort.event_codes, np.flatnonzero(cohort.code_values == lab)
+                )
+                chosen = cohort.event_values[events]
+                values[name] = chosen[np.isfinite(chosen)]
+            panels.append((str(lab), values))
+    if not panels:
+        return None
+    with figure(len(panels), width=3.4) as (fig, axes):
+        for ax, (title, samples) in zip(axes, panels):
+            pooled = np.concatenate([v for v in samples.values() if len(v)] or [[0]])
+            low, high = np.percentile(pooled, [0.5, 99.5])
+            bins = np.linspace(low, high if high > low else low + 1, 31)
+            for i, (name, values) in enumerate(samples.items()):
+                colour = REAL if i == 0 else MODE_COLOURS[(i - 1) % 4]
+                ax.hist(
+                    np.clip(values, bins[0], bins[-1]),
+                    bins=bins,
+                    density=True,
+                    histtype="step",
+                    linewidth=1.4,
+                    color=colour,
+                    label=name.replace("_", " "),
+                )
+            ax.set(title=title, ylabel="density")
+            ax.legend(fontsize=7)
+        return png(fig)
+
+
 def curves(panels: Sequence[tuple[str, Sequence[Any]]]) -> bytes:
     """One panel per title, with its curves; ROC panels get the chance diagonal."""
     with figure(len(panels), width=3.6, height=3.6) as (fig, axes):

@@ -247,6 +247,7 @@ def _fidelity(evaluation: Evaluation) -> str:
             _plots.count_histograms(_real_and_synthetic(evaluation)), "distributions"
         ),
         _distribution_table(evaluation),
+        _gaps_and_values(evaluation),
         "<h3>Demographics</h3>",
         _image(_plots.demographics(_real_and_synthetic(evaluation)), "demographics"),
         "<h3>Can a classifier tell real from synthetic?</h3>",
@@ -278,12 +279,27 @@ def _distribution_table(evaluation: Evaluation) -> str:
         label = f"{name} ({note})" if note and name in VISIT_COUNT_FIGURES else name
         row = [label, _number(figures["real_mean"], 2)]
         row += [
-            _number(r.distributions[name]["synthetic_mean"], 2)
+            _number(r.distributions.get(name, {}).get("synthetic_mean"), 2)
             for r in results.values()
         ]
-        row += [_number(r.distributions[name]["ks"]) for r in results.values()]
+        row += [
+            _number(r.distributions.get(name, {}).get("ks")) for r in results.values()
+        ]
         rows.append(row)
     return _table(header, rows)
+
+
+def _gaps_and_values(evaluation: Evaluation) -> str:
+    picture = _plots.gaps_and_values(_real_and_synthetic(evaluation))
+    if picture is None:
+        return ""
+    return (
+        "<h3>Visit gaps and lab values</h3>"
+        + _image(picture, "visit gaps and lab values")
+        + '<p class="note">Rows gap_days and value/ of the table above: overall, '
+        "before the 2nd-4th visits, after the codes whose next gap differs most, "
+        "and each lab at the code that shifts its values most.</p>"
+    )
 
 
 def _real_and_synthetic(evaluation: Evaluation) -> dict[str, Any]:
@@ -332,7 +348,35 @@ def _perplexity(evaluation: Evaluation) -> str:
         "visits, mpl: given those and the visit's other modalities "
         "(METHOD.md, Table 2).</p>"
     )
-    return note + _table(["modality", *names], rows)
+    table = _table(["modality", *names], rows)
+    return note + table + _time_value_perplexity(evaluation)
+
+
+def _time_value_perplexity(evaluation: Evaluation) -> str:
+    figures = evaluation.facts.get("time_values_perplexity")
+    if not figures:
+        return ""
+    rows = [
+        [
+            "gap before a visit",
+            _number(figures["gap_perplexity"], 2),
+            figures["classes"],
+            f"{figures['gaps_scored']:,}",
+        ],
+        [
+            "lab value (or none)",
+            _number(figures["value_perplexity"], 2),
+            figures["classes"] + 1,
+            f"{figures['lab_events_scored']:,}",
+        ],
+    ]
+    return (
+        "<h3>Visit gaps and lab values</h3>"
+        '<p class="note">Perplexity of the classes the model of gaps and values '
+        "chooses among (quantile bins), on the held-out patients given their "
+        "codes; a uniform guess scores the number of classes.</p>"
+        + _table(["quantity", "perplexity", "classes", "scored"], rows)
+    )
 
 
 def _privacy(evaluation: Evaluation) -> str:
