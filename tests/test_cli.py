@@ -221,8 +221,20 @@ def test_train_and_resume(monkeypatch, capsys, tmp_path):
     assert code == 0, err
     model = PromptEHR.from_pretrained(model_dir)
     assert model.training_.train_patients == 32 and model.training_.val_patients == 4
+    assert model.time_values_ is not None
+    assert (model_dir / "time_values.safetensors").is_file()
     code, _, err = run(monkeypatch, capsys, *args)
     assert code == 2 and "already holds a model" in err
+    bare_dir = tmp_path / "bare"
+    code, _, err = run(
+        monkeypatch, capsys, *args[:2], "--out", str(bare_dir), *args[4:],
+        "--epochs", "1", "--no-times", "--no-values",
+    )  # fmt: skip
+    assert code == 0, err
+    bare = PromptEHR.from_pretrained(bare_dir)
+    assert bare.time_values_ is None
+    assert not (bare_dir / "time_values.safetensors").exists()
+    assert bare.generate(5, seed=0).event_values is None
     checkpoint = sorted((model_dir / "training" / "checkpoints").iterdir())[-1]
     code, _, err = run(
         monkeypatch,

@@ -269,3 +269,18 @@ def test_a_training_cohort_with_a_reserved_id_is_refused():
     for name in MODELS:
         with pytest.raises(SchemaError, match="reserved for synthetic patients"):
             build_model(name, "tiny").fit(cohort, training=TrainingConfig(epochs=1))
+
+
+def test_generated_patients_get_gaps_and_lab_values(fitted):
+    """Check that every model's generated patients carry the gaps and lab values
+    of its model of gaps and values: values on its labs only, times strictly
+    increasing within each patient."""
+    _, model = fitted
+    assert model.time_values_ is not None
+    labs = {code for _, code in model.time_values_.labs}
+    cohort = model.generate(40, seed=1)
+    measured = np.isfinite(cohort.event_values)
+    assert measured.any()
+    assert set(cohort.code_values[cohort.event_codes[measured]]) <= labs
+    same_patient = np.diff(cohort.visit_patient) == 0
+    assert np.all(np.diff(cohort.visit_times)[same_patient] > np.timedelta64(0))
