@@ -41,7 +41,6 @@ from ehrgen.data import Cohort
 from ehrgen.data.demo import demo_cohort, demo_truth
 from ehrgen.models.population import Population
 from ehrgen.models.time_values import fit_time_values
-from ehrgen.models.time_values.model import _replaced
 
 CKD = ("ICD9CM//5853", "ICD9CM//5854", "ICD9CM//5855")
 
@@ -99,7 +98,7 @@ def main() -> None:
     model = fit_time_values(train)
     fit_seconds = time.perf_counter() - began
     began = time.perf_counter()
-    codes_only = _replaced(test, event_values=None)
+    codes_only = test.replace(event_values=None)
     annotated = model.annotate(codes_only, rng)
     annotate_seconds = time.perf_counter() - began
     columns = {"empirical quantiles / marginal (today)": None,

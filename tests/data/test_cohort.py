@@ -180,3 +180,20 @@ def test_builder_rejects_duplicate_ids_and_mixed_times():
     builder.add("2", {}, [(datetime(2020, 1, 1), {"diagnosis": ["a"]})])
     with pytest.raises(SchemaError, match="some visits have times and others do not"):
         builder.build()
+
+
+def test_replace_changes_only_what_it_is_given():
+    """Check that Cohort.replace shares the other arrays, checks the new ones, and
+    names an unknown field."""
+    from ehrgen.data.demo import demo_cohort
+
+    cohort = demo_cohort(10, seed=0)
+    values = np.zeros(cohort.n_events, np.float32)
+    replaced = cohort.replace(event_values=values)
+    assert replaced.event_codes is cohort.event_codes
+    np.testing.assert_array_equal(replaced.event_values, values)
+    assert replaced.replace(event_values=None).event_values is None
+    with pytest.raises(SchemaError, match="event_values"):
+        cohort.replace(event_values=values[:-1])
+    with pytest.raises(TypeError, match="'event_value'"):
+        cohort.replace(event_value=values)

@@ -18,7 +18,6 @@ from ehrgen.models.time_values import (
     fit_time_values,
 )
 from ehrgen.models.time_values.bins import bin_levels
-from ehrgen.models.time_values.model import _replaced
 
 CKD = ("ICD9CM//5853", "ICD9CM//5854", "ICD9CM//5855")
 
@@ -38,8 +37,8 @@ def model(cohorts) -> TimeValueModel:
 def _stripped(cohort: Cohort) -> Cohort:
     """The cohort's codes alone: placeholder-free times one day apart, no values."""
     days = np.arange(cohort.n_visits).astype("timedelta64[D]")
-    return _replaced(
-        cohort, event_values=None, visit_times=np.datetime64("2100-01-01") + days
+    return cohort.replace(
+        event_values=None, visit_times=np.datetime64("2100-01-01") + days
     )
 
 
@@ -122,7 +121,7 @@ def test_config_errors_name_the_parameter():
 
 def test_nothing_to_learn_gives_no_model(cohorts):
     train = cohorts[0]
-    placeholders = _replaced(train, event_values=None, times_are_placeholders=True)
+    placeholders = train.replace(event_values=None, times_are_placeholders=True)
     assert fit_time_values(placeholders) is None
     assert fit_time_values(train, TimeValueConfig(times=False, values=False)) is None
 

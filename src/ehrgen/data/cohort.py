@@ -396,21 +396,32 @@ class Cohort:
                 f"with_patient_ids needs {len(self)} unique ids, one per patient. "
                 f"Got {len(ids)} ids, {len(set(ids.tolist()))} of them distinct."
             )
-        return Cohort(
-            schema=self.schema,
-            patient_ids=ids,
-            static=self.static,
-            visit_offsets=self.visit_offsets,
-            visit_times=self.visit_times,
-            event_offsets=self.event_offsets,
-            event_codes=self.event_codes,
-            event_values=self.event_values,
-            code_values=self.code_values,
-            code_modality=self.code_modality,
-            times_are_placeholders=self.times_are_placeholders,
-            labels=self.labels,
-            metadata=self.metadata,
-        )
+        return self.replace(patient_ids=ids)
+
+    #: The constructor's arguments, which :meth:`replace` copies or replaces.
+    _FIELDS = (
+        "schema", "patient_ids", "static", "visit_offsets", "visit_times",
+        "event_offsets", "event_codes", "event_values", "code_values",
+        "code_modality", "times_are_placeholders", "labels", "metadata",
+    )  # fmt: skip
+
+    def replace(self, **changes: Any) -> Cohort:
+        """A cohort with some constructor arguments changed (checked again), the
+        others shared with this one.
+
+        Example:
+            >>> p = Patient("a", {}, (Visit({"diagnosis": ("4019",)}),))
+            >>> measured = Cohort.from_patients([p]).replace(event_values=[5.0])
+            >>> measured[0].visits[0].values
+            {'diagnosis': {'4019': 5.0}}
+        """
+        unknown = sorted(set(changes) - set(self._FIELDS))
+        if unknown:
+            raise TypeError(
+                f"Cohort.replace got unknown field {unknown[0]!r}; fields are "
+                f"{list(self._FIELDS)}."
+            )
+        return Cohort(**{name: getattr(self, name) for name in self._FIELDS} | changes)
 
     def split(self, fractions: Sequence[float], seed: int = 0) -> tuple[Cohort, ...]:
         """Split by patient into disjoint cohorts of the given fractions.

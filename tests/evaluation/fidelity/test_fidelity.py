@@ -90,19 +90,10 @@ def _r2(truth, prediction) -> float:
 def _shuffled(cohort: Cohort, seed: int = 0) -> Cohort:
     """The same patients with every code renamed to another code of the vocabulary."""
     perm = np.random.default_rng(seed).permutation(len(cohort.code_values))
-    return _replaced(
-        cohort,
+    return cohort.replace(
         code_values=cohort.code_values[perm],
         code_modality=cohort.code_modality[perm],
     )
-
-
-def _replaced(cohort: Cohort, **changes) -> Cohort:
-    """The cohort with some of its arrays replaced."""
-    names = ("schema", "patient_ids", "static", "visit_offsets", "visit_times",
-             "event_offsets", "event_codes", "event_values", "code_values",
-             "code_modality")  # fmt: skip
-    return Cohort(**{name: getattr(cohort, name) for name in names} | changes)
 
 
 @pytest.fixture(scope="module")
@@ -411,12 +402,12 @@ def test_lab_values_are_compared_for_the_most_measured_codes():
     rows = [name for name in same if name.startswith("value/") and "|" not in name]
     assert len(rows) == 5 and "value/Potassium" in rows
     assert all(same[name]["ks"] == 0 for name in rows)
-    scaled = fidelity(cohort, _replaced(cohort, event_values=cohort.event_values * 1.5))
+    scaled = fidelity(cohort, cohort.replace(event_values=cohort.event_values * 1.5))
     for name in rows:
         figures = scaled.distributions[name]
         assert figures["ks"] > 0.3, name
         assert figures["synthetic_mean"] == pytest.approx(1.5 * figures["real_mean"])
-    bare = fidelity(cohort, _replaced(cohort, event_values=None))
+    bare = fidelity(cohort, cohort.replace(event_values=None))
     assert not any(name.startswith("value/") for name in bare.distributions)
     assert any(note.startswith("value/*") for note in bare.notes)
 
@@ -452,7 +443,7 @@ def test_gaps_are_compared_by_visit_and_after_the_codes_that_change_them():
         offsets[cohort.visit_offsets[:-1]], np.diff(cohort.visit_offsets)
     )
     times = first + offsets.astype("timedelta64[us]")
-    result = fidelity(cohort, _replaced(cohort, visit_times=times)).distributions
+    result = fidelity(cohort, cohort.replace(visit_times=times)).distributions
     assert result["gap_days"]["ks"] < 0.01
     assert result[f"gap_days | after {code}"]["ks"] > 0.3
 
@@ -470,6 +461,6 @@ def test_lab_values_are_compared_at_the_code_that_shifts_them_most():
     values = cohort.event_values.copy()
     creatinine = np.flatnonzero(cohort.code_values[cohort.event_codes] == "Creatinine")
     values[creatinine] = np.random.default_rng(0).permutation(values[creatinine])
-    result = fidelity(cohort, _replaced(cohort, event_values=values)).distributions
+    result = fidelity(cohort, cohort.replace(event_values=values)).distributions
     assert result["value/Creatinine"]["ks"] == 0
     assert result[row]["ks"] > 0.3

@@ -19,7 +19,6 @@ classifier's test scores (:func:`label_scores`).
 
 from __future__ import annotations
 
-import copy
 import math
 import warnings
 from collections.abc import Sequence
@@ -31,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ehrgen._early_stopping import BestWeights
 from ehrgen.data import Cohort
 
 __all__ = [
@@ -497,7 +497,7 @@ def _train(
     (patients, validation), network = split, predictor.network
     lengths = np.diff(train.visit_offsets)
     optimiser = torch.optim.Adam(network.parameters(), lr=config.learning_rate)
-    best, best_state, waited = math.inf, None, 0
+    keeper = BestWeights(config.patience)
     for epoch in range(epochs):
         network.train()
         total, steps = 0.0, 0
@@ -510,16 +510,9 @@ def _train(
         predictor.epochs_run, predictor.train_loss = epoch + 1, total / max(steps, 1)
         if not len(validation):
             continue
-        value = _mean_loss(predictor, train, validation, is_example)
-        if value < best:
-            best, best_state, waited = value, copy.deepcopy(network.state_dict()), 0
-        else:
-            waited += 1
-            if waited >= config.patience:
-                break
-    if best_state is not None:
-        network.load_state_dict(best_state)
-    network.eval()
+        if keeper.update(network, _mean_loss(predictor, train, validation, is_example)):
+            break
+    keeper.restore(network)
 
 
 # --------------------------------------------------------------------------- others

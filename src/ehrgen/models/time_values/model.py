@@ -32,7 +32,6 @@ figures (:meth:`TimeValueModel.perplexity`); code perplexity stays the generator
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import os
@@ -43,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from ehrgen._early_stopping import BestWeights
 from ehrgen.data import Cohort, CohortSchema
 from ehrgen.models.time_values.bins import QuantileBins, bin_levels
 from ehrgen.models.time_values.config import TimeValueConfig
@@ -133,8 +133,8 @@ class TimeValueModel:
         times = cohort.visit_times
         if do_gaps:
             times = _times_from_gaps(cohort, gap_days)
-        return _replaced(
-            cohort, visit_times=times, event_values=values if self.labs else None
+        return cohort.replace(
+            visit_times=times, event_values=values if self.labs else None
         )
 
     def _sample_batch(self, batch, network, generator, rng, gap_days, values,
@@ -395,7 +395,7 @@ def _train(network, task: str, config: TimeValueConfig, arrays, checked, rng):
         network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
     )
     n_patients = len(arrays.cohort)
-    best, best_state, waited = math.inf, None, 0
+    keeper = BestWeights(config.patience)
     for _ in range(config.epochs):
         network.train()
         order = rng.permutation(n_patients)
@@ -413,16 +413,9 @@ def _train(network, task: str, config: TimeValueConfig, arrays, checked, rng):
         with torch.no_grad():
             everyone = np.arange(len(checked.cohort))
             loss, count = _loss(network, task, checked.batch(everyone))
-        score = float(loss) / max(count, 1)
-        if score < best:
-            best, best_state, waited = score, copy.deepcopy(network.state_dict()), 0
-        else:
-            waited += 1
-            if waited >= config.patience:
-                break
-    if best_state is not None:
-        network.load_state_dict(best_state)
-    network.eval()
+        if keeper.update(network, float(loss) / max(count, 1)):
+            break
+    keeper.restore(network)
 
 
 def _loss(network, task: str, batch):
@@ -638,25 +631,6 @@ def _times_from_gaps(cohort: Cohort, gap_days: np.ndarray) -> np.ndarray:
         np.diff(cohort.visit_offsets),
     )
     return first[patient] + offsets.astype("timedelta64[s]")
-
-
-def _replaced(cohort: Cohort, **changes: Any) -> Cohort:
-    fields = dict(
-        schema=cohort.schema,
-        patient_ids=cohort.patient_ids,
-        static=cohort.static,
-        visit_offsets=cohort.visit_offsets,
-        visit_times=cohort.visit_times,
-        event_offsets=cohort.event_offsets,
-        event_codes=cohort.event_codes,
-        code_values=cohort.code_values,
-        code_modality=cohort.code_modality,
-        event_values=cohort.event_values,
-        times_are_placeholders=cohort.times_are_placeholders,
-        labels=cohort.labels,
-        metadata=cohort.metadata,
-    )
-    return Cohort(**{**fields, **changes})
 
 
 def _exp(total: float, count: float) -> float:
