@@ -133,6 +133,9 @@ class Cohort:
             where it has none; None when no event has one.
         code_values: (C,) object array of code strings.
         code_modality: (C,) int8 index of each code's modality in ``schema.modalities``.
+        code_units: (C,) object array, the unit of each code's values (``"mg/dL"``;
+            None for a code without one); None when no code has one. A code keeps
+            one unit: readers take the most frequent among its results.
         labels: name -> (P,) float32 patient-level outcomes (not features: a model is
             never conditioned on them), NaN when missing.
         metadata: free-form facts about the source (JSON-ready).
@@ -151,6 +154,7 @@ class Cohort:
         code_values: np.ndarray,
         code_modality: np.ndarray,
         event_values: np.ndarray | None = None,
+        code_units: np.ndarray | Sequence[str | None] | None = None,
         times_are_placeholders: bool = False,
         labels: Mapping[str, np.ndarray] | None = None,
         metadata: Mapping[str, Any] | None = None,
@@ -177,6 +181,7 @@ class Cohort:
         )
         self.code_values = _frozen(np.asarray(code_values, dtype=object))
         self.code_modality = _frozen(np.asarray(code_modality, dtype=np.int8))
+        self.code_units = None if code_units is None else _frozen(_units(code_units))
         self.times_are_placeholders = bool(times_are_placeholders)
         self.labels = {
             k: _frozen(np.asarray(v, dtype=np.float32))
@@ -192,6 +197,11 @@ class Cohort:
             "visit_offsets": (self.visit_offsets, n + 1),
             "event_offsets": (self.event_offsets, len(self.visit_times) + 1),
             "code_modality": (self.code_modality, len(self.code_values)),
+            **(
+                {}
+                if self.code_units is None
+                else {"code_units": (self.code_units, len(self.code_values))}
+            ),
             **(
                 {}
                 if self.event_values is None
@@ -292,6 +302,7 @@ class Cohort:
                 np.array_equal(v, other.labels[k], equal_nan=True)
                 for k, v in self.labels.items()
             )
+            and self.units() == other.units()
             and all(a == b for a, b in zip(self, other))
         )
 
@@ -377,6 +388,7 @@ class Cohort:
             else self.event_values[event_idx],
             code_values=self.code_values,
             code_modality=self.code_modality,
+            code_units=self.code_units,
             times_are_placeholders=self.times_are_placeholders,
             labels={k: v[idx] for k, v in self.labels.items()},
             metadata=self.metadata,
@@ -402,8 +414,28 @@ class Cohort:
     _FIELDS = (
         "schema", "patient_ids", "static", "visit_offsets", "visit_times",
         "event_offsets", "event_codes", "event_values", "code_values",
-        "code_modality", "times_are_placeholders", "labels", "metadata",
+        "code_modality", "code_units", "times_are_placeholders", "labels",
+        "metadata",
     )  # fmt: skip
+
+    def units(self) -> dict[tuple[str, str], str]:
+        """``(modality, code) -> unit`` of every code of the events that has one.
+
+        Example:
+            >>> p = Patient("a", {}, (Visit({"lab": ("Creatinine",)}),))
+            >>> cohort = Cohort.from_patients([p])
+            >>> cohort.replace(code_units=["mg/dL"]).units()
+            {('lab', 'Creatinine'): 'mg/dL'}
+        """
+        if self.code_units is None:
+            return {}
+        modalities = self.schema.modalities
+        used = np.unique(self.event_codes)
+        return {
+            (modalities[self.code_modality[c]], str(self.code_values[c])): str(unit)
+            for c, unit in zip(used.tolist(), self.code_units[used].tolist())
+            if unit is not None
+        }
 
     def replace(self, **changes: Any) -> Cohort:
         """A cohort with some constructor arguments changed (checked again), the
@@ -498,6 +530,13 @@ class Cohort:
             },
             times_are_placeholders=self.times_are_placeholders,
         )
+
+
+def _units(units: Any) -> np.ndarray:
+    """Units as an object array, None (never NaN or "") where a code has none."""
+    return np.array(
+        [u if isinstance(u, str) and u else None for u in list(units)], dtype=object
+    )
 
 
 def _frozen(array: np.ndarray) -> np.ndarray:

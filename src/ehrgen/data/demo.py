@@ -754,4 +754,11 @@ class _Simulation:
                 "age": float(self.age0[p]),
             }
             builder.add(str(p), static, visits)
-        return builder.build(metadata=metadata)
+        cohort = builder.build(metadata=metadata)
+        lab = cohort.schema.modalities.index("lab")
+        labs = self.truth.lab_values
+        units = [
+            labs[code].unit if m == lab and code in labs else None
+            for code, m in zip(cohort.code_values, cohort.code_modality.tolist())
+        ]
+        return cohort.replace(code_units=units)

@@ -385,10 +385,19 @@ def _select(
         event_values=None if cohort.event_values is None else cohort.event_values[keep],
         code_values=codes.values[used],
         code_modality=codes.modality[used],
+        code_units=None if cohort.code_units is None else _units(cohort, codes)[used],
         times_are_placeholders=cohort.times_are_placeholders,
         labels={k: v[patients] for k, v in cohort.labels.items()},
         metadata=cohort.metadata,
     )
+
+
+def _units(cohort: Cohort, codes: _Vocabulary) -> np.ndarray:
+    """(C,) the unit of each new code: that of an old code mapped to it."""
+    units = np.full(len(codes.values), None, dtype=object)
+    old = np.flatnonzero(codes.new_id >= 0)
+    units[codes.new_id[old]] = cohort.code_units[old]
+    return units
 
 
 def _sizes(cohort: Cohort) -> dict[str, Any]:
