@@ -167,13 +167,10 @@ def main() -> None:
         else:
             cells.append(f"{creatinine_difference(cohort):.2f}")
     print(f"| mg/dL | {creatinine_difference(test):.2f} | " + " | ".join(cells) + " |")
-    facts = model.facts
     print(
         f"\nModel of gaps and values: fit {fit_seconds:.1f} s on {args.train:,} "
         f"patients; sampling {args.test:,} patients {annotate_seconds:.2f} s; "
-        f"held-out perplexity gaps {facts['gap_perplexity']:.2f} of "
-        f"{model.n_classes}, values {facts['value_perplexity']:.2f} of "
-        f"{model.n_classes + 1}."
+        f"{model.held_out_summary()}."
     )
     print(f"Run time: {time.perf_counter() - start:.1f} s")
 

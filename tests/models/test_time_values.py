@@ -157,6 +157,10 @@ def test_annotating_keeps_codes_and_first_times_and_is_reproducible(model, cohor
     is_lab = np.isin(a.code_values[a.event_codes], list(labs))
     assert not has_value[~is_lab].any()
     assert has_value[is_lab].mean() > 0.95  # every demo lab has a result
+    units = a.units()
+    trained = cohorts[0].units()
+    assert all(units[lab] == trained[lab] for lab in model.labs if lab in units)
+    assert units[("lab", "Creatinine")] == "mg/dL"
 
 
 def test_times_only_and_values_only(cohorts):
@@ -195,3 +199,56 @@ def test_save_and_load_give_the_same_samples(model, cohorts, tmp_path):
     assert model.annotate(codes_only, np.random.default_rng(1)) == loaded.annotate(
         codes_only, np.random.default_rng(1)
     )
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.one_of(st.sampled_from([0.5, 1.0, 7.0]), st.floats(-50, 50)),
+        min_size=1,
+        max_size=300,
+    ),
+    st.lists(st.floats(-100, 100), min_size=2, max_size=20),
+)
+def test_bins_never_decrease_as_values_grow(values, probes):
+    """Check that bin and level are monotone in the value, tied runs and values
+    outside the table included (a floor value repeated, as labs have)."""
+    bins = QuantileBins.fit(np.array(values), bin_levels(10))
+    probes = np.sort(np.concatenate([probes, values]))
+    levels = bins.levels_of(probes)
+    assert np.all(np.diff(levels) >= -1e-12)
+    assert np.all(np.diff(bins.bin(probes)) >= 0)
+    assert np.all((levels >= 0) & (levels <= 1))
+
+
+def test_generation_draws_as_the_bins_do(model):
+    """Check that the vectorised draw generation uses equals QuantileBins.draw."""
+    from ehrgen.models.time_values.model import _draw_rows
+
+    quantiles = np.array([b.quantiles for b in model.lab_bins])
+    decimals = np.array(
+        [-1 if b.decimals is None else b.decimals for b in model.lab_bins]
+    )
+    labs = np.repeat(np.arange(len(model.labs)), model.n_classes)
+    chosen = np.tile(np.arange(model.n_classes), len(model.labs))
+    drawn = _draw_rows(quantiles, decimals, labs, chosen, np.random.default_rng(4),
+                       model.lab_bins[0].levels)  # fmt: skip
+    u = np.random.default_rng(4).random(len(labs))
+    expected = [model.lab_bins[lab].draw(np.array([b]), np.array([x]))[0]
+                for lab, b, x in zip(labs, chosen, u)]  # fmt: skip
+    np.testing.assert_allclose(drawn, expected, rtol=1e-6)
+
+
+def test_a_validation_cohort_without_gaps_does_not_stop_training(cohorts):
+    """Check that a validation cohort with nothing of a task to score (one visit
+    per patient: no gap) lets that network train every epoch, and that the facts
+    hold no figure for it."""
+    train = cohorts[0][:300]
+    one_visit = cohorts[1].select(
+        np.flatnonzero(np.diff(cohorts[1].visit_offsets) == 1)
+    )
+    model = fit_time_values(train, TimeValueConfig(epochs=6, patience=1), one_visit)
+    assert model.facts["epochs"]["gap"] == 6
+    assert model.facts["epochs"]["lab"] <= 6
+    assert "gap_perplexity" not in model.facts
+    assert model.facts["value_perplexity"] > 1

@@ -231,13 +231,8 @@ def train(
     best = f", best validation perplexity {ppl:.2f}" if ppl is not None else ""
     console.print(f"[green]Saved[/green] the model to [bold]{out}[/bold]{best}.")
     if getattr(model, "time_values_", None) is not None:
-        facts = model.time_values_.facts
-        held_out = (
-            f" (held-out perplexity: gaps {facts['gap_perplexity']:.2f}, lab values "
-            f"{facts['value_perplexity']:.2f})"
-            if "gap_perplexity" in facts
-            else ""
-        )
+        summary = model.time_values_.held_out_summary()
+        held_out = f" ({summary})" if summary else ""
         console.print(f"Visit gaps and lab values: {model.time_values_!r}{held_out}.")
     if model.privacy_ is not None:
         console.print(

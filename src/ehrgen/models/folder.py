@@ -400,14 +400,8 @@ def _time_values_line(fitted: Fitted) -> str:
             "- Visit times: the first visit's date and the gaps drawn from the "
             "training population's quantiles; no lab values."
         )
-    facts = model.facts
-    figures = ""
-    if "gap_perplexity" in facts:
-        figures = (
-            f" Held-out perplexity: gaps {facts['gap_perplexity']:.2f} of "
-            f"{model.n_classes} classes, lab values "
-            f"{facts['value_perplexity']:.2f} of {model.n_classes + 1}."
-        )
+    summary = model.held_out_summary()
+    figures = f" {summary[0].upper()}{summary[1:]}." if summary else ""
     gaps = "visit gaps" if model.gap_bins is not None else "no visit gaps"
     return (
         f"- Visit times and lab values: a model trained beside the generator "

@@ -172,6 +172,8 @@ def gaps_and_values(cohorts: Mapping[str, Cohort], n_labs: int = 4) -> bytes | N
             low, high = np.percentile(pooled, [0.5, 99.5])
             bins = np.linspace(low, high if high > low else low + 1, 31)
             for i, (name, values) in enumerate(samples.items()):
+                if not len(values):
+                    continue  # a mode without this lab: nothing to draw
                 colour = REAL if i == 0 else MODE_COLOURS[(i - 1) % 4]
                 ax.hist(
                     np.clip(values, bins[0], bins[-1]),

@@ -356,20 +356,18 @@ def _time_value_perplexity(evaluation: Evaluation) -> str:
     figures = evaluation.facts.get("time_values_perplexity")
     if not figures:
         return ""
-    rows = [
-        [
-            "gap before a visit",
-            _number(figures["gap_perplexity"], 2),
-            figures["classes"],
-            f"{figures['gaps_scored']:,}",
-        ],
-        [
-            "lab value (or none)",
-            _number(figures["value_perplexity"], 2),
-            figures["classes"] + 1,
-            f"{figures['lab_events_scored']:,}",
-        ],
-    ]
+    rows = []
+    for label, key, scored, classes in (
+        ("gap before a visit", "gap_perplexity", "gaps_scored", figures["classes"]),
+        ("lab value (or none)", "value_perplexity", "lab_events_scored",
+         figures["classes"] + 1),
+    ):  # fmt: skip
+        if figures.get(scored):
+            rows.append(
+                [label, _number(figures[key], 2), classes, f"{figures[scored]:,}"]
+            )
+    if not rows:
+        return ""
     return (
         "<h3>Visit gaps and lab values</h3>"
         '<p class="note">Perplexity of the classes the model of gaps and values '

@@ -81,7 +81,7 @@ class QuantileBins:
             raise ValueError("QuantileBins.fit needs at least one finite value.")
         quantiles = np.quantile(values, np.linspace(0.01, 0.99, _LEVELS))
         return cls(
-            tuple(float(f"{q:.6g}") for q in quantiles),
+            tuple(float(q) for q in quantiles),
             tuple(float(x) for x in levels),
             _resolution(values),
         )
@@ -108,22 +108,25 @@ class QuantileBins:
     def levels_of(
         self, values: np.ndarray, rng: np.random.Generator | None = None
     ) -> np.ndarray:
-        """(N,) the level of each value: where it sits in the table, interpolated;
-        for a value equal to a run of table entries, a uniform level over the run
-        (its middle without ``rng``), as a randomised probability integral
-        transform does for discrete values."""
+        """(N,) the level of each finite value: where it sits in the table,
+        interpolated between the entries around it (0 below the table, 1 above);
+        for a value equal to table entries, a uniform level over the run they
+        span, widened by half a step each side (its middle without ``rng``), as a
+        randomised probability integral transform does for discrete values."""
         values, table = np.asarray(values, dtype=np.float64), np.array(self.quantiles)
         step = 1.0 / (_LEVELS - 1)
         low = np.searchsorted(table, values, side="left")
         high = np.searchsorted(table, values, side="right")
-        # Strictly increasing abscissae for np.interp: each run of ties kept once.
-        keep = np.append(np.diff(table) > 0, True)
-        level = np.interp(values, table[keep], np.linspace(0, 1, _LEVELS)[keep])
-        tied = high - low > 1
+        # Between table[low - 1] and table[low] (strictly, as low == high here).
+        below = table[np.clip(low - 1, 0, _LEVELS - 1)]
+        above = table[np.clip(low, 0, _LEVELS - 1)]
+        width = np.where(above > below, above - below, 1.0)
+        between = ((low - 1) + np.clip((values - below) / width, 0, 1)) * step
         start = np.clip(low * step - step / 2, 0, 1)
         stop = np.clip((high - 1) * step + step / 2, 0, 1)
         u = 0.5 if rng is None else rng.random(len(values))
-        return np.where(tied, start + u * (stop - start), level)
+        tied = start + u * (stop - start)
+        return np.where(high > low, tied, np.clip(between, 0, 1))
 
     def draw(self, bins: np.ndarray, u: np.ndarray) -> np.ndarray:
         """(N,) a number in each bin, at uniform draws ``u`` in [0, 1)."""
@@ -162,6 +165,7 @@ def _resolution(values: np.ndarray, most: int = 4) -> int | None:
     """The fewest decimals (0..``most``) that write every value exactly, or None."""
     for decimals in range(most + 1):
         scaled = values * 10.0**decimals
-        if np.all(np.abs(scaled - np.round(scaled)) <= 1e-6 * np.maximum(1, scaled)):
+        slack = 1e-6 * np.maximum(1, np.abs(scaled))
+        if np.all(np.abs(scaled - np.round(scaled)) <= slack):
             return decimals
     return None

@@ -9,8 +9,9 @@ what the codes leave out:
   the previous visit's codes, all earlier codes, the visit's index, the previous gap
   and the baseline features: a visit after an acute event can come sooner;
 * **each lab's result**, one of 14 quantile bins of that lab's training
-  results or "no value", given the same context and the lab's latest earlier result:
-  creatinine can be high in a patient with a kidney-disease code.
+  results or "no value", given the same context (not the lab's earlier results:
+  see :mod:`.network`): creatinine can be high in a patient with a kidney-disease
+  code.
 
 A bin becomes a number drawn inside it from the training distribution's shape; visit
 dates follow from the first visit's date (drawn from the training population, as
@@ -68,6 +69,8 @@ class TimeValueModel:
         gap_bins: the bins of the gap in days (None: no gap model).
         labs: ``(modality, code)`` of the labs with a value model.
         lab_bins: their bins, in the same order.
+        lab_units: their units (None where the training cohort had none), given to
+            the codes of generated cohorts.
         network: a ``torch.nn.ModuleDict`` of
             :class:`~ehrgen.models.time_values.network.TimeValueNet`: ``"gap"``
             and ``"lab"``, each present when the model learns it.
@@ -82,10 +85,25 @@ class TimeValueModel:
     lab_bins: tuple[QuantileBins, ...]
     network: Any
     facts: dict[str, Any] = field(default_factory=dict)
+    lab_units: tuple[str | None, ...] = ()
 
     def __repr__(self) -> str:
         gaps = "gaps" if self.gap_bins is not None else "no gaps"
         return f"TimeValueModel({gaps}, {len(self.labs)} labs with values)"
+
+    def held_out_summary(self) -> str:
+        """The held-out perplexities in words ("" when none was measured)."""
+        parts = []
+        if "gap_perplexity" in self.facts:
+            parts.append(
+                f"gaps {self.facts['gap_perplexity']:.2f} of {self.n_classes} classes"
+            )
+        if "value_perplexity" in self.facts:
+            parts.append(
+                f"lab values {self.facts['value_perplexity']:.2f} of "
+                f"{self.n_classes + 1}"
+            )
+        return f"held-out perplexity: {', '.join(parts)}" if parts else ""
 
     @property
     def gap_classes(self) -> int:
@@ -133,9 +151,28 @@ class TimeValueModel:
         times = cohort.visit_times
         if do_gaps:
             times = _times_from_gaps(cohort, gap_days)
+        if not self.labs:
+            return cohort.replace(visit_times=times, event_values=None)
         return cohort.replace(
-            visit_times=times, event_values=values if self.labs else None
+            visit_times=times, event_values=values, code_units=self._units_of(cohort)
         )
+
+    def _units_of(self, cohort: Cohort) -> np.ndarray | None:
+        """(C,) the cohort's code units with those of the model's labs set."""
+        known = {lab: unit for lab, unit in zip(self.labs, self.lab_units) if unit}
+        if not known:
+            return cohort.code_units
+        units = (
+            np.full(len(cohort.code_values), None, dtype=object)
+            if cohort.code_units is None
+            else cohort.code_units.copy()
+        )
+        modalities = cohort.schema.modalities
+        for c, (m, code) in enumerate(
+            zip(cohort.code_modality.tolist(), cohort.code_values.tolist())
+        ):
+            units[c] = known.get((modalities[m], str(code)), units[c])
+        return units
 
     def _sample_batch(self, batch, network, generator, rng, gap_days, values,
                       tables) -> None:  # fmt: skip
@@ -189,14 +226,16 @@ class TimeValueModel:
 
     # ---- scoring
 
-    def perplexity(self, cohort: Cohort) -> dict[str, float | int]:
+    def perplexity(self, cohort: Cohort) -> dict[str, float | int | None]:
         """Held-out figures on ``cohort``: perplexity of the gap classes and of the
         value classes (:attr:`n_classes` + 1 per lab: its bins and "no value"),
         with the number of gaps and lab events scored. A uniform guess scores
-        :attr:`n_classes` (gaps) and :attr:`n_classes` + 1 (values)."""
+        :attr:`n_classes` (gaps) and :attr:`n_classes` + 1 (values); a figure
+        with nothing to score is None."""
         import torch
 
-        arrays = _Arrays(self, cohort)
+        # Ties spread at random, as for training targets, at a fixed seed.
+        arrays = _Arrays(self, cohort, np.random.default_rng(0))
         totals = {"gap": np.zeros(2), "lab": np.zeros(2)}
         network = self.network.eval()
         with torch.no_grad():
@@ -222,6 +261,7 @@ class TimeValueModel:
             "gap_bins": None if self.gap_bins is None else self.gap_bins.to_dict(),
             "labs": [list(c) for c in self.labs],
             "lab_bins": [b.to_dict() for b in self.lab_bins],
+            "lab_units": list(self.lab_units),
             "facts": self.facts,
         }
 
@@ -240,6 +280,7 @@ class TimeValueModel:
             tuple(QuantileBins.from_dict(b) for b in data["lab_bins"]),
             None,
             dict(data.get("facts") or {}),
+            tuple(data.get("lab_units") or [None] * len(data["labs"])),
         )
         model.network = _network(model)
         return model
@@ -276,8 +317,11 @@ def fit_time_values(
     turned off in ``config``).
 
     With ``val`` (or, without it, a tenth of the training patients held out when
-    there are at least 50), the epoch with the best held-out loss is kept and its
-    perplexities are recorded in ``facts``.
+    there are at least 50), each network keeps its epoch with the best held-out
+    loss and stops after ``config.patience`` epochs without progress, and the
+    held-out perplexities are recorded in ``facts``; with fewer patients and no
+    ``val``, every epoch runs. A generator's ``fit`` passes its validation cohort
+    and its training seed (which replaces ``config.seed``).
     """
     import torch
 
@@ -286,9 +330,10 @@ def fit_time_values(
     labs, lab_bins = _labs(train, config) if config.values else ((), ())
     if gap_bins is None and not labs:
         return None
+    units = train.units()
     model = TimeValueModel(
         config, train.schema, _vocabulary(train, config.max_codes), gap_bins,
-        labs, tuple(lab_bins), None,
+        labs, tuple(lab_bins), None, lab_units=tuple(units.get(lab) for lab in labs),
     )  # fmt: skip
     rng = np.random.default_rng(config.seed)
     fit_on, held_out = train, val
@@ -300,12 +345,20 @@ def fit_time_values(
         torch.manual_seed(config.seed)
         model.network = _network(model, fit_on)
         arrays = _Arrays(model, fit_on, rng)
-        checked = None if held_out is None else _Arrays(model, held_out)
-        for name, net in model.network.items():
-            _train(net, name, config, arrays, checked, rng)
-    facts = {"train_patients": len(fit_on)}
+        checked = None
+        if held_out is not None:
+            checked = _Arrays(model, held_out, np.random.default_rng(0))
+        epochs = {
+            name: _train(net, name, config, arrays, checked, rng)
+            for name, net in model.network.items()
+        }
+    facts: dict[str, Any] = {"train_patients": len(fit_on), "epochs": epochs}
     if held_out is not None:
-        facts.update(held_out_patients=len(held_out), **model.perplexity(held_out))
+        figures = model.perplexity(held_out)
+        facts.update(
+            held_out_patients=len(held_out),
+            **{k: v for k, v in figures.items() if v is not None},
+        )
     model.facts = facts
     return model
 
@@ -386,9 +439,10 @@ def _network(model: TimeValueModel, train: Cohort | None = None) -> Any:
     return networks
 
 
-def _train(network, task: str, config: TimeValueConfig, arrays, checked, rng):
+def _train(network, task: str, config: TimeValueConfig, arrays, checked, rng) -> int:
     """Train one network on its task, keeping the epoch with the best held-out
-    loss and stopping after ``config.patience`` epochs without progress."""
+    loss and stopping after ``config.patience`` epochs without progress; return
+    the epochs run."""
     import torch
 
     optimizer = torch.optim.AdamW(
@@ -396,7 +450,12 @@ def _train(network, task: str, config: TimeValueConfig, arrays, checked, rng):
     )
     n_patients = len(arrays.cohort)
     keeper = BestWeights(config.patience)
-    for _ in range(config.epochs):
+    if checked is not None:
+        checked = checked.batch(np.arange(len(checked.cohort)))
+        if not _loss(network, task, checked)[1]:
+            checked = None  # nothing of this task held out: run every epoch
+    epochs_run = 0
+    for epochs_run in range(1, config.epochs + 1):  # noqa: B007 (returned)
         network.train()
         order = rng.permutation(n_patients)
         for start in range(0, n_patients, config.batch_patients):
@@ -411,11 +470,11 @@ def _train(network, task: str, config: TimeValueConfig, arrays, checked, rng):
             continue
         network.eval()
         with torch.no_grad():
-            everyone = np.arange(len(checked.cohort))
-            loss, count = _loss(network, task, checked.batch(everyone))
+            loss, count = _loss(network, task, checked)
         if keeper.update(network, float(loss) / max(count, 1)):
             break
     keeper.restore(network)
+    return epochs_run
 
 
 def _loss(network, task: str, batch):
@@ -620,18 +679,17 @@ def _draw_rows(quantiles, decimals, labs, bins, rng, levels) -> np.ndarray:
 
 
 def _times_from_gaps(cohort: Cohort, gap_days: np.ndarray) -> np.ndarray:
-    """Visit times: each patient's first time, then the cumulative gaps (at least
-    a second each, so times strictly increase)."""
-    index = _visit_index(cohort)
-    seconds = np.where(index > 0, np.maximum(np.round(gap_days * _DAY), 1), 0)
-    first = cohort.visit_times[cohort.visit_offsets[:-1]].astype("datetime64[s]")
-    patient = cohort.visit_patient
-    offsets = np.cumsum(seconds) - np.repeat(
-        np.cumsum(seconds)[cohort.visit_offsets[:-1]] if len(seconds) else seconds,
-        np.diff(cohort.visit_offsets),
-    )
-    return first[patient] + offsets.astype("timedelta64[s]")
+    """Visit times: each patient's first time (to the microsecond), then the
+    cumulative gaps (at least a second each, so times strictly increase)."""
+    starts = np.repeat(cohort.visit_offsets[:-1], np.diff(cohort.visit_offsets))
+    later = np.arange(cohort.n_visits) > starts
+    micros = np.where(later, np.maximum(np.round(gap_days * _DAY * 1e6), 1e6), 0)
+    elapsed = np.cumsum(micros.astype(np.int64))
+    elapsed -= elapsed[starts] if len(elapsed) else elapsed
+    first = cohort.visit_times.astype("datetime64[us]")[starts]
+    return first + elapsed.astype("timedelta64[us]")
 
 
-def _exp(total: float, count: float) -> float:
-    return float(math.exp(total / count)) if count else float("nan")
+def _exp(total: float, count: float) -> float | None:
+    """exp(mean loss); None when nothing was scored (JSON has no NaN)."""
+    return float(math.exp(total / count)) if count else None
