@@ -59,6 +59,16 @@ def test_bad_values_are_refused(values, message):
         Visit({"lab": ["k"]}, T, values)
 
 
+def test_meds_keeps_units(tmp_path):
+    """Units (one per code) go to MEDS metadata/ehrgen.json and read back."""
+    from ehrgen.data.demo import demo_cohort
+
+    cohort = demo_cohort(30, seed=0)
+    back = read_meds(write_meds(cohort, tmp_path / "meds"))
+    assert back.units() == cohort.units()
+    assert back.units()[("lab", "Potassium")] == "mEq/L"
+
+
 def test_meds_and_jsonl_keep_values(tmp_path):
     cohort = _cohort()
     assert read_meds(write_meds(cohort, tmp_path / "meds")) == cohort
@@ -150,3 +160,5 @@ def test_omop_measurements_keep_their_values(tmp_path, file_format):
     back = read_omop(tmp_path / "cdm", code_source="source_value")
     assert len(lab_values(cohort)) > 50
     assert lab_values(back, "SOURCE//") == lab_values(cohort)
+    units = {(m, c.removeprefix("SOURCE//")): u for (m, c), u in back.units().items()}
+    assert units == cohort.units() and units[("lab", "Creatinine")] == "mg/dL"

@@ -302,7 +302,6 @@ class Cohort:
                 np.array_equal(v, other.labels[k], equal_nan=True)
                 for k, v in self.labels.items()
             )
-            and self.units() == other.units()
             and all(a == b for a, b in zip(self, other))
         )
 

@@ -18,8 +18,8 @@ How a cohort maps onto it:
   (``GENDER//F``); a numerical one is ``FEATURE`` with ``numeric_value`` (``AGE``);
 * a patient-level outcome label is a static row ``LABEL//NAME`` with ``numeric_value``;
 * ``metadata/ehrgen.json`` keeps what MEDS has no place for (the exact schema, whether
-  the times are placeholders, the patient ids when they are not integers), so a cohort
-  written by ehrgen reads back equal to itself.
+  the times are placeholders, each code's unit, the patient ids when they are not
+  integers), so a cohort written by ehrgen reads back equal to itself.
 
 Datasets written by other tools read too. Visits are the events of a subject that share
 a timestamp, or an admission id when the caller names that column (the visit then sits
@@ -212,7 +212,21 @@ def read_meds(
         code_modality=code_modality[used].astype(np.int8),
         **parts,
     )
+    if extra and extra.get("units"):
+        cohort = cohort.replace(code_units=_code_units(cohort, extra["units"]))
     return _in_split_file_order(root, cohort, subjects)
+
+
+def _code_units(cohort: Cohort, units: dict[str, dict[str, str]]) -> np.ndarray:
+    """(C,) each code's unit from ``ehrgen.json``'s modality -> code -> unit."""
+    modalities = cohort.schema.modalities
+    return np.array(
+        [
+            units.get(modalities[m], {}).get(str(code))
+            for m, code in zip(cohort.code_modality.tolist(), cohort.code_values)
+        ],
+        dtype=object,
+    )
 
 
 @dataclass(frozen=True)

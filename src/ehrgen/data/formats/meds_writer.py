@@ -291,6 +291,12 @@ def _write_metadata(
         "labels": sorted(first.labels),
         "metadata": _json_ready(first.metadata),
     }
+    units: dict[str, dict[str, str]] = {}
+    for cohort in splits.values():
+        for (modality, code), unit in cohort.units().items():
+            units.setdefault(modality, {})[code] = unit
+    if units:
+        extra["units"] = units
     if mapped:
         pq.write_table(
             pa.table(

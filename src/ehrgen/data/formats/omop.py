@@ -190,14 +190,15 @@ def _read(tables: Tables, modalities: tuple[str, ...], code_source: str) -> Coho
     persons = _read_persons(tables)
     present = _present_modalities(tables, names, modalities)
     dropped: dict[str, Any] = {}
-    frames, results = [], []
+    frames, results, units = [], [], []
     for modality in present:
         spec = CLINICAL_TABLES[modality]
-        frame, numbers, dropped[spec.table] = _read_events(
+        frame, measured, dropped[spec.table] = _read_events(
             tables, spec, persons, code_source
         )
         frames.append(frame)
-        results.append(numbers)
+        results.append(None if measured is None else measured[0])
+        units.append(None if measured is None else measured[1])
     if all(frame.height == 0 for frame in frames):
         raise SchemaError(
             f"{tables.where}: no clinical row has a known person, a date and a code; "
@@ -215,6 +216,7 @@ def _read(tables: Tables, modalities: tuple[str, ...], code_source: str) -> Coho
         )
     )
     event_values = _event_values(events, results, groups, codes, keys)
+    code_units = _code_units(units, codes, keys)
     del frames, groups
     dropped["persons_without_events"] = persons.height - visits["person_id"].n_unique()
     _report_drops(tables.where, dropped)
@@ -228,8 +230,9 @@ def _read(tables: Tables, modalities: tuple[str, ...], code_source: str) -> Coho
     if concepts is not None:
         metadata["code_descriptions"] = _descriptions(codes, concepts)
     return _build(
-        events, visits, codes, persons, concepts, present, metadata, event_values
-    )
+        events, visits, codes, persons, concepts, present, metadata, event_values,
+        code_units,
+    )  # fmt: skip
 
 
 def _present_modalities(
@@ -279,6 +282,7 @@ def _read_events(
     measured = spec.table == "measurement"
     if measured:
         columns.append(Column("value_as_number", "float", required=False))
+        columns.append(Column("unit_source_value", "str", required=False))
     known = persons.select("person_id", pl.lit(True).alias("known")).lazy()
     rows = (
         read_table(tables, spec.table, columns)
@@ -292,7 +296,7 @@ def _read_events(
             *([] if value is None else [value.alias("value")]),
             has_code.fill_null(False).alias("has_code"),
             pl.col("known").fill_null(False),
-            *([pl.col("value_as_number").alias("number")] if measured else []),
+            *(_measured_columns() if measured else []),
         )
     )
     reasons = {
@@ -309,9 +313,32 @@ def _read_events(
     reduced = [_visit_groups(rows.filter(kept), keys)]
     if measured:
         reduced.append(_last_numbers(rows.filter(kept), keys))
+        reduced.append(_common_units(rows.filter(kept), keys))
     dropped, groups, *numbers = pl.collect_all([rows.select(counts), *reduced])
     counted = {k: int(v) for k, v in dropped.row(0, named=True).items()}
-    return groups, (numbers[0] if numbers else None), counted
+    return groups, (tuple(numbers) if numbers else None), counted
+
+
+def _measured_columns() -> list[pl.Expr]:
+    """A measurement's value and unit, as the reduction names them."""
+    return [
+        pl.col("value_as_number").alias("number"),
+        pl.col("unit_source_value").alias("unit"),
+    ]
+
+
+def _common_units(rows: pl.LazyFrame, keys: list[str]) -> pl.LazyFrame:
+    """Per code: the most frequent ``unit_source_value`` among its rows with a
+    value (ties: the first unit in text order)."""
+    measured = rows.filter(
+        pl.col("number").is_not_null()
+        & pl.col("unit").is_not_null()
+        & (pl.col("unit") != "")
+    )
+    counted = measured.group_by([*keys, "unit"]).agg(pl.len().alias("n"))
+    return counted.sort(
+        [*keys, "n", "unit"], descending=[False] * len(keys) + [True, False]
+    ).unique(keys, keep="first")
 
 
 def _last_numbers(rows: pl.LazyFrame, keys: list[str]) -> pl.LazyFrame:
@@ -565,6 +592,22 @@ def _event_values(
     return np.where(hit, found["number"].to_numpy()[where], np.nan).astype(np.float32)
 
 
+def _code_units(
+    units: list[pl.DataFrame | None], codes: pl.DataFrame, keys: list[str]
+) -> np.ndarray | None:
+    """(C,) each code's unit (None where it has none), or None when none has one."""
+    out = np.full(codes["code_index"].max() + 1 if codes.height else 0, None, object)
+    found = False
+    for modality, table in enumerate(units):
+        if table is None or table.height == 0:
+            continue
+        index = codes.filter(pl.col("modality") == modality).select(*keys, "code_index")
+        joined = table.join(index, on=keys)
+        out[joined["code_index"].to_numpy()] = joined["unit"].to_list()
+        found = found or joined.height > 0
+    return out if found else None
+
+
 def _sorted_distinct(keys: np.ndarray) -> np.ndarray:
     """The distinct values of ``keys``, sorted (sorting in place: faster than
     np.unique, which hashes first on numpy 2)."""
@@ -586,6 +629,7 @@ def _build(
     modalities: list[str],
     metadata: dict[str, Any],
     event_values: np.ndarray | None = None,
+    code_units: np.ndarray | None = None,
 ) -> Cohort:
     """The cohort from its sorted, distinct event keys (``visit << 31 |
     code_index``), their values, and its visits (person, time) in order."""
@@ -615,6 +659,7 @@ def _build(
         event_values=event_values,
         code_values=np.array(index["code"].to_list(), dtype=object),
         code_modality=index["modality"].to_numpy().astype(np.int8),
+        code_units=code_units,
         metadata=metadata,
     )
 

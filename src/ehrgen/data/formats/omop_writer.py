@@ -400,6 +400,10 @@ def _events(
     if spec.table == "measurement" and cohort.event_values is not None:
         numbers = cohort.event_values[chosen].astype(np.float64)
         values["value_as_number"] = pl.Series(numbers, nan_to_null=True)
+    if spec.table == "measurement" and cohort.code_units is not None:
+        values["unit_source_value"] = pl.Series(
+            cohort.code_units[codes].tolist(), dtype=pl.String
+        )
     return _table(spec.table, values, len(visit))
 
 
