@@ -4,7 +4,8 @@ Writes fabricated tables in the exact MIMIC-III v1.4 schema (every column, rows 
 by patient as in the real files), sized by their number of LABEVENTS rows, with the
 real dataset's proportions (per 27.9M lab rows: 46.5k patients, 59k admissions, 651k
 diagnoses, 240k procedures, 4.16M prescriptions; and, our assumption, a fifth of lab
-rows without HADM_ID, half of those inside an admission). Each size is written by one
+rows without HADM_ID, half of those inside an admission; each ITEMID's rows share one
+VALUEUOM, as most of MIMIC's do). Each size is written by one
 subprocess and read by ``read_mimic3`` in another, fresh one: ``ru_maxrss`` is a peak
 over the whole life of a process, and on Linux a child even starts from the resident
 size of the parent it was forked from, so the parent here only imports and launches.
@@ -45,6 +46,9 @@ PER_LAB_ROW = {
 }
 ADMISSIONS_PER_PATIENT = 58_976 / 46_520
 ORPHAN_LABS = 0.2
+# VALUEUOM of an ITEMID: UNITS[ITEMID % len(UNITS)]; derived, not drawn, so that the
+# random draws (and every other column) stay those of tables written without units.
+UNITS = np.array(["mg/dL", "mEq/L", "mmol/L", "IU/L", "%", "K/uL", "g/dL", "sec"])
 EPOCH = np.datetime64("2100-01-01T00:00:00", "s")
 
 
@@ -232,7 +236,7 @@ def _write_labs(root, adm, lab_rows, rng, repeats) -> dict[str, int]:
                     "CHARTTIME": _times(when),
                     "VALUE": "1.0",
                     "VALUENUM": 1.0,
-                    "VALUEUOM": "mg/dL",
+                    "VALUEUOM": UNITS[item[copies] % len(UNITS)],
                     "FLAG": None,
                 }
             )
@@ -279,6 +283,7 @@ def read_worker(root: str) -> None:
                 "visits": cohort.n_visits,
                 "events": cohort.n_events,
                 "codes": len(cohort.code_values),
+                "codes_with_units": len(cohort.units()),
                 # The finished cohort's arrays, lab values included.
                 "cohort_mib": (sum(a.nbytes for a in arrays) + values) / 2**20,
                 "values_mib": values / 2**20,
@@ -352,7 +357,8 @@ def _report(f: dict) -> None:
     print(
         f"read_mimic3: {f['seconds']:.1f} s, {f['rows'] / f['seconds']:,.0f} rows/s; "
         f"cohort {f['patients']:,} patients, {f['visits']:,} visits, "
-        f"{f['events']:,} events, {f['codes']:,} codes ({arrays:,.1f} MiB of arrays, "
+        f"{f['events']:,} events, {f['codes']:,} codes ({f['codes_with_units']:,} "
+        f"with a unit; {arrays:,.1f} MiB of arrays, "
         f"{f['values_mib']:,.1f} MiB of them lab values)"
     )
     print(

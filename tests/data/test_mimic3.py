@@ -346,9 +346,106 @@ def test_preprocessing_is_applied_and_chooses_tables(tmp_path):
 
 
 def test_survives_meds_round_trip(tmp_path):
-    """Check that write_meds -> read_meds gives back the same cohort."""
+    """Check that write_meds -> read_meds gives back the same cohort and units."""
     cohort = read_mimic3(write_mimic3(tmp_path / "raw"))
-    assert read_meds(write_meds(cohort, tmp_path / "meds")) == cohort
+    back = read_meds(write_meds(cohort, tmp_path / "meds"))
+    assert back == cohort
+    assert back.units() == cohort.units() != {}
+
+
+# Lab rows for the units: 50912 has mg/dL twice with a value, umol/L once with a
+# value and three times without one (empty, or a VALUENUM that is not a number);
+# 50971 has mmol/L then mEq/L, once each (a tie); 51006 has a value without unit and
+# a unit without value; 51237 a blank unit.
+UNIT_LABS = """\
+ROW_ID,SUBJECT_ID,HADM_ID,ITEMID,CHARTTIME,VALUE,VALUENUM,VALUEUOM,FLAG
+1,10,100,50912,2100-01-10 09:00:00,1.1,1.1,mg/dL,
+2,10,100,50912,2100-01-10 10:00:00,,,umol/L,
+3,10,100,50971,2100-01-10 10:00:00,4.1,4.1,mmol/L,
+4,10,100,51006,2100-01-10 11:00:00,7,7,,
+5,10,,50912,2100-03-02 07:00:00,,,umol/L,
+6,10,101,50912,2100-03-02 08:00:00,pending,pending,umol/L,
+7,10,101,51006,2100-03-02 08:00:00,,,mg/dL,
+8,20,200,50912,2100-01-01 06:00:00,2.0,2.0,mg/dL,
+9,20,200,50912,2100-01-01 07:00:00,90,90,umol/L,
+10,20,200,50971,2100-01-01 05:00:00,5.9,5.9,mEq/L,
+11,20,200,51237,2100-01-01 05:00:00,1.0,1.0,  ,
+"""
+UNITS = {("lab", "ITEMID//50912"): "mg/dL", ("lab", "ITEMID//50971"): "mEq/L"}
+
+
+def test_lab_units_are_the_most_frequent_with_a_value(tmp_path):
+    """Check each code's unit: the most frequent among rows with a value (rows
+    without one do not count), ties to the smaller string, None without one;
+    code_units aligned with code_values."""
+    cohort = read_mimic3(write_mimic3(tmp_path, LABEVENTS=UNIT_LABS))
+    assert cohort.units() == UNITS
+    units = dict(zip(cohort.code_values.tolist(), cohort.code_units.tolist()))
+    assert units["ITEMID//51006"] is None
+    assert units["ITEMID//51237"] is None
+    assert units["ICD9CM//4019"] is None
+    assert len(cohort.code_units) == len(cohort.code_values)
+
+
+def test_lab_units_of_itemids_sharing_a_label_pool(tmp_path):
+    """Check that with lab_code='label' the rows of ITEMIDs merged into one label
+    are counted together: 50912's 2 mg/dL lose to 51006's 3 umol/L."""
+    labs = """\
+ROW_ID,SUBJECT_ID,HADM_ID,ITEMID,CHARTTIME,VALUE,VALUENUM,VALUEUOM,FLAG
+1,10,100,50912,2100-01-10 09:00:00,1.1,1.1,mg/dL,
+2,10,100,51006,2100-01-10 10:00:00,99,99,umol/L,
+3,10,101,50912,2100-03-02 08:00:00,1.0,1.0,mg/dL,
+4,20,200,51006,2100-01-01 06:00:00,80,80,umol/L,
+5,20,200,51006,2100-01-01 07:00:00,90,90,umol/L,
+"""
+    items = "ROW_ID,ITEMID,LABEL,FLUID,CATEGORY,LOINC_CODE\n"
+    items += "1,50912,Creatinine,Blood,Chem,\n2,51006,Creatinine,Blood,Chem,\n"
+    root = write_mimic3(tmp_path, LABEVENTS=labs, D_LABITEMS=items)
+    assert read_mimic3(root).units() == {
+        ("lab", "ITEMID//50912"): "mg/dL",
+        ("lab", "ITEMID//51006"): "umol/L",
+    }
+    cohort = read_mimic3(root, lab_code="label")
+    assert cohort.units() == {("lab", "LABEL//Creatinine"): "umol/L"}
+
+
+def test_labs_without_units_read_as_before(tmp_path):
+    """Check that a LABEVENTS without VALUEUOM, or with it empty, reads the same
+    cohort with no units (code_units None)."""
+    without = "\n".join(
+        ",".join(f for i, f in enumerate(line.split(",")) if i != 7)
+        for line in TABLES["LABEVENTS"].splitlines()
+    )
+    for name, labs in [
+        ("without", without + "\n"),
+        ("empty", TABLES["LABEVENTS"].replace("mg/dL", "").replace("mEq/L", "")),
+    ]:
+        cohort = read_mimic3(write_mimic3(tmp_path / name, LABEVENTS=labs))
+        assert list(cohort) == EXPECTED
+        assert cohort.code_units is None
+
+
+def test_lab_units_survive_preprocessing(tmp_path):
+    """Check that units follow the codes preprocessing keeps, and that a cohort
+    left without any code that has a unit has code_units None."""
+    root = write_mimic3(tmp_path / "a", LABEVENTS=UNIT_LABS)
+    options = Preprocessing(modalities=("diagnosis", "lab"), top_k_codes={"lab": 1})
+    cohort = read_mimic3(root, preprocessing=options)
+    assert cohort.units() == {("lab", "ITEMID//50912"): "mg/dL"}
+    assert len(cohort.code_units) == len(cohort.code_values)
+    options = Preprocessing(min_code_count=2, icd9_3digit=True)
+    assert read_mimic3(root, preprocessing=options).units() == UNITS
+    # Only 51237, seen in one visit, has a unit: min_code_count=2 drops it.
+    labs = """\
+ROW_ID,SUBJECT_ID,HADM_ID,ITEMID,CHARTTIME,VALUE,VALUENUM,VALUEUOM,FLAG
+1,10,100,50912,2100-01-10 09:00:00,1.1,1.1,,
+2,10,101,50912,2100-03-02 08:00:00,1.0,1.0,,
+3,20,200,51237,2100-01-01 05:00:00,1.0,1.0,g/dL,
+"""
+    root = write_mimic3(tmp_path / "b", LABEVENTS=labs)
+    assert read_mimic3(root).units() == {("lab", "ITEMID//51237"): "g/dL"}
+    cohort = read_mimic3(root, preprocessing=Preprocessing(min_code_count=2))
+    assert cohort.code_units is None
 
 
 def test_invalid_options_are_config_errors(tmp_path):

@@ -228,6 +228,39 @@ def test_preprocessing_icd9_3digit_and_min_code_count(tmp_path):
 
 
 def test_survives_meds_round_trip(tmp_path):
-    """Check that write_meds -> read_meds gives back the same cohort."""
+    """Check that write_meds -> read_meds gives back the same cohort and units."""
     cohort = read_mimic4(write_mimic4(tmp_path / "raw"))
-    assert read_meds(write_meds(cohort, tmp_path / "meds")) == cohort
+    back = read_meds(write_meds(cohort, tmp_path / "meds"))
+    assert back == cohort
+    assert back.units() == cohort.units() != {}
+
+
+def test_lab_units_are_the_most_frequent_with_a_value(tmp_path):
+    """Check valueuom: 51006's 3 mmol/L with a value beat its mg/dL (2 with a value,
+    of which one of a patient without admission, and 3 without); 50931 keeps its
+    one mg/dL; a labevents without valueuom has no units."""
+    extra = "".join(
+        f"{i},10000032,22595853,{i},51006,,2180-05-07 0{i - 3}:00:00,,{v},{v},{u},"
+        ",,,ROUTINE,\n"
+        for i, v, u in [
+            (4, 3.6, "mmol/L"),
+            (5, "", "mg/dL"),
+            (6, 3.5, "mmol/L"),
+            (7, "___", "mg/dL"),
+            (8, 3.4, "mmol/L"),
+            (9, "", "mg/dL"),
+        ]
+    )
+    cohort = read_mimic4(
+        write_mimic4(tmp_path / "a", labevents=TABLES["labevents"] + extra)
+    )
+    assert cohort.units() == {
+        ("lab", "ITEMID//50931"): "mg/dL",
+        ("lab", "ITEMID//51006"): "mmol/L",
+    }
+    assert cohort[0].visits[0].values["lab"]["ITEMID//51006"] == pytest.approx(3.4)
+    header, *rows = TABLES["labevents"].replace(",valueuom", "").split("\n")
+    without = "\n".join([header, *(r.replace("mg/dL,", "") for r in rows)])
+    cohort = read_mimic4(write_mimic4(tmp_path / "b", labevents=without))
+    assert list(cohort) == EXPECTED
+    assert cohort.code_units is None

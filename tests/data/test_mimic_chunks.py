@@ -31,8 +31,9 @@ def _read(
     allow_whole: bool = False,
     **options,
 ):
-    """The cohort (or the SchemaError's message) and the drop counts, read with
-    blocks of ``block_bytes``, or by the whole-table path. Fails if a table is read
+    """The cohort (or the SchemaError's message), the drop counts and the units
+    (compared apart: cohort equality leaves them out), read with blocks of
+    ``block_bytes``, or by the whole-table path. Fails if a table is read
     whole unasked (unless ``allow_whole``): the fixtures are grouped by patient."""
     fell_back = []
 
@@ -49,9 +50,9 @@ def _read(
         try:
             cohort = reader(root, **options)
         except SchemaError as error:
-            return str(error), None
+            return str(error), None, None
     assert whole or allow_whole or not fell_back, f"read whole: {fell_back}"
-    return cohort, cohort.metadata["dropped"]
+    return cohort, cohort.metadata["dropped"], cohort.units()
 
 
 def _not_grouped(self, dropped):
@@ -87,6 +88,20 @@ def test_mimic4_tiny_blocks_read_as_one(tmp_path, block_bytes, options):
     assert _read(read_mimic4, root, ONE_BLOCK, whole=True, **options) == one
 
 
+@pytest.mark.parametrize("block_bytes", [1, 60, 200])
+def test_lab_units_are_those_of_one_block(tmp_path, block_bytes):
+    """Check that the unit counts, summed over tiny blocks (a code's rows over
+    several of them), and the whole-table path give the units of one block."""
+    root = test_mimic3.write_mimic3(tmp_path, LABEVENTS=test_mimic3.UNIT_LABS)
+    one = _read(read_mimic3, root, ONE_BLOCK)
+    assert one[2] == test_mimic3.UNITS
+    assert _read(read_mimic3, root, block_bytes) == one
+    blocks, *_ = _read(read_mimic3, root, block_bytes)
+    assert blocks.code_units.tolist() == one[0].code_units.tolist()
+    whole, *_ = _read(read_mimic3, root, ONE_BLOCK, whole=True)
+    assert whole.code_units.tolist() == one[0].code_units.tolist()
+
+
 def test_errors_and_drops_are_those_of_one_block(tmp_path):
     """Check that an unparseable time is the same error, or the same dropped row,
     whatever the blocks."""
@@ -94,9 +109,9 @@ def test_errors_and_drops_are_those_of_one_block(tmp_path):
         "2100-01-01 06:00:00", "01/01/2100 6AM"
     )
     root = test_mimic3.write_mimic3(tmp_path, LABEVENTS=text)
-    error, _ = _read(read_mimic3, root, 1)
+    error, *_ = _read(read_mimic3, root, 1)
     assert "line 6, column 'CHARTTIME'" in error
-    assert _read(read_mimic3, root, ONE_BLOCK) == (error, None)
+    assert _read(read_mimic3, root, ONE_BLOCK) == (error, None, None)
     drop = {"invalid_rows": "drop"}
     one = _read(read_mimic3, root, ONE_BLOCK, **drop)
     assert one[1]["LABEVENTS"]["rows_invalid"] == 1
@@ -128,7 +143,7 @@ ROW_ID,SUBJECT_ID,HADM_ID,ITEMID,CHARTTIME,VALUE,VALUENUM,VALUEUOM,FLAG
 4,10,100,51006,2100-01-10 09:00:00,,6.0,,
 """
     root = test_mimic3.write_mimic3(tmp_path, LABEVENTS=labs)
-    cohort, _ = _read(read_mimic3, root, 1, whole=whole)
+    cohort, *_ = _read(read_mimic3, root, 1, whole=whole)
     visit = cohort[0].visits[0]
     assert visit.codes("lab") == ("ITEMID//50912", "ITEMID//50971", "ITEMID//51006")
     assert visit.values["lab"] == {
@@ -153,11 +168,11 @@ def test_table_not_grouped_by_patient_is_read_whole(tmp_path, caplog):
     text = "\n".join([header, *rest, first]) + "\n"  # patient 10, 20, then 10
     root = test_mimic3.write_mimic3(tmp_path, LABEVENTS=text)
     with caplog.at_level(logging.INFO):
-        cohort, dropped = _read(read_mimic3, root, 1, allow_whole=True)
+        cohort, dropped, units = _read(read_mimic3, root, 1, allow_whole=True)
     assert "LABEVENTS.csv (table LABEVENTS): patient 10 has rows in two" in caplog.text
     assert "reading the table whole" in caplog.text
     assert list(cohort) == test_mimic3.EXPECTED
-    assert (cohort, dropped) == _read(read_mimic3, root, ONE_BLOCK)
+    assert (cohort, dropped, units) == _read(read_mimic3, root, ONE_BLOCK)
 
 
 # --------------------------------------------------------------------------- random
@@ -173,14 +188,14 @@ def _time(hours: int) -> str:
 def mimic3_tables(draw) -> dict[str, str]:
     """Small MIMIC-III tables grouped by patient (in any patient order): admissions
     that may share a time or overlap, codes repeated within a visit, labs without
-    HADM_ID, times shared by several rows, empty values and codes, unknown
+    HADM_ID, times shared by several rows, empty values, units and codes, unknown
     admissions, unparseable times."""
     subjects = draw(st.lists(st.integers(1, 9), min_size=1, max_size=4, unique=True))
     patients = ["ROW_ID,SUBJECT_ID,GENDER,DOB"]
     admissions = ["ROW_ID,SUBJECT_ID,HADM_ID,ADMITTIME,DISCHTIME,ETHNICITY,INSURANCE"]
     diagnoses = ["ROW_ID,SUBJECT_ID,HADM_ID,SEQ_NUM,ICD9_CODE"]
     drugs = ["ROW_ID,SUBJECT_ID,HADM_ID,STARTDATE,DRUG"]
-    labs = ["ROW_ID,SUBJECT_ID,HADM_ID,ITEMID,CHARTTIME,VALUENUM"]
+    labs = ["ROW_ID,SUBJECT_ID,HADM_ID,ITEMID,CHARTTIME,VALUENUM,VALUEUOM"]
     hours = st.integers(0, 30)
     for subject in subjects:
         patients.append(f"{subject},{subject},F,2050-01-01 00:00:00")
@@ -205,7 +220,8 @@ def mimic3_tables(draw) -> dict[str, str]:
             bad = draw(st.integers(0, 9)) == 0
             when = "bad time" if bad else _time(draw(hours))
             value = draw(st.sampled_from(["", "1.0", "2.5", "7"]))
-            labs.append(f"0,{subject},{hadm},{item},{when},{value}")
+            unit = draw(st.sampled_from(["", "mg/dL", "mmol/L"]))
+            labs.append(f"0,{subject},{hadm},{item},{when},{value},{unit}")
     return {
         "PATIENTS": "\n".join(patients) + "\n",
         "ADMISSIONS": "\n".join(admissions) + "\n",
@@ -224,7 +240,8 @@ def mimic3_tables(draw) -> dict[str, str]:
 @given(tables=mimic3_tables(), block_bytes=st.sampled_from([1, 50, 120]))
 def test_random_tables_read_alike_in_any_blocks(tables, block_bytes):
     """Check that tiny blocks, one block and the whole-table path give the same
-    cohort (or the same error) and the same counts, on random tables."""
+    cohort (units included, or the same error) and the same counts, on random
+    tables."""
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         for name, text in tables.items():

@@ -437,7 +437,21 @@ def build_cohort(
         code_modality=np.repeat(
             np.arange(len(events)), [len(e.values) for e in events]
         ),
+        code_units=_units(events),
         metadata=metadata,
+    )
+
+
+def _units(events: Sequence[Events]) -> np.ndarray | None:
+    """(C,) each code's unit in the cohort's code order, None where a code has
+    none; None when no code has one (so cohorts without units cost nothing)."""
+    if all(e.units is None for e in events):
+        return None
+    return np.concatenate(
+        [
+            np.full(len(e.values), None, dtype=object) if e.units is None else e.units
+            for e in events
+        ]
     )
 
 
@@ -559,4 +573,9 @@ def finish(
         # Modalities whose table is absent were left out, with a warning.
         kept = [m for m in preprocessing.modalities if m in cohort.schema.modalities]
         preprocessing = preprocessing.replace(modalities=tuple(kept))
-    return preprocess(cohort, preprocessing, source=where)
+    cohort = preprocess(cohort, preprocessing, source=where)
+    units = cohort.code_units
+    if units is not None and all(u is None for u in units.tolist()):
+        # Preprocessing dropped every code with a unit: no units, as when read.
+        cohort = cohort.replace(code_units=None)
+    return cohort

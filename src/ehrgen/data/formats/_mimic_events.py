@@ -10,7 +10,8 @@ reduced at once to compact numpy arrays (an ``int32`` code and a ``float32`` val
 event) for every patient it completes. The rows of the block's last patient, who may
 go on in the next block, are carried over to it. Memory then holds the events found
 so far plus one block, however large the table (MIMIC-IV's ``labevents`` has 118M
-rows).
+rows). Lab units are tallied as (code, unit) row counts, a table as small as the
+distinct pairs, from which each code takes its most frequent unit at the end.
 
 A table not grouped by patient is noticed (a patient's rows come back after her events
 were reduced) and read again whole with Polars' streaming aggregation, which is
@@ -49,11 +50,12 @@ class EventQuery:
     dtypes) into ``hadm`` (Int64, null when the row names no admission), the ``keys``
     that identify a code (null: the row has none), ``order`` (what orders codes
     within a visit: a time or a sequence number) and ``bad`` (the row holds a value
-    that does not parse); with ``assign_orphans`` also ``subject``, and with
-    ``values`` also ``value`` (Float64, null when the row has none). Rows without an
-    admission id are assigned, when ``assign_orphans``, to the admission whose
-    interval holds their time. ``format`` turns distinct keys (a sorted frame) into
-    code strings; ``explain`` builds the error for bad rows.
+    that does not parse); with ``assign_orphans`` also ``subject``, with ``values``
+    also ``value`` (Float64, null when the row has none), and with ``units`` (which
+    needs ``values``) also ``unit`` (String, null when the row has none). Rows
+    without an admission id are assigned, when ``assign_orphans``, to the admission
+    whose interval holds their time. ``format`` turns distinct keys (a sorted
+    frame) into code strings; ``explain`` builds the error for bad rows.
     """
 
     modality: str
@@ -64,6 +66,7 @@ class EventQuery:
     explain: Callable[[], SchemaError]
     assign_orphans: bool = False
     values: bool = False
+    units: bool = False
 
 
 @dataclass
@@ -87,6 +90,9 @@ class Events:
     counts: np.ndarray  # (V,) int64 events of each visit
     parts: list[EventPart] = field(default_factory=list)
     any_number: bool = False  # some event has a value
+    # (C,) object, each code's unit or None (see _most_frequent_units); None when
+    # no code has one.
+    units: np.ndarray | None = None
 
 
 def read_events(
@@ -129,14 +135,15 @@ class _Blocks:
         self.table, self.query, self.invalid_rows = table, query, invalid_rows
         self.keys = list(query.keys)
         self.value = ["value"] if query.values else []
-        # Patients are numbered 0.. in visit order; unit[v] is visit v's patient.
+        # Patients are numbered 0.. in visit order; patient_of[v] is visit v's.
         subjects = visits["subject"].to_numpy()
-        self.subjects, unit = np.unique(subjects, return_inverse=True)
-        self.unit = pl.Series("unit", unit.reshape(-1).astype(np.int32))
+        self.subjects, patient = np.unique(subjects, return_inverse=True)
+        self.patient_of = pl.Series("patient", patient.reshape(-1).astype(np.int32))
         self.done = np.zeros(len(self.subjects), dtype=bool)
         self.admissions = visits.select("hadm", "visit")
         self.intervals = visits.select("subject", "visit", "start", "end", "next_start")
         self.codes = _CodeBook(query)
+        self.units = _UnitTally(self.keys) if query.units else None
         self.counts = dict.fromkeys(
             ["rows", "rows_invalid", "rows_without_code", "rows_without_admission_id"],
             0,
@@ -158,8 +165,8 @@ class _Blocks:
             if not rows.height:
                 continue
             # The block's last patient may go on in the next block: carry her rows.
-            last = rows["unit"][-1]
-            open_ = pl.col("unit") == last
+            last = rows["patient"][-1]
+            open_ = pl.col("patient") == last
             self._reduce(rows.filter(~open_))
             carry = rows.filter(open_)
             del rows
@@ -170,7 +177,8 @@ class _Blocks:
 
     def _rows(self, block: pl.DataFrame, first_row: int) -> pl.DataFrame:
         """The block's rows that can make an event, each with its ``visit`` and
-        patient ``unit``, in file order; the others counted."""
+        ``patient`` number, in file order; the others counted, and the units of
+        them all tallied."""
         keys, query = self.keys, self.query
         frame = query.derive(block.lazy()).collect()
         has_code = pl.all_horizontal(pl.col(k).is_not_null() for k in keys)
@@ -186,6 +194,8 @@ class _Blocks:
             self.counts[name] += count
         if counts["rows_invalid"] and self.invalid_rows == "error":
             raise query.explain()
+        if self.units is not None:
+            self.units.add(frame)
         frame = frame.with_row_index("_row", first_row).filter(has_code)
         columns = ["_row", "visit", *keys, "order", "bad", *self.value]
         direct = frame.filter(pl.col("hadm").is_not_null()).join(
@@ -200,17 +210,17 @@ class _Blocks:
             self.assigned += orphans.height
             parts.append(orphans.select(*columns, orphan=pl.lit(True)))
         rows = pl.concat(parts).sort("_row")
-        return rows.with_columns(unit=self.unit.gather(rows["visit"]))
+        return rows.with_columns(patient=self.patient_of.gather(rows["visit"]))
 
     def _reduce(self, rows: pl.DataFrame) -> None:
         """The events of the patients of ``rows``, all of whose rows these are."""
         if not rows.height:
             return
-        units = rows["unit"].unique().to_numpy()
-        if self.done[units].any():
-            subject = self.subjects[units[self.done[units]][0]]
+        patients = rows["patient"].unique().to_numpy()
+        if self.done[patients].any():
+            subject = self.subjects[patients[self.done[patients]][0]]
             raise _NotGrouped(f"patient {subject} has rows in two places")
-        self.done[units] = True
+        self.done[patients] = True
         keys = self.keys
         value = [_last_value()] if self.query.values else []
         groups = (
@@ -252,6 +262,11 @@ class _Blocks:
         counts["events"] = int(self.per_visit.sum())
         dropped[self.table.name] = {k: int(v) for k, v in counts.items()}
         values, lookup = self.codes.finish()
+        units = None
+        if self.units is not None and self.codes.known is not None:
+            known = self.codes.known
+            index = pl.Series(lookup).gather(known["_code"]).alias("index")
+            units = self.units.per_code(known.select(*self.keys, index), len(values))
         return Events(
             self.query.modality,
             values,
@@ -259,6 +274,7 @@ class _Blocks:
             self.per_visit,
             self.parts,
             self.any_number,
+            units,
         )
 
 
@@ -310,6 +326,69 @@ class _CodeBook:
         return values, lookup.reshape(-1).astype(np.int32)
 
 
+class _UnitTally:
+    """How many rows of each code have each unit, summed over the blocks.
+
+    Only rows with a code, a value and a unit count, whether or not they make an
+    event. The running table holds one row per distinct (code keys, unit) pair (a
+    few thousand in MIMIC), never a row's unit: memory stays that of a block."""
+
+    def __init__(self, keys: list[str]) -> None:
+        self.keys = keys
+        self.counts: pl.DataFrame | None = None  # keys, unit, rows
+
+    def add(self, frame: pl.DataFrame) -> None:
+        """Tally the rows of ``frame`` (the derived columns of a block)."""
+        counts = _unit_counts(frame, self.keys)
+        if self.counts is not None:
+            counts = pl.concat([self.counts, counts]).group_by(*self.keys, "unit")
+            counts = counts.agg(pl.col("rows").sum())
+        self.counts = counts
+
+    def per_code(self, codes: pl.DataFrame, n_codes: int) -> np.ndarray | None:
+        """See :func:`_most_frequent_units`."""
+        if self.counts is None:
+            return None
+        return _most_frequent_units(self.counts, codes, self.keys, n_codes)
+
+
+def _unit_counts(rows: pl.DataFrame | pl.LazyFrame, keys: list[str]) -> Any:
+    """Rows with a code, a value and a unit, counted per (keys, unit); eager or
+    lazy alike."""
+    counted = pl.all_horizontal(
+        *(pl.col(k).is_not_null() for k in keys),
+        pl.col("value").is_not_null(),
+        pl.col("unit").is_not_null(),
+    )
+    return (
+        rows.filter(counted)
+        .group_by(*keys, "unit")
+        .agg(pl.len().cast(pl.Int64).alias("rows"))
+    )
+
+
+def _most_frequent_units(
+    counts: pl.DataFrame, codes: pl.DataFrame, keys: list[str], n_codes: int
+) -> np.ndarray | None:
+    """(n_codes,) object: each code's most frequent unit, ties to the smaller unit
+    string; None for a code without one. ``codes`` maps the keys to ``index``, the
+    code's place in the modality's sorted codes (keys that format to one string
+    share it, and pool their counts); keys with no event are not in it. None when
+    no code has a unit."""
+    per_code = (
+        counts.join(codes, on=keys, how="inner")
+        .group_by("index", "unit")
+        .agg(pl.col("rows").sum())
+        .sort(["index", "rows", "unit"], descending=[False, True, False])
+        .unique("index", keep="first", maintain_order=True)
+    )
+    if not per_code.height:
+        return None
+    units = np.full(n_codes, None, dtype=object)
+    units[per_code["index"].to_numpy()] = per_code["unit"].to_list()
+    return units
+
+
 def _last_value() -> pl.Expr:
     """Within a group: the value of its last row, in file order, that has one.
     File order, not chart time: sorting each group by time made the read of 10M lab
@@ -354,13 +433,16 @@ def read_whole(
     good = pl.col("rows") - pl.col("bad")
     last_value = [_last_value()] if query.values else []
     scan = query.derive(table.scan(query.columns))
-    (groups,) = table.collect(
+    # Collected with the reduction (Table.collect: one query plan for both).
+    tally = [_unit_counts(scan, keys)] if query.units else []
+    groups, *unit_counts = table.collect(
         scan.group_by("hadm", *keys).agg(
             pl.col("order").min(),
             pl.len().alias("rows"),
             pl.col("bad").sum(),
             *last_value,
-        )
+        ),
+        *tally,
     )
     counts = groups.select(
         rows=pl.col("rows").sum(),
@@ -397,17 +479,22 @@ def read_whole(
         groups = pl.concat([groups, assigned])
         del assigned
     counts["rows_with_unknown_admission"] = unknown_rows
-    result = _to_events(query, groups, keys, visits.height)
+    result = _to_events(query, groups, keys, visits.height, *unit_counts)
     counts["events"] = int(result.counts.sum())
     dropped[table.name] = {k: int(v) for k, v in counts.items()}
     return result
 
 
 def _to_events(
-    query: EventQuery, events: pl.DataFrame, keys: list[str], n_visits: int
+    query: EventQuery,
+    events: pl.DataFrame,
+    keys: list[str],
+    n_visits: int,
+    unit_counts: pl.DataFrame | None = None,
 ) -> Events:
     """Code indices from the distinct keys (formatted once each), events sorted by
-    visit, first time and code, and each code kept once per visit."""
+    visit, first time and code, and each code kept once per visit; each code's unit
+    from ``unit_counts`` (see :class:`_UnitTally`)."""
     # One key column, or a struct of several: sorted and ranked alike.
     key = pl.struct(keys) if len(keys) > 1 else pl.col(keys[0])
     distinct = events.select(key.alias("_key")).unique().sort("_key")
@@ -416,6 +503,10 @@ def _to_events(
     )
     formatted = np.asarray(query.format(distinct), dtype=object)
     values, index = np.unique(formatted, return_inverse=True)
+    units = None
+    if unit_counts is not None:
+        codes = distinct.with_columns(index=pl.Series(index.reshape(-1)))
+        units = _most_frequent_units(unit_counts, codes, keys, len(values))
     events = events.select(
         "visit",
         "order",
@@ -443,4 +534,5 @@ def _to_events(
         counts,
         [EventPart(visit, count, events["code"].to_numpy().astype(np.int32), numbers)],
         numbers is not None and bool(np.isfinite(numbers).any()),
+        units,
     )

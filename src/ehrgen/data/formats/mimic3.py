@@ -18,6 +18,13 @@ column names match in any case). What is read:
   outpatient test) goes to the patient's admission whose [``ADMITTIME``,
   ``DISCHTIME``] holds its ``CHARTTIME`` (the latest-starting one when two overlap),
   and is dropped when none does, or always with ``assign_orphan_labs=False``.
+  Each lab code has a unit (``cohort.code_units``, ``cohort.units()``): the most
+  frequent ``VALUEUOM`` among the code's rows that have a ``VALUENUM`` and a
+  non-empty ``VALUEUOM`` (every such row of the table, whether or not it makes an
+  event; with ``lab_code="label"``, those of all the label's ITEMIDs), ties broken by
+  the smaller unit string; None for a code without such a row, and ``code_units`` is
+  None when no code has a unit (or without a ``VALUEUOM`` column). Units are kept
+  as written (``mg/dL``), whitespace trimmed.
 
 ``PRESCRIPTIONS`` and ``LABEVENTS`` are optional: when absent, their modality is left
 out with a warning. Codes repeated within a visit are kept once, at their first place.
@@ -445,7 +452,10 @@ def lab_query(
     """Labs by ITEMID (``ITEMID//50912``) or, given ``items`` (``itemid`` -> label),
     by label (``LABEL//Creatinine``; ITEMIDs without a label keep their ITEMID);
     ordered by first chart time within a visit; each with its ``VALUENUM``, the last
-    one in the file's row order within the visit."""
+    one in the file's row order within the visit. Each code's unit is the most
+    frequent ``VALUEUOM`` among its rows with a ``VALUENUM`` (see
+    :class:`~ehrgen.data.formats._mimic_events._UnitTally`); a table without either
+    column has no units."""
     subject, hadm, item, time = (
         table.name_of(c) for c in ("subject_id", "hadm_id", "itemid", "charttime")
     )
@@ -469,6 +479,12 @@ def lab_query(
         # A result that does not parse as a number is no value (MIMIC leaves some
         # empty).
         extra.append(pl.col(number).cast(pl.Float64, strict=False).alias("value"))
+    unit = table.name_of("valueuom")
+    has_units = has_values and table.has(unit)  # a unit is counted with a value
+    if has_units:
+        columns[unit] = pl.String
+        # As written (mg/dL and MG/DL stay apart); blank is no unit.
+        extra.append(clean_text(unit, upper=False).alias("unit"))
     if assign_orphans:
         columns[subject] = pl.Int64
         extra.append(pl.col(subject).alias("subject"))
@@ -499,6 +515,7 @@ def lab_query(
         lambda: time_error(table, [time]),
         assign_orphans=assign_orphans,
         values=has_values,
+        units=has_units,
     )
 
 

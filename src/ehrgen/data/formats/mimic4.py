@@ -15,7 +15,11 @@ within a visit, dropped rows, errors and streaming), with MIMIC-IV's columns:
   than 9 or 10 is an error (or, with ``invalid_rows="drop"``, a dropped row);
 * ``prescriptions`` (``drug`` or ``ndc``, ordered by ``starttime``) and ``labevents``
   (``itemid``, with ``d_labitems``' ``label`` for ``lab_code="label"``; ordered by
-  ``charttime``), optional.
+  ``charttime``; the last ``valuenum`` of the visit), optional. A lab code's unit is
+  the most frequent ``valueuom`` among its rows that have a ``valuenum`` and a
+  non-empty ``valueuom``, ties broken by the smaller unit string; None for a code
+  with no such row; ``code_units`` is None when no code has one (as without a
+  ``valueuom`` column).
 
 Age is years at the first admission, ``anchor_age + (admission year - anchor_year)``,
 **capped at 90**: MIMIC-IV gives an ``anchor_age`` of 91 to every patient over 89, so
@@ -23,7 +27,8 @@ they all read 90. Ethnicity groups, gender and insurance are as for MIMIC-III.
 
 ``labevents`` has about 118M rows; it is read a block of rows at a time, each block
 reduced at once to the events of the patients it completes, about 8 bytes per event
-(code and value) in the cohort.
+(code and value) in the cohort; units are counted per (code, unit) pair as blocks go,
+never kept per row.
 """
 
 from __future__ import annotations
