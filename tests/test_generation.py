@@ -187,6 +187,17 @@ def test_impute_modality_changes_only_that_modality(model, real):
         assert {m: c for m, c in old.events.items() if m != "drug"} == {
             m: c for m, c in new.events.items() if m != "drug"
         }
+        assert new.values == old.values  # the labs' results stay
+    assert imputed.units() == {k: u for k, u in cohort.units().items()
+                               if k in imputed.units()}  # fmt: skip
+    labs = model.impute_modality(cohort, -1, "lab", seed=0)
+    modeled = {code for _, code in model.time_values_.labs}
+    measured = [
+        code in after.visits[-1].values.get("lab", {})
+        for after in labs
+        for code in set(after.visits[-1].codes("lab")) & modeled
+    ]
+    assert len(measured) > 5 and np.mean(measured) > 0.9  # new labs get results
     assert any(b.visits[-1].codes("drug") != a.visits[-1].codes("drug")
                for b, a in zip(cohort, imputed))  # fmt: skip
 
@@ -200,6 +211,8 @@ def test_complete_visits_keeps_given_codes(model, real):
         given, done = before.visits[0], after.visits[0]
         for modality, codes in given.events.items():
             assert done.codes(modality)[: len(codes)] == codes
+        for code, value in given.values.get("lab", {}).items():
+            assert done.values["lab"][code] == value  # given results kept
         added += done.n_codes - given.n_codes
         assert before.visits[1:] == after.visits[1:]
     assert added > 0
@@ -212,7 +225,16 @@ def test_continue_patients_and_seeds(model, real):
     for before, after in zip(cohort, longer):
         assert after.visits[: len(before.visits)] == before.visits
         assert len(after.visits) == len(before.visits) + 2
-        assert after.visits[-1].time > before.visits[-1].time
+        assert after.visits[-1].time > after.visits[-2].time > before.visits[-1].time
+    # The new visits' labs get values from the model of gaps and values.
+    modeled = {code for _, code in model.time_values_.labs}
+    labs = valued = 0
+    for before, after in zip(cohort, longer):
+        for visit in after.visits[len(before.visits) :]:
+            codes = set(visit.codes("lab")) & modeled
+            labs += len(codes)
+            valued += len(codes & set(visit.values.get("lab", {})))
+    assert labs > 5 and valued > 0.9 * labs
     seeded = model.generate_from_seeds(cohort[:5], n_per_seed=2, seed=0)
     assert len(seeded) == 10 and seeded.metadata["leaks_seed_patients"]
     assert seeded[0].visits[0].events == cohort[0].visits[0].events

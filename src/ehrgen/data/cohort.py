@@ -436,6 +436,32 @@ class Cohort:
             if unit is not None
         }
 
+    def with_units(self, units: Mapping[tuple[str, str], str]) -> Cohort:
+        """The cohort with ``(modality, code) -> unit`` given to its codes (those
+        not named keep theirs), as :meth:`units` returns them.
+
+        Example:
+            >>> p = Patient("a", {}, (Visit({"lab": ("Creatinine",)}),))
+            >>> cohort = Cohort.from_patients([p])
+            >>> cohort.with_units({("lab", "Creatinine"): "mg/dL"}).units()
+            {('lab', 'Creatinine'): 'mg/dL'}
+        """
+        if not units:
+            return self
+        modalities = self.schema.modalities
+        current = (
+            [None] * len(self.code_values)
+            if self.code_units is None
+            else self.code_units.tolist()
+        )
+        code_units = [
+            units.get((modalities[m], str(code)), unit)
+            for m, code, unit in zip(
+                self.code_modality.tolist(), self.code_values.tolist(), current
+            )
+        ]
+        return self.replace(code_units=code_units)
+
     def replace(self, **changes: Any) -> Cohort:
         """A cohort with some constructor arguments changed (checked again), the
         others shared with this one.

@@ -285,8 +285,43 @@ def continue_patients(
             )
         if progress:
             progress(len(chunk))
-    return Cohort.from_patients(
+    continued = Cohort.from_patients(
         out, cohort.schema, metadata=_metadata(cohort, "continue")
+    ).with_units(cohort.units())
+    if ctx.time_values is None or cohort.times_are_placeholders:
+        return continued
+    return _new_visits_timed(ctx, continued, np.diff(cohort.visit_offsets), rng)
+
+
+def _new_visits_timed(
+    ctx: Context, cohort: Cohort, n_real: np.ndarray, rng: np.random.Generator
+) -> Cohort:
+    """Continued patients whose new visits (after the first ``n_real`` of each) get
+    gaps and lab values from the model of gaps and values; real visits keep their
+    own times and values."""
+    sampled = ctx.time_values.annotate(cohort, rng)
+    starts = np.repeat(cohort.visit_offsets[:-1], np.diff(cohort.visit_offsets))
+    new = np.arange(cohort.n_visits) - starts >= np.repeat(
+        n_real, np.diff(cohort.visit_offsets)
+    )
+    gaps = np.zeros(cohort.n_visits, dtype="timedelta64[us]")
+    gaps[1:] = np.diff(sampled.visit_times)
+    elapsed = np.cumsum(np.where(new, gaps, np.timedelta64(0, "us")))
+    elapsed = elapsed - elapsed[starts]  # real visits come first: 0 up to the last
+    last_real = cohort.visit_offsets[:-1] + np.asarray(n_real) - 1
+    anchor = np.repeat(cohort.visit_times[last_real], np.diff(cohort.visit_offsets))
+    times = np.where(new, anchor + elapsed, cohort.visit_times)
+    if sampled.event_values is None:
+        return cohort.replace(visit_times=times)
+    values = (
+        np.full(cohort.n_events, np.nan, np.float32)
+        if cohort.event_values is None
+        else cohort.event_values.copy()
+    )
+    in_new = new[cohort.event_visit]
+    values[in_new] = sampled.event_values[in_new]
+    return cohort.replace(
+        visit_times=times, event_values=values, code_units=sampled.code_units
     )
 
 
@@ -325,13 +360,17 @@ def impute_modality(
             Visit(
                 {**p.visits[t].events, modality: tuple(_code_values(ctx, k, ids))},
                 p.visits[t].time,
+                # The other modalities' results stay; the new codes get theirs
+                # from the model of gaps and values (_rewrite_visits).
+                {m: v for m, v in p.visits[t].values.items() if m != modality},
             )
             for (p, t), ids in zip(batch, codes)
         ]
 
     return _rewrite_visits(
-        ctx, cohort, visit_index, generation, progress, "impute", new_visits
-    )
+        ctx, cohort, visit_index, generation, progress, "impute", new_visits, seed,
+        replaced=modality,
+    )  # fmt: skip
 
 
 def complete_visits(
@@ -369,11 +408,11 @@ def complete_visits(
             given, sampled = p.visits[t], _decode_visit(ctx, tokens or [])
             # Given codes first (out-of-vocabulary ones too), then the new ones.
             events = {m: given.codes(m) + sampled.codes(m) for m in names}
-            visits.append(Visit(events, given.time))
+            visits.append(Visit(events, given.time, given.values))
         return visits
 
     return _rewrite_visits(
-        ctx, cohort, visit_index, generation, progress, "complete", new_visits
+        ctx, cohort, visit_index, generation, progress, "complete", new_visits, seed
     )
 
 
@@ -385,21 +424,55 @@ def _rewrite_visits(
     progress: Progress | None,
     mode: str,
     new_visits: Callable[[list[tuple[Patient, int]]], list[Visit]],
+    seed: int,
+    replaced: str | None = None,
 ) -> Cohort:
-    """Replace visit ``visit_index`` of every patient that has it, batch by batch."""
+    """Replace visit ``visit_index`` of every patient that has it, batch by batch;
+    the codes it decodes (all of modality ``replaced``, if given) get results from
+    the model of gaps and values."""
     _check_cohort(ctx, cohort)
     patients = list(cohort)
     targets = [i for i, p in enumerate(patients) if _has_visit(p, visit_index)]
+    given = {}  # patient -> (rewritten visit, its given codes)
     for start in range(0, len(targets), generation.batch_size):
         rows = targets[start : start + generation.batch_size]
         batch = [(patients[i], _index(patients[i], visit_index)) for i in rows]
         for i, (patient, t), visit in zip(rows, batch, new_visits(batch)):
+            kept = patient.visits[t].events
+            given[i] = (t, {m: c for m, c in kept.items() if m != replaced})
             patients[i] = _replace_visit(patient, t, visit)
         if progress:
             progress(len(rows))
-    return Cohort.from_patients(
+    rewritten = Cohort.from_patients(
         patients, cohort.schema, metadata=_metadata(cohort, mode)
+    ).with_units(cohort.units())
+    if ctx.time_values is None:
+        return rewritten
+    return _new_codes_measured(ctx, rewritten, given, np.random.default_rng(seed))
+
+
+def _new_codes_measured(
+    ctx: Context, cohort: Cohort, given: dict, rng: np.random.Generator
+) -> Cohort:
+    """The rewritten visits' new lab codes get values from the model of gaps and
+    values; every other event keeps its own value (or none)."""
+    sampled = ctx.time_values.annotate(cohort, rng)
+    if sampled.event_values is None:
+        return cohort
+    values = (
+        np.full(cohort.n_events, np.nan, np.float32)
+        if cohort.event_values is None
+        else cohort.event_values.copy()
     )
+    modalities = cohort.schema.modalities
+    for p, (t, events) in given.items():
+        visit = cohort.visit_offsets[p] + t
+        for e in range(cohort.event_offsets[visit], cohort.event_offsets[visit + 1]):
+            code = cohort.event_codes[e]
+            modality = modalities[cohort.code_modality[code]]
+            if cohort.code_values[code] not in events.get(modality, ()):
+                values[e] = sampled.event_values[e]
+    return cohort.replace(event_values=values, code_units=sampled.code_units)
 
 
 def _encoded(ctx: Context, visits: Sequence[Visit]) -> list[list[int]]:
