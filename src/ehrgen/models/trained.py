@@ -597,7 +597,9 @@ def _fit_time_values(train: Cohort, val: Cohort | None, training: TrainingConfig
     config = training.time_values.replace(seed=training.seed)
     model = fit_time_values(train, config, val)
     if model is not None:
-        logger.info("Visit gaps and lab values: %r, %s.", model, model.facts)
+        summary = model.held_out_summary()
+        logger.info("Visit gaps and lab values: %r%s.", model,
+                    f" ({summary})" if summary else "")  # fmt: skip
     return model
 
 
