@@ -456,3 +456,23 @@ def test_invalid_options_are_config_errors(tmp_path):
         read_mimic3(tmp_path, preprocessing=Preprocessing(modalities=("labs",)))
     with pytest.raises(SchemaError, match="not a folder"):
         read_mimic3(tmp_path / "nowhere")
+
+
+def test_a_dropped_row_gives_no_value_or_unit(tmp_path):
+    """Check that a lab row dropped for a bad time (invalid_rows='drop') neither
+    supplies its visit's value nor votes for its code's unit."""
+    text = TABLES["LABEVENTS"] + (
+        "6,20,200,50912,bad time,9.0,9.0,umol/L,\n"
+        "7,20,200,50912,not a time,9.0,9.0,umol/L,\n"
+    )
+    cohort = read_mimic3(write_mimic3(tmp_path, LABEVENTS=text), invalid_rows="drop")
+    assert cohort[1].visits[0].values["lab"]["ITEMID//50912"] == pytest.approx(2.0)
+    assert cohort.units()[("lab", "ITEMID//50912")] == "mg/dL"
+    assert cohort.metadata["dropped"]["LABEVENTS"]["rows_invalid"] == 2
+
+
+def test_upper_case_gzip_suffix_reads(tmp_path):
+    """Check that LABEVENTS.CSV.GZ (upper case, as some copies are named) reads."""
+    root = write_mimic3(tmp_path, gz=("LABEVENTS",))
+    (root / "LABEVENTS.csv.gz").rename(root / "LABEVENTS.CSV.GZ")
+    assert list(read_mimic3(root)) == EXPECTED

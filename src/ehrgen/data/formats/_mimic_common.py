@@ -111,7 +111,7 @@ class Table:
         overrides = {original[c]: t for c, t in dtypes.items() if t != pl.String}
         names = [original[c] for c in dtypes]
         rename = [pl.col(o).alias(c) for c, o in zip(dtypes, names)]
-        opener = gzip.open if self.path.suffix == ".gz" else open
+        opener = gzip.open if self.path.suffix.lower() == ".gz" else open
         try:
             with opener(self.path, "rb") as file:
                 header = file.readline()  # each block is parsed with it
@@ -210,7 +210,7 @@ def find_table(root: Path, name: str, *, upper: bool) -> Table | None:
     wanted = {f"{name}.csv".lower(), f"{name}.csv.gz".lower()}
     found = sorted(
         (p for p in root.iterdir() if p.name.lower() in wanted and p.is_file()),
-        key=lambda p: p.suffix == ".gz",  # plain CSV first: faster to scan
+        key=lambda p: p.suffix.lower() == ".gz",  # plain CSV first: faster to scan
     )
     if not found:
         return None
@@ -235,7 +235,7 @@ def read_header(path: Path) -> tuple[str, ...]:
     try:
         with (
             gzip.open(path, "rt", encoding="utf-8-sig", newline="")
-            if path.suffix == ".gz"
+            if path.suffix.lower() == ".gz"
             else path.open(encoding="utf-8-sig", newline="")
         ) as file:
             first = next(csv.reader([file.readline()]), [])

@@ -359,6 +359,7 @@ def _unit_counts(rows: pl.DataFrame | pl.LazyFrame, keys: list[str]) -> Any:
         *(pl.col(k).is_not_null() for k in keys),
         pl.col("value").is_not_null(),
         pl.col("unit").is_not_null(),
+        ~pl.col("bad"),  # a dropped row does not vote
     )
     return (
         rows.filter(counted)
@@ -389,11 +390,14 @@ def _most_frequent_units(
     return units
 
 
-def _last_value() -> pl.Expr:
+def _last_value(rows_may_be_bad: bool = True) -> pl.Expr:
     """Within a group: the value of its last row, in file order, that has one.
     File order, not chart time: sorting each group by time made the read of 10M lab
     rows peak at 1,349 MiB, against 1,033 MiB this way (862 MiB without values)."""
-    return pl.col("value").drop_nulls().last().alias("value")
+    value = pl.col("value")
+    if rows_may_be_bad:  # a row dropped for a bad time gives no value either
+        value = value.filter(~pl.col("bad"))
+    return value.drop_nulls().last().alias("value")
 
 
 def _assign(orphans: Any, visits: Any) -> Any:
@@ -470,7 +474,11 @@ def read_whole(
         (assigned,) = table.collect(
             _assign(orphans, intervals)
             .group_by("visit", *keys)
-            .agg(pl.col("order").min(), pl.len().alias("rows"), *last_value)
+            .agg(
+                pl.col("order").min(),
+                pl.len().alias("rows"),
+                *([_last_value(rows_may_be_bad=False)] if query.values else []),
+            )
         )
         assigned = assigned.filter(has_code).select(groups.columns)
         counts["rows_assigned_by_time"] = int(assigned["rows"].sum())
