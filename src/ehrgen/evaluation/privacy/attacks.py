@@ -197,9 +197,11 @@ def _fit_shadow(synthetic: Cohort, epochs: int, hidden: int, seed: int):
     from ehrgen.training import TrainingConfig
 
     config = LSTMMLPConfig(hidden=hidden, layers=1, mlp=2 * hidden, dropout=0.0)
+    # The shadow model scores codes only: no model of gaps and values.
     training = TrainingConfig(
-        epochs=epochs, batch_size=32, learning_rate=1e-3, weight_decay=0.0, seed=seed
-    )
+        epochs=epochs, batch_size=32, learning_rate=1e-3, weight_decay=0.0, seed=seed,
+        time_values=None,
+    )  # fmt: skip
     return LSTMMLP(config).fit(_renumbered(synthetic), training=training)
 
 
