@@ -213,20 +213,11 @@ def read_meds(
         **parts,
     )
     if extra and extra.get("units"):
-        cohort = cohort.replace(code_units=_code_units(cohort, extra["units"]))
+        cohort = cohort.with_units(
+            {(m, code): unit for m, units in extra["units"].items()
+             for code, unit in units.items()}
+        )  # fmt: skip
     return _in_split_file_order(root, cohort, subjects)
-
-
-def _code_units(cohort: Cohort, units: dict[str, dict[str, str]]) -> np.ndarray:
-    """(C,) each code's unit from ``ehrgen.json``'s modality -> code -> unit."""
-    modalities = cohort.schema.modalities
-    return np.array(
-        [
-            units.get(modalities[m], {}).get(str(code))
-            for m, code in zip(cohort.code_modality.tolist(), cohort.code_values)
-        ],
-        dtype=object,
-    )
 
 
 @dataclass(frozen=True)

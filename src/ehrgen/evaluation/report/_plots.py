@@ -79,17 +79,8 @@ def count_histograms(cohorts: Mapping[str, Cohort]) -> bytes:
             values = {name: measure(c) for name, c in cohorts.items()}
             cap = int(np.percentile(np.concatenate(list(values.values())), 99)) + 1
             bins = np.arange(0, cap + 2) - 0.5
-            for i, (name, v) in enumerate(values.items()):
-                colour = REAL if i == 0 else MODE_COLOURS[(i - 1) % 4]
-                ax.hist(
-                    np.minimum(v, cap),
-                    bins=bins,
-                    density=True,
-                    histtype="step",
-                    linewidth=1.6,
-                    color=colour,
-                    label=name.replace("_", " "),
-                )
+            pooled = {name: np.minimum(v, cap) for name, v in values.items()}
+            _step_histograms(ax, pooled, bins, linewidth=1.6)
             ax.set(xlabel=f"{title} ({cap}+ pooled)", ylabel="share", title=title)
             ax.legend(fontsize=7)
         return png(fig)
@@ -171,22 +162,30 @@ def gaps_and_values(cohorts: Mapping[str, Cohort], n_labs: int = 4) -> bytes | N
             pooled = np.concatenate([v for v in samples.values() if len(v)] or [[0]])
             low, high = np.percentile(pooled, [0.5, 99.5])
             bins = np.linspace(low, high if high > low else low + 1, 31)
-            for i, (name, values) in enumerate(samples.items()):
-                if not len(values):
-                    continue  # a mode without this lab: nothing to draw
-                colour = REAL if i == 0 else MODE_COLOURS[(i - 1) % 4]
-                ax.hist(
-                    np.clip(values, bins[0], bins[-1]),
-                    bins=bins,
-                    density=True,
-                    histtype="step",
-                    linewidth=1.4,
-                    color=colour,
-                    label=name.replace("_", " "),
-                )
+            clipped = {n: np.clip(v, bins[0], bins[-1]) for n, v in samples.items()}
+            _step_histograms(ax, clipped, bins, linewidth=1.4)
             ax.set(title=title, ylabel="density")
             ax.legend(fontsize=7)
         return png(fig)
+
+
+def _step_histograms(
+    ax: Any, samples: Mapping[str, np.ndarray], bins: np.ndarray, linewidth: float
+) -> None:
+    """One outline histogram per sample (density), the first in the real cohort's
+    colour; an empty sample (a mode without this measure) is left out."""
+    for i, (name, values) in enumerate(samples.items()):
+        if not len(values):
+            continue
+        ax.hist(
+            values,
+            bins=bins,
+            density=True,
+            histtype="step",
+            linewidth=linewidth,
+            color=REAL if i == 0 else MODE_COLOURS[(i - 1) % 4],
+            label=name.replace("_", " "),
+        )
 
 
 def curves(panels: Sequence[tuple[str, Sequence[Any]]]) -> bytes:

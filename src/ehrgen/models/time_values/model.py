@@ -135,52 +135,26 @@ class TimeValueModel:
         gap_days = np.zeros(cohort.n_visits)
         values = np.full(cohort.n_events, np.nan, dtype=np.float32)
         generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
-        quantiles = np.array([b.quantiles for b in self.lab_bins]).reshape(-1, 99)
-        decimals = np.array(
-            [-1 if b.decimals is None else b.decimals for b in self.lab_bins], int
-        )
         network = self.network.eval()
         with torch.no_grad():
             for start in range(0, len(cohort), chunk_patients):
                 patients = np.arange(start, min(start + chunk_patients, len(cohort)))
                 batch = arrays.batch(patients)
-                self._sample_batch(
-                    batch, network, generator, rng, gap_days, values,
-                    (quantiles, decimals),
-                )  # fmt: skip
+                self._sample_batch(batch, network, generator, rng, gap_days, values)
         times = cohort.visit_times
         if do_gaps:
             times = _times_from_gaps(cohort, gap_days)
         if not self.labs:
             return cohort.replace(visit_times=times, event_values=None)
-        return cohort.replace(
-            visit_times=times, event_values=values, code_units=self._units_of(cohort)
-        )
+        units = {lab: unit for lab, unit in zip(self.labs, self.lab_units) if unit}
+        return cohort.replace(visit_times=times, event_values=values).with_units(units)
 
-    def _units_of(self, cohort: Cohort) -> np.ndarray | None:
-        """(C,) the cohort's code units with those of the model's labs set."""
-        known = {lab: unit for lab, unit in zip(self.labs, self.lab_units) if unit}
-        if not known:
-            return cohort.code_units
-        units = (
-            np.full(len(cohort.code_values), None, dtype=object)
-            if cohort.code_units is None
-            else cohort.code_units.copy()
-        )
-        modalities = cohort.schema.modalities
-        for c, (m, code) in enumerate(
-            zip(cohort.code_modality.tolist(), cohort.code_values.tolist())
-        ):
-            units[c] = known.get((modalities[m], str(code)), units[c])
-        return units
-
-    def _sample_batch(self, batch, network, generator, rng, gap_days, values,
-                      tables) -> None:  # fmt: skip
+    def _sample_batch(self, batch, network, generator, rng, gap_days, values) -> None:
         """Sample one batch visit index by visit index: a visit's gap is read by the
         next visit's networks as its previous gap."""
         import torch
 
-        n_classes, (quantiles, decimals) = self.n_classes, tables
+        n_classes = self.n_classes
         codes = torch.as_tensor(batch.codes)
         prefixes = {name: net.code_prefix(codes) for name, net in network.items()}
         previous_gap = np.full(len(batch.visits), self.gap_classes, dtype=np.int64)
@@ -218,10 +192,11 @@ class TimeValueModel:
             )
             chosen = _sample(logits, generator)
             measured = chosen < n_classes
-            drawn = _draw_rows(
-                quantiles, decimals, labs[measured], chosen[measured], rng,
-                self.lab_bins[0].levels,
-            )  # fmt: skip
+            labs, chosen = labs[measured], chosen[measured]
+            u, drawn = rng.random(len(labs)), np.empty(len(labs), np.float32)
+            for lab in np.unique(labs).tolist():
+                mine = labs == lab
+                drawn[mine] = self.lab_bins[lab].draw(chosen[mine], u[mine])
             values[batch.lab_event[lab_rows][measured]] = drawn
 
     # ---- scoring
@@ -661,21 +636,6 @@ def _sample(logits, generator) -> np.ndarray:
 
     probabilities = torch.softmax(logits.float(), -1)
     return torch.multinomial(probabilities, 1, generator=generator)[:, 0].numpy()
-
-
-def _draw_rows(quantiles, decimals, labs, bins, rng, levels) -> np.ndarray:
-    """A number inside bin ``bins[i]`` of lab ``labs[i]`` for every i, vectorised
-    over labs (what :meth:`QuantileBins.draw` does for one; ``decimals`` per lab,
-    -1 for no rounding; every lab has the same bin ``levels``)."""
-    bounds = np.array([0.0, *levels, 1.0])
-    level = bounds[bins] + rng.random(len(bins)) * (bounds[bins + 1] - bounds[bins])
-    level = level * (quantiles.shape[1] - 1)
-    low = np.minimum(np.floor(level).astype(np.int64), quantiles.shape[1] - 2)
-    frac = level - low
-    drawn = quantiles[labs, low] * (1 - frac) + quantiles[labs, low + 1] * frac
-    scale = 10.0 ** decimals[labs].clip(min=0)
-    rounded = np.round(drawn * scale) / scale
-    return np.where(decimals[labs] >= 0, rounded, drawn).astype(np.float32)
 
 
 def _times_from_gaps(cohort: Cohort, gap_days: np.ndarray) -> np.ndarray:
